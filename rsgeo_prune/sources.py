@@ -1,0 +1,340 @@
+"""Open the inputs: GeoTIFF/COG rasters (lazily, with rioxarray + dask), STAC Items, and image
+collections (a folder where every image is one tile, as in Git-10M or RS5M).
+
+Inputs are resolved once into small descriptions (:class:`RasterScene`, :class:`ImageCollection`) that
+hold everything the later stages need without keeping a file handle open; pixels are read only
+when a stage asks for them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import rasterio
+import rioxarray
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioError, RasterioIOError
+
+from .errors import RSGeoPruneError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+MANIFEST_NAMES = ("manifest.parquet", "manifest.csv")
+_PATH_COLUMNS = ("path", "image", "filename", "file")
+_LON_COLUMNS = ("lon", "longitude", "lng")
+_LAT_COLUMNS = ("lat", "latitude")
+
+# Dask chunk edge (pixels) aimed at: ~4 MB per 4-band uint8 chunk keeps the task graph small
+# (a 7,600 x 5,900 NAIP quarter-quad is ~50 chunks) while both cores stay busy.
+TARGET_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class RasterScene:
+    """One georeferenced raster, described without holding it open.
+
+    Attributes:
+        scene_id: stable name used in ``tile_id`` (file stem, or the STAC Item id).
+        href: absolute path of the raster file.
+        crs: the raster's CRS (or the one its STAC Item declares when the file has none).
+        transform: affine pixel → CRS transform of the whole raster.
+        width, height: size in pixels.
+        count: band count.
+        dtype: numpy dtype name of the pixels.
+        nodata: nodata value (file's own, or an override), ``None`` if there is none.
+        block_shape: internal (rows, cols) block size of band 1.
+        has_mask: whether the file carries a per-dataset mask band (used when there is no nodata).
+    """
+
+    scene_id: str
+    href: str
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    count: int
+    dtype: str
+    nodata: float | None
+    block_shape: tuple[int, int]
+    has_mask: bool = False
+
+    @property
+    def crs_string(self) -> str:
+        """``EPSG:<code>`` when the CRS has one, else its WKT."""
+        epsg = self.crs.to_epsg()
+        return f"EPSG:{epsg}" if epsg else self.crs.to_wkt()
+
+    @property
+    def gsd(self) -> float:
+        """Ground sample distance in CRS units per pixel (square root of the pixel area)."""
+        return float(math.sqrt(abs(self.transform.determinant)))
+
+
+@dataclass(frozen=True)
+class ImageCollection:
+    """A folder of images, each one tile (Git-10M / RS5M style).
+
+    Attributes:
+        collection_id: folder name, used as the ``scene_id`` prefix.
+        root: absolute folder path.
+        images: image paths relative to ``root`` (sorted, POSIX style).
+        lon, lat: per-image location (degrees, EPSG:4326) from the manifest, NaN where unknown.
+    """
+
+    collection_id: str
+    root: str
+    images: tuple[str, ...]
+    lon: np.ndarray = field(repr=False)
+    lat: np.ndarray = field(repr=False)
+
+
+Source = RasterScene | ImageCollection
+
+
+def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: float | None = None,
+                    scene_id: str | None = None) -> RasterScene:
+    """Read a raster's header into a :class:`RasterScene`.
+
+    Args:
+        path: local GeoTIFF/COG (any GDAL raster).
+        crs: CRS to use when the file has none (e.g. from a STAC Item's ``proj:code``).
+        nodata: nodata value to use when the file declares none (NAIP: 0).
+        scene_id: defaults to the file stem.
+
+    Raises:
+        RSGeoPruneError: unreadable/corrupt file, or no CRS anywhere.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RSGeoPruneError(f"{path}: no such file; check the path or glob")
+    try:
+        with rasterio.open(path) as src:
+            file_crs = src.crs
+            transform = src.transform
+            width, height, count = src.width, src.height, src.count
+            dtype = src.dtypes[0]
+            file_nodata = src.nodata
+            block_shape = tuple(src.block_shapes[0])
+            has_mask = any(rasterio.enums.MaskFlags.per_dataset in flags for flags in src.mask_flag_enums)
+    except RasterioIOError as exc:
+        raise RSGeoPruneError(f"{path}: not a readable raster ({exc}); re-download or re-export the file") from exc
+    if file_crs is None:
+        if crs is None:
+            raise RSGeoPruneError(
+                f"{path}: raster has no CRS; assign one (e.g. `gdal_edit.py -a_srs EPSG:26914 {path.name}`) "
+                "or pass a STAC Item whose proj:code names it")
+        file_crs = CRS.from_user_input(crs)
+    elif crs is not None and CRS.from_user_input(crs) != file_crs:
+        raise RSGeoPruneError(
+            f"{path}: the file's CRS {file_crs.to_string()} differs from the STAC Item's {crs}; fix the Item's proj:code")
+    if transform == Affine.identity():
+        raise RSGeoPruneError(f"{path}: raster has no geotransform; georeference it (e.g. gdal_translate -a_ullr) first")
+    return RasterScene(
+        scene_id=scene_id or path.stem, href=str(path.resolve()), crs=file_crs, transform=transform,
+        width=width, height=height, count=count, dtype=dtype,
+        nodata=file_nodata if file_nodata is not None else nodata,
+        block_shape=(int(block_shape[0]), int(block_shape[1])), has_mask=has_mask)
+
+
+def _stac_crs(props: dict) -> str | None:
+    if props.get("proj:code"):
+        return str(props["proj:code"])
+    if props.get("proj:epsg"):
+        return f"EPSG:{int(props['proj:epsg'])}"
+    return None
+
+
+def describe_stac_item(path: str | Path, *, asset: str | None = None, nodata: float | None = None) -> RasterScene:
+    """Resolve a STAC Item JSON to the raster its data asset points at.
+
+    The asset is ``asset`` if given, else the first with role ``data``, else the first GeoTIFF asset.
+    The CRS comes from the asset's or the Item's ``proj:code`` (projection extension v2) or
+    ``proj:epsg`` (v1) when the raster itself has none. Relative hrefs resolve against the Item file.
+    """
+    import pystac
+
+    path = Path(path)
+    try:
+        item = pystac.Item.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RSGeoPruneError(f"{path}: not a readable STAC Item ({exc}); give a STAC Item JSON file") from exc
+    assets = item.assets
+    if asset is not None:
+        if asset not in assets:
+            raise RSGeoPruneError(f"{path}: no asset named {asset!r}; it has {sorted(assets)}")
+        key = asset
+    else:
+        data = [k for k, a in assets.items() if "data" in (a.roles or [])]
+        tiffs = [k for k, a in assets.items() if "tiff" in (a.media_type or "") or a.href.lower().endswith((".tif", ".tiff"))]
+        if not (data or tiffs):
+            raise RSGeoPruneError(f"{path}: STAC Item has no raster asset (role 'data' or a GeoTIFF); add one")
+        key = (data or tiffs)[0]
+    chosen = assets[key]
+    href = chosen.href
+    if not (href.startswith("/") or "://" in href):
+        href = str((path.parent / href).resolve())
+    crs = _stac_crs(chosen.extra_fields) or _stac_crs(item.properties)
+    return describe_raster(href, crs=crs, nodata=nodata, scene_id=item.id)
+
+
+def _find_manifest(root: Path) -> Path | None:
+    for name in MANIFEST_NAMES:
+        if (root / name).exists():
+            return root / name
+    return None
+
+
+def _pick_column(columns: Iterable[str], names: Sequence[str], manifest: Path, what: str) -> str:
+    lower = {c.lower(): c for c in columns}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    raise RSGeoPruneError(f"{manifest}: no {what} column (looked for {', '.join(names)}); rename the column")
+
+
+def describe_image_collection(root: str | Path, *, manifest: str | Path | None = None) -> ImageCollection:
+    """Describe a folder of images (searched recursively) as an :class:`ImageCollection`.
+
+    A manifest (``manifest.csv`` / ``manifest.parquet`` in the folder, or ``manifest``) may give each
+    image's location: a path column (``path``/``image``/``filename``/``file``, relative to the folder)
+    and ``lon``/``lat`` in degrees. Images missing from the manifest get no location.
+    """
+    import pandas as pd
+
+    root = Path(root).resolve()
+    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise RSGeoPruneError(
+            f"{root}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); point at a folder of images or at raster files")
+    lon = np.full(len(images), np.nan)
+    lat = np.full(len(images), np.nan)
+    manifest = Path(manifest) if manifest else _find_manifest(root)
+    if manifest is not None:
+        try:
+            table = pd.read_parquet(manifest) if manifest.suffix == ".parquet" else pd.read_csv(manifest)
+        except (OSError, ValueError) as exc:
+            raise RSGeoPruneError(f"{manifest}: manifest cannot be read ({exc}); write it as CSV or Parquet") from exc
+        pcol = _pick_column(table.columns, _PATH_COLUMNS, manifest, "image path")
+        xcol = _pick_column(table.columns, _LON_COLUMNS, manifest, "longitude")
+        ycol = _pick_column(table.columns, _LAT_COLUMNS, manifest, "latitude")
+        index = {p: i for i, p in enumerate(images)}
+        for p, x, y in zip(table[pcol].astype(str), table[xcol], table[ycol]):
+            i = index.get(Path(p).as_posix())
+            if i is not None:
+                lon[i], lat[i] = float(x), float(y)
+        log.info("%s: manifest gives locations for %d of %d images", manifest, int(np.isfinite(lon).sum()), len(images))
+    return ImageCollection(collection_id=root.name, root=str(root), images=tuple(images), lon=lon, lat=lat)
+
+
+_GLOB_CHARS = set("*?[")
+
+
+def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None) -> list[Source]:
+    """Turn command-line inputs into sources.
+
+    Each spec is a raster file, a glob of raster files, a STAC Item ``.json``, or a folder (an image
+    collection). Scene ids must be unique across the inputs.
+    """
+    if not specs:
+        raise RSGeoPruneError("no input given; name raster files, a glob, a STAC Item or an image folder")
+    sources: list[Source] = []
+    for spec in specs:
+        spec = str(spec)
+        if _GLOB_CHARS & set(spec):
+            matches = sorted(glob.glob(spec, recursive=True))
+            if not matches:
+                raise RSGeoPruneError(f"{spec}: glob matched no files; check the pattern")
+            paths = [Path(m) for m in matches if Path(m).is_file()]
+        else:
+            paths = [Path(spec)]
+        for path in paths:
+            if path.is_dir():
+                sources.append(describe_image_collection(path))
+            elif path.suffix.lower() == ".json":
+                sources.append(describe_stac_item(path, nodata=nodata))
+            else:
+                sources.append(describe_raster(path, nodata=nodata))
+    seen: dict[str, str] = {}
+    for s in sources:
+        sid = s.scene_id if isinstance(s, RasterScene) else s.collection_id
+        where = s.href if isinstance(s, RasterScene) else s.root
+        if sid in seen and seen[sid] != where:
+            raise RSGeoPruneError(f"{where}: scene id {sid!r} is also used by {seen[sid]}; rename one of the files")
+        seen[sid] = where
+    return sources
+
+
+def aligned_chunk(tile: int, block: int, extent: int, target: int = TARGET_CHUNK) -> int:
+    """Chunk edge (pixels) that is a whole number of tiles and, where practical, of internal blocks.
+
+    A chunk holding whole blocks is decoded once; a chunk holding whole tiles lets tile statistics be
+    computed chunk by chunk. Strips (blocks as wide as the raster) impose nothing.
+    """
+    per_tile = tile * max(1, target // tile)
+    if block >= extent:
+        return per_tile
+    both = math.lcm(tile, block)
+    if both > 4 * target:  # odd block sizes: tile alignment matters more than block alignment
+        return per_tile
+    return both * max(1, target // both)
+
+
+def open_raster(scene: RasterScene, tile_size: int = 256) -> xr.DataArray:
+    """Open a raster lazily as a ``(band, y, x)`` dask-backed DataArray.
+
+    Chunks hold whole tiles and whole internal blocks (see :func:`aligned_chunk`). Reading is
+    lock-free so the threaded scheduler decodes chunks in parallel.
+    """
+    cy = aligned_chunk(tile_size, scene.block_shape[0], scene.height)
+    cx = aligned_chunk(tile_size, scene.block_shape[1], scene.width)
+    try:
+        da = rioxarray.open_rasterio(scene.href, chunks={"band": -1, "y": cy, "x": cx}, lock=False,
+                                     masked=False, cache=False)
+    except (RasterioError, OSError) as exc:
+        raise RSGeoPruneError(f"{scene.href}: cannot open raster ({exc}); re-download or re-export it") from exc
+    if da.rio.crs is None:
+        da = da.rio.write_crs(scene.crs)
+    return da
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read one collection image as ``(C, H, W)`` (uint8 for JPEG/PNG; the file's dtype for TIFF)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as src:
+                return src.read()
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr", "LA", "I;16") else im)
+    except (OSError, RasterioError, ValueError) as exc:
+        raise RSGeoPruneError(f"{path}: image cannot be read ({exc}); remove or replace the file") from exc
+    return arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+
+
+def image_size(path: str | Path) -> tuple[int, int, int, str]:
+    """``(bands, height, width, dtype)`` of a collection image from its header only."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as src:
+                return src.count, src.height, src.width, src.dtypes[0]
+        from PIL import Image
+
+        with Image.open(path) as im:
+            bands = len(im.getbands())
+            return bands, im.height, im.width, "uint16" if im.mode.startswith("I;16") else "uint8"
+    except (OSError, RasterioError, ValueError) as exc:
+        raise RSGeoPruneError(f"{path}: image cannot be read ({exc}); remove or replace the file") from exc

@@ -1,0 +1,235 @@
+"""The tile grid of a raster, in the raster's own CRS.
+
+A tile is a window ``(row_off, col_off, height, width)`` in pixels. For each tile this module gives
+its id, its own affine transform, its footprint (a polygon in the raster CRS for exact area work,
+and in EPSG:4326 for the catalog, with densified edges so that reprojection stays faithful), and the
+fraction of its pixels that are nodata.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import dask.array as dsa
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import Transformer
+
+from .errors import RSGeoPruneError
+from .sources import RasterScene, open_raster
+
+log = logging.getLogger(__name__)
+
+#: Footprint edges are split into this many segments before reprojection to EPSG:4326.
+DENSIFY_SEGMENTS = 16
+
+
+def tile_offsets(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
+                 partial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tile windows of a scene as arrays ``(row_off, col_off, height, width)``, row-major.
+
+    Args:
+        tile_size: tile edge in pixels.
+        stride: step between tile origins in pixels (default ``tile_size``: no overlap, no gap).
+        partial: keep the clipped tiles at the right and bottom edges (default: full tiles only;
+            the dropped ones are counted in the log).
+    """
+    stride = tile_size if stride is None else stride
+    if tile_size <= 0 or stride <= 0:
+        raise RSGeoPruneError(f"tile size {tile_size} and stride {stride} must be positive; pass e.g. --tile-size 256")
+    if not partial and (scene.height < tile_size or scene.width < tile_size):
+        raise RSGeoPruneError(
+            f"{scene.href}: raster is {scene.width}x{scene.height} px, smaller than one {tile_size}-px tile; "
+            "use a smaller --tile-size or --partial")
+
+    def starts(extent: int) -> tuple[np.ndarray, int]:
+        every = np.arange(0, extent, stride)
+        full = every[every + tile_size <= extent]
+        return (every if partial else full), len(every) - len(full)
+
+    rows, drop_r = starts(scene.height)
+    cols, drop_c = starts(scene.width)
+    if not partial and (drop_r or drop_c):
+        dropped = len(rows) * drop_c + drop_r * (len(cols) + drop_c)
+        log.info("%s: %d partial edge tiles dropped (pass --partial to keep them)", scene.scene_id, dropped)
+    r, c = np.meshgrid(rows, cols, indexing="ij")
+    r, c = r.ravel(), c.ravel()
+    h = np.minimum(tile_size, scene.height - r)
+    w = np.minimum(tile_size, scene.width - c)
+    return r, c, h, w
+
+
+def tile_transforms(scene: RasterScene, row_off: np.ndarray, col_off: np.ndarray) -> np.ndarray:
+    """Each tile's own affine transform, ``(N, 6)`` as ``(a, b, c, d, e, f)`` (rasterio order)."""
+    t = scene.transform
+    out = np.empty((len(row_off), 6))
+    out[:, 0], out[:, 1], out[:, 3], out[:, 4] = t.a, t.b, t.d, t.e
+    out[:, 2] = t.c + t.a * col_off + t.b * row_off
+    out[:, 5] = t.f + t.d * col_off + t.e * row_off
+    return out
+
+
+def tile_polygons(scene: RasterScene, row_off, col_off, height, width) -> np.ndarray:
+    """Tile footprints in the raster CRS as a shapely array (exact: four corners, any rotation)."""
+    t = scene.transform
+    cols = np.stack([col_off, col_off + width, col_off + width, col_off, col_off], axis=1).astype(float)
+    rows = np.stack([row_off, row_off, row_off + height, row_off + height, row_off], axis=1).astype(float)
+    x = t.a * cols + t.b * rows + t.c
+    y = t.d * cols + t.e * rows + t.f
+    return shapely.polygons(np.stack([x, y], axis=-1))
+
+
+def to_wgs84(polygons: np.ndarray, crs, segment_length: float) -> np.ndarray:
+    """Reproject polygons to EPSG:4326 after splitting edges into pieces of ``segment_length``.
+
+    Straight edges in a projected CRS are curves in longitude/latitude; densifying first keeps the
+    footprint faithful (the error shrinks with the square of the segment length).
+    """
+    dense = shapely.segmentize(polygons, segment_length)
+    transformer = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+
+
+def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
+              partial: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
+    """The tile table of one scene.
+
+    Returns:
+        ``(table, native)``: a DataFrame with the catalog columns ``tile_id, scene_id, href, row_off,
+        col_off, height, width, crs, transform, gsd, bands, dtype, geometry`` (geometry in EPSG:4326)
+        and the tile polygons in the raster CRS (shapely array, same order) for area work.
+    """
+    r, c, h, w = tile_offsets(scene, tile_size, stride, partial)
+    native = tile_polygons(scene, r, c, h, w)
+    geometry = to_wgs84(native, scene.crs, scene.gsd * tile_size / DENSIFY_SEGMENTS)
+    table = pd.DataFrame({
+        "tile_id": [f"{scene.scene_id}/{a}_{b}" for a, b in zip(r.tolist(), c.tolist())],
+        "scene_id": scene.scene_id,
+        "href": scene.href,
+        "row_off": r.astype(np.int64),
+        "col_off": c.astype(np.int64),
+        "height": h.astype(np.int64),
+        "width": w.astype(np.int64),
+        "crs": scene.crs_string,
+        "transform": list(tile_transforms(scene, r, c)),
+        "gsd": scene.gsd,
+        "bands": scene.count,
+        "dtype": scene.dtype,
+        "geometry": geometry,
+    })
+    return table, native
+
+
+def invalid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(H, W)`` bool: pixels that are nodata in every band (GDAL's dataset-mask rule), or NaN."""
+    if np.issubdtype(block.dtype, np.floating):
+        bad = np.isnan(block)
+        if nodata is not None and not math.isnan(nodata):
+            bad |= block == nodata
+        return bad.all(axis=0)
+    return (block == block.dtype.type(nodata)).all(axis=0)
+
+
+def _sum_cells(bad: np.ndarray, cell: int) -> np.ndarray:
+    """Counts of true pixels per ``cell x cell`` cell of a 2-D mask (the last cells may be clipped)."""
+    bad = bad.astype(np.int32)
+    rs = np.arange(0, bad.shape[0], cell)
+    cs = np.arange(0, bad.shape[1], cell)
+    return np.add.reduceat(np.add.reduceat(bad, rs, axis=0), cs, axis=1)
+
+
+def _cell_counts(block: np.ndarray, nodata: float | None, cell: int) -> np.ndarray:
+    """Invalid-pixel counts per cell of one ``(C, H, W)`` chunk."""
+    return _sum_cells(invalid_pixels(block, nodata), cell)
+
+
+def _mask_cell_counts(_band: np.ndarray, href: str, cell: int, block_info=None) -> np.ndarray:
+    """Like :func:`_cell_counts` but from the file's per-dataset mask band (0 = nodata)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    (r0, r1), (c0, c1) = block_info[0]["array-location"]
+    with rasterio.open(href) as src:
+        valid = src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0))
+    return _sum_cells(valid == 0, cell)
+
+
+def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile_size: int = 256,
+                    stride: int | None = None) -> np.ndarray:
+    """Fraction of each tile's pixels that are nodata, ``(N,)`` float64 in [0, 1].
+
+    A pixel is nodata when every band equals the nodata value (or is NaN), or, for files without a
+    nodata value, when the per-dataset mask band says so; with neither, every tile is 0.
+
+    Exact for any stride: chunks hold whole tiles, so each chunk is reduced to invalid-pixel counts
+    on a grid of ``g x g`` cells with ``g = gcd(tile_size, stride)`` (tile origins and edges fall on
+    cell borders), and each tile sums its cells through a summed-area table. Only the cell grid
+    (1/g² of the pixels) is ever in memory.
+    """
+    n = len(row_off)
+    if scene.nodata is None and not scene.has_mask:
+        return np.zeros(n)
+    stride = tile_size if stride is None else stride
+    cell = math.gcd(tile_size, stride)
+    da = open_raster(scene, tile_size)
+    data = da.data
+    out_chunks = tuple(tuple(math.ceil(c / cell) for c in ch) for ch in data.chunks[1:])
+    if scene.nodata is not None:
+        counts = dsa.map_blocks(_cell_counts, data, scene.nodata, cell, drop_axis=0, chunks=out_chunks,
+                                dtype=np.int32)
+    else:
+        counts = dsa.map_blocks(_mask_cell_counts, data[0], scene.href, cell, chunks=out_chunks, dtype=np.int32)
+    cells = compute_scene(counts, scene)
+    sat = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1), np.int64)
+    sat[1:, 1:] = cells.cumsum(0).cumsum(1)
+    r0, c0 = row_off // cell, col_off // cell
+    r1 = np.minimum(-(-(row_off + height) // cell), cells.shape[0])
+    c1 = np.minimum(-(-(col_off + width) // cell), cells.shape[1])
+    bad = sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+    return bad / (height * width).astype(np.float64)
+
+
+def compute_scene(arr, scene: RasterScene):
+    """Compute a dask array read from ``scene``; a decode failure becomes one clear error."""
+    from rasterio.errors import RasterioError
+
+    try:
+        return arr.compute()
+    except (RasterioError, OSError) as exc:
+        raise RSGeoPruneError(
+            f"{scene.href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
+
+
+def collection_grid(coll) -> pd.DataFrame:
+    """The tile table of an image collection: one tile per image, located by its manifest point.
+
+    ``tile_id`` is ``<collection>/<image path without suffix>/0_0``; ``geometry`` is the image's
+    lon/lat point (EPSG:4326) or null when the manifest does not place it; ``href`` is the image.
+    """
+    import shapely as _shp
+
+    from .sources import image_size
+
+    root = coll.root
+    sizes = [image_size(f"{root}/{p}") for p in coll.images]
+    located = np.isfinite(coll.lon) & np.isfinite(coll.lat)
+    points = np.full(len(coll.images), None, dtype=object)
+    points[located] = _shp.points(coll.lon[located], coll.lat[located])
+    stems = [p.rsplit(".", 1)[0] for p in coll.images]
+    return pd.DataFrame({
+        "tile_id": [f"{coll.collection_id}/{s}/0_0" for s in stems],
+        "scene_id": [f"{coll.collection_id}/{s}" for s in stems],
+        "href": [f"{root}/{p}" for p in coll.images],
+        "row_off": np.zeros(len(stems), np.int64),
+        "col_off": np.zeros(len(stems), np.int64),
+        "height": np.array([s[1] for s in sizes], np.int64),
+        "width": np.array([s[2] for s in sizes], np.int64),
+        "crs": np.where(located, "EPSG:4326", None),
+        "transform": [None] * len(stems),
+        "gsd": np.nan,
+        "bands": np.array([s[0] for s in sizes], np.int64),
+        "dtype": [s[3] for s in sizes],
+        "geometry": points,
+    })
