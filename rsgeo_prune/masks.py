@@ -87,8 +87,18 @@ def urban_fraction(tiles: np.ndarray, polygons: np.ndarray) -> np.ndarray:
     return np.clip(frac, 0.0, 1.0)
 
 
-def polygons_in_crs(gdf: gpd.GeoDataFrame, crs) -> np.ndarray:
-    """The polygons of ``gdf`` reprojected to ``crs`` (a vector in another CRS is reprojected, not rejected)."""
+def polygons_in_crs(gdf: gpd.GeoDataFrame, crs, bounds: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """The polygons of ``gdf`` reprojected to ``crs`` (a vector in another CRS is reprojected, not rejected).
+
+    With ``bounds`` (in ``crs``), only the polygons near that box are reprojected: a global layer
+    such as Natural Earth's urban areas cannot be projected whole into a UTM zone (far-away
+    polygons become infinite), and it would be wasted work.
+    """
+    if bounds is not None:
+        from rasterio.warp import transform_bounds
+
+        near = transform_bounds(crs, gdf.crs, *bounds, densify_pts=21)
+        gdf = gdf.iloc[np.sort(gdf.sindex.query(shapely.box(*near), predicate="intersects"))]
     if gdf.crs != crs:
         gdf = gdf.to_crs(crs)
     return np.asarray(gdf.geometry.values)

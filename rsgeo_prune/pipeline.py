@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import shapely
 from tqdm.auto import tqdm
 
 from .catalog import to_geodataframe
@@ -52,18 +53,16 @@ def _scene_tiles(scene: RasterScene, cfg: TileConfig, urban_polys) -> pd.DataFra
     r, c, h, w = (table[k].to_numpy() for k in ("row_off", "col_off", "height", "width"))
     table["nodata_frac"] = nodata_fraction(scene, r, c, h, w, tile_size=cfg.tile_size, stride=cfg.stride)
     if urban_polys is not None:
-        table["urban_frac"] = urban_fraction(native, urban_polys(scene.crs))
+        table["urban_frac"] = urban_fraction(native, urban_polys(scene.crs, shapely.total_bounds(native)))
     return table
 
 
 def _collection_tiles(coll: ImageCollection, urban_polys) -> pd.DataFrame:
-    import shapely
-
     table = collection_grid(coll)
     table["nodata_frac"] = 0.0  # plain images carry no nodata
     if urban_polys is not None:
         # A point has no area: its urban fraction is 1 inside an urban polygon, 0 outside, NaN unplaced.
-        polys = urban_polys("EPSG:4326")
+        polys = urban_polys("EPSG:4326", None)
         points = table["geometry"].to_numpy()
         frac = np.full(len(points), np.nan)
         placed = np.array([p is not None for p in points], dtype=bool)
@@ -88,16 +87,13 @@ def tiles_stage(inputs: Sequence[str | Path], cfg: TileConfig = TileConfig(), *,
     urban_polys = None
     if cfg.mask:
         vector = read_vector(cfg.mask)
-        cache: dict[str, np.ndarray] = {}
 
-        def urban_polys(crs):
-            key = str(crs)
-            if key not in cache:
-                cache[key] = polygons_in_crs(vector, crs)
-            return cache[key]
+        def urban_polys(crs, bounds):
+            return polygons_in_crs(vector, crs, bounds)
 
     tables = []
-    for src in tqdm(sources, desc="tiling", unit="scene", disable=not progress):
+    # disable=None: a bar only on a terminal, so logs and captured stderr stay clean
+    for src in tqdm(sources, desc="tiling", unit="scene", disable=None if progress else True):
         if isinstance(src, RasterScene):
             tables.append(_scene_tiles(src, cfg, urban_polys))
         else:

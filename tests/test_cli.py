@@ -1,0 +1,130 @@
+"""The `rsgeo-prune tiles` command end to end, and its bad-input contract (exit 2, one line, no output)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import geopandas as gpd
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from rsgeo_prune.cli import main
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tiles_writes_geoparquet_1_1(scene, tmp_path, capsys):
+    out = tmp_path / "tiles.parquet"
+    code, stdout, _ = run(["tiles", scene.path, "--out", out, "--mask", scene.urban_path, "--min-urban", "0.5"], capsys)
+    assert code == 0 and "48 tiles" in stdout
+    geo = json.loads(pq.read_metadata(out).metadata[b"geo"])
+    assert geo["version"] == "1.1.0" and geo["primary_column"] == "geometry"
+    col = geo["columns"]["geometry"]
+    assert col["encoding"] == "WKB" and "bbox" in col["covering"]
+    assert pq.read_metadata(out).row_group(0).column(0).compression == "ZSTD"
+    table = gpd.read_parquet(out)
+    assert table.crs.to_epsg() == 4326
+    labels = scene.labels.set_index("tile_id")["class"]
+    cls = table["tile_id"].map(labels)
+    assert (table.loc[cls == "nodata", "pruned_by"] == "nodata").all()
+    assert (table.loc[cls == "urban", "kept"]).all()
+    assert (table.loc[~cls.isin(["urban", "nodata"]), "pruned_by"] == "mask").all()
+    assert list(table.columns[:10]) == ["tile_id", "scene_id", "href", "row_off", "col_off", "height", "width",
+                                        "crs", "transform", "geometry"]
+    assert table["transform"].iloc[0].tolist() == [1.0, 0.0, 600000.0, 0.0, -1.0, 5200000.0]
+
+
+def test_help_lists_every_option_with_its_default():
+    out = subprocess.run([sys.executable, "-m", "rsgeo_prune.cli", "tiles", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    for opt in ("--tile-size", "--stride", "--mask", "--min-urban", "--max-nodata", "--partial", "--nodata", "--out"):
+        assert opt in out
+    assert "(default: 256)" in out and "(default: 0.5)" in out
+    top = subprocess.run([sys.executable, "-m", "rsgeo_prune.cli", "--help"], capture_output=True, text=True).stdout
+    assert "tiles" in top
+
+
+def _expect_error(args, capsys, out, *needles):
+    code, _, err = run([*args, "--out", out], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rsgeo-prune: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.stem}.tmp*"))  # nothing half-written
+
+
+def test_corrupt_file(tmp_path, capsys):
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(b"II*\x00 this is not a tiff")
+    _expect_error(["tiles", bad], capsys, tmp_path / "o.parquet", "corrupt.tif", "re-download")
+
+
+def test_truncated_file(scene, tmp_path, capsys):
+    cut = tmp_path / "truncated.tif"
+    data = scene.path.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    _expect_error(["tiles", cut], capsys, tmp_path / "o.parquet", "truncated.tif", "re-download")
+
+
+def test_raster_without_crs(tmp_path, capsys):
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=1, dtype="uint8",
+                       transform=rasterio.transform.from_origin(600_000, 5_200_000, 1, 1)) as dst:
+        dst.write(np.ones((1, 300, 300), np.uint8))
+    _expect_error(["tiles", path], capsys, tmp_path / "o.parquet", "nocrs.tif", "no CRS", "gdal_edit.py -a_srs")
+
+
+def test_vector_without_crs(scene, tmp_path, capsys):
+    shp = tmp_path / "urban_nocrs.shp"
+    with pytest.warns(UserWarning):
+        gpd.read_file(scene.urban_path).set_crs(None, allow_override=True).to_file(shp)
+    _expect_error(["tiles", scene.path, "--mask", shp], capsys, tmp_path / "o.parquet", "urban_nocrs.shp", "no CRS")
+
+
+def test_raster_smaller_than_a_tile(scene, tmp_path, capsys):
+    _expect_error(["tiles", scene.path, "--tile-size", "4096"], capsys, tmp_path / "o.parquet",
+                  "scene.tif", "smaller than one 4096-px tile", "--tile-size")
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _expect_error(["tiles", tmp_path / "empty"], capsys, tmp_path / "o.parquet", "empty", "no images")
+
+
+@pytest.mark.parametrize("size", ["0", "-256"])
+def test_tile_size_not_positive(scene, tmp_path, capsys, size):
+    _expect_error(["tiles", scene.path, "--tile-size", size], capsys, tmp_path / "o.parquet", "--tile-size", "positive")
+
+
+def test_output_that_cannot_be_written(scene, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code, _, err = run(["tiles", scene.path, "--out", blocker / "tiles.parquet"], capsys)
+    assert code == 2 and "a_file/tiles.parquet" in err and "choose another --out" in err
+
+
+def test_failed_run_keeps_the_previous_output(scene, tmp_path, capsys):
+    out = tmp_path / "tiles.parquet"
+    assert run(["tiles", scene.path, "--out", out], capsys)[0] == 0
+    before = out.read_bytes()
+    cut = tmp_path / "truncated.tif"
+    cut.write_bytes(scene.path.read_bytes()[:20_000])
+    assert run(["tiles", cut, "--out", out], capsys)[0] == 2
+    assert out.read_bytes() == before
+
+
+def test_console_script_exit_code(tmp_path):
+    exe = shutil.which("rsgeo-prune", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert exe, "console script rsgeo-prune is installed"
+    proc = subprocess.run([exe, "tiles", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "o.parquet")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "missing.tif: no such file" in proc.stderr
