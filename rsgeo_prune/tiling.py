@@ -12,6 +12,7 @@ import logging
 import math
 
 import dask.array as dsa
+import numba
 import numpy as np
 import pandas as pd
 import shapely
@@ -122,14 +123,35 @@ def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = Non
     return table, native
 
 
-def invalid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``(H, W)`` bool: pixels that are nodata in every band (GDAL's dataset-mask rule), or NaN."""
-    if np.issubdtype(block.dtype, np.floating):
-        bad = np.isnan(block)
-        if nodata is not None and not math.isnan(nodata):
-            bad |= block == nodata
-        return bad.all(axis=0)
-    return (block == block.dtype.type(nodata)).all(axis=0)
+@numba.njit(cache=True, nogil=True)
+def _invalid_cell_counts(block, nodata, nan_is_nodata, cell):  # pragma: no cover - compiled
+    # One pass over the pixels; band 0 decides for almost every pixel, so the inner loop reads
+    # memory contiguously. nogil lets the dask threads run it in parallel.
+    nb, h, w = block.shape
+    out = np.zeros(((h + cell - 1) // cell, (w + cell - 1) // cell), np.int32)
+    for y in range(h):
+        cy = y // cell
+        for x in range(w):
+            bad = True
+            for b in range(nb):
+                v = block[b, y, x]
+                if not (v == nodata or (nan_is_nodata and v != v)):
+                    bad = False
+                    break
+            if bad:
+                out[cy, x // cell] += 1
+    return out
+
+
+def _cell_counts(block: np.ndarray, nodata: float | None, cell: int) -> np.ndarray:
+    """Invalid-pixel counts per ``cell x cell`` cell of one ``(C, H, W)`` chunk (last cells may be clipped)."""
+    floating = np.issubdtype(block.dtype, np.floating)
+    if not floating:
+        info = np.iinfo(block.dtype)
+        if nodata is None or nodata != int(nodata) or not info.min <= nodata <= info.max:
+            return np.zeros(((block.shape[1] + cell - 1) // cell, (block.shape[2] + cell - 1) // cell), np.int32)
+    value = block.dtype.type(np.nan if nodata is None else nodata)
+    return _invalid_cell_counts(block, value, floating, cell)
 
 
 def _sum_cells(bad: np.ndarray, cell: int) -> np.ndarray:
@@ -138,11 +160,6 @@ def _sum_cells(bad: np.ndarray, cell: int) -> np.ndarray:
     rs = np.arange(0, bad.shape[0], cell)
     cs = np.arange(0, bad.shape[1], cell)
     return np.add.reduceat(np.add.reduceat(bad, rs, axis=0), cs, axis=1)
-
-
-def _cell_counts(block: np.ndarray, nodata: float | None, cell: int) -> np.ndarray:
-    """Invalid-pixel counts per cell of one ``(C, H, W)`` chunk."""
-    return _sum_cells(invalid_pixels(block, nodata), cell)
 
 
 def _mask_cell_counts(_band: np.ndarray, href: str, cell: int, block_info=None) -> np.ndarray:

@@ -106,3 +106,16 @@ def test_bad_tile_size(scene, size, stride):
 def test_raster_smaller_than_a_tile(scene):
     with pytest.raises(RSGeoPruneError, match="smaller than one 4096-px tile"):
         tile_offsets(describe_raster(scene.path), 4096)
+
+
+def test_float_raster_nan_is_nodata(tmp_path):
+    path = tmp_path / "float.tif"
+    px = np.ones((2, 256, 512), np.float32)
+    px[:, :64, :256] = np.nan  # a quarter of tile 0
+    px[0, 100:110, 300:310] = np.nan  # band 0 only: still valid
+    with rasterio.open(path, "w", driver="GTiff", width=512, height=256, count=2, dtype="float32", nodata=np.nan,
+                       crs="EPSG:32618", transform=rasterio.transform.from_origin(500_000, 4_000_000, 10, 10)) as dst:
+        dst.write(px)
+    s = describe_raster(path)
+    r, c, h, w = tile_offsets(s)
+    assert nodata_fraction(s, r, c, h, w).tolist() == [0.25, 0.0]
