@@ -67,8 +67,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="raster file, quoted glob, STAC Item .json, or image folder")
     tiles.add_argument("--out", required=True, metavar="PATH", help="output GeoParquet file (written atomically)")
     _add_tile_options(tiles)
+    _add_entropy_options(tiles)
     tiles.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    ent = sub.add_parser(
+        "entropy", formatter_class=_Formatter,
+        help="Stage I: add grayscale and per-band entropy to a tile table, optionally filter",
+        description="Re-read the rasters of a tile table made by `rsgeo-prune tiles` and add `entropy` (bits, "
+                    "256-level grayscale: BT.601 luma of bands 1-3) and `entropy_bands` (per band). Nodata pixels "
+                    "are left out; uint16/float rasters are stretched to 256 levels per scene (2nd-98th "
+                    "percentile). With a filter, pruned tiles get pruned_by='entropy'.")
+    ent.add_argument("table", metavar="TILES.parquet", help="tile table from `rsgeo-prune tiles`")
+    ent.add_argument("--out", required=True, metavar="PATH", help="output GeoParquet file (written atomically)")
+    ent.add_argument("--nodata", type=float, default=None, metavar="V",
+                     help="nodata value for rasters that declare none (as given to `tiles`)")
+    _add_entropy_options(ent)
+    ent.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
+
+
+def _add_entropy_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Stage I (entropy)").add_mutually_exclusive_group()
+    g.add_argument("--entropy-min", type=float, default=None, metavar="TAU",
+                   help="keep tiles whose grayscale entropy is >= TAU bits (0-8); default: off")
+    g.add_argument("--entropy-keep", type=_fraction, default=None, metavar="P",
+                   help="keep exactly round(P x N) of the N tiles still kept, those with the highest entropy "
+                        "(ties by tile_id; the paper keeps 0.3); default: off")
 
 
 def _cmd_tiles(args) -> int:
@@ -77,14 +101,33 @@ def _cmd_tiles(args) -> int:
     from .pipeline import TileConfig, tiles_stage
 
     cfg = TileConfig(tile_size=args.tile_size, stride=args.stride, partial=args.partial, mask=args.mask,
-                     min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata)
+                     min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
+                     entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
     check_writable(args.out)
     table = tiles_stage(args.inputs, cfg, progress=not args.quiet)
     write_geoparquet(table, args.out)
     if not args.quiet:
-        why = table["pruned_by"].value_counts()
-        print(f"{len(table)} tiles → {args.out}: {int(table['kept'].sum())} kept, "
-              f"{int(why.get('nodata', 0))} pruned by nodata, {int(why.get('mask', 0))} pruned by mask")
+        print(_summary(table, args.out))
+    return 0
+
+
+def _summary(table, out) -> str:
+    why = table["pruned_by"].value_counts()
+    parts = [f"{int(why.get(k, 0))} pruned by {k}" for k in ("nodata", "mask", "entropy") if k in why or k != "entropy"]
+    return f"{len(table)} tiles → {out}: {int(table['kept'].sum())} kept, " + ", ".join(parts)
+
+
+def _cmd_entropy(args) -> int:
+    from .atomic import check_writable
+    from .catalog import read_catalog, write_geoparquet
+    from .pipeline import entropy_stage
+
+    check_writable(args.out)
+    table = entropy_stage(read_catalog(args.table), nodata=args.nodata, entropy_min=args.entropy_min,
+                          entropy_keep=args.entropy_keep, progress=not args.quiet)
+    write_geoparquet(table, args.out)
+    if not args.quiet:
+        print(_summary(table, args.out))
     return 0
 
 
@@ -94,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"tiles": _cmd_tiles}[args.command](args)
+        return {"tiles": _cmd_tiles, "entropy": _cmd_entropy}[args.command](args)
     except RSGeoPruneError as exc:
         print(f"rsgeo-prune: error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The stages, run in order over all inputs.
 
-Today: tiles → nodata fraction → urban fraction → pre-filters (``tiles_stage``).
+Today: tiles → nodata fraction → urban fraction → pre-filters → Stage I entropy (``tiles_stage``),
+and Stage I on an existing tile table (``entropy_stage``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from tqdm.auto import tqdm
 from .catalog import to_geodataframe
 from .errors import RSGeoPruneError
 from .masks import mask_filter, polygons_in_crs, read_vector, urban_fraction
-from .sources import ImageCollection, RasterScene, resolve_inputs
+from .entropy import entropy_filter, entropy_from_histograms, image_histograms, scene_histograms
+from .sources import ImageCollection, RasterScene, describe_raster, resolve_inputs
 from .tiling import collection_grid, nodata_fraction, tile_grid
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,12 @@ class TileConfig:
     min_urban: float | None = None
     max_nodata: float = 0.5
     nodata: float | None = None
+    entropy_min: float | None = None
+    entropy_keep: float | None = None
+
+    @property
+    def wants_entropy(self) -> bool:
+        return self.entropy_min is not None or self.entropy_keep is not None
 
     def __post_init__(self):
         if self.tile_size <= 0 or (self.stride is not None and self.stride <= 0):
@@ -43,6 +51,8 @@ class TileConfig:
         # Validate the filter options now, before hours of tiling, with the filter's own checks.
         mask_filter(np.zeros(0), np.zeros(0) if self.mask else None, max_nodata=self.max_nodata,
                     min_urban=self.min_urban)
+        entropy_filter(np.zeros(0), [], np.zeros(0, bool), entropy_min=self.entropy_min,
+                       entropy_keep=self.entropy_keep)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -51,15 +61,22 @@ class TileConfig:
 def _scene_tiles(scene: RasterScene, cfg: TileConfig, urban_polys) -> pd.DataFrame:
     table, native = tile_grid(scene, cfg.tile_size, cfg.stride, cfg.partial)
     r, c, h, w = (table[k].to_numpy() for k in ("row_off", "col_off", "height", "width"))
-    table["nodata_frac"] = nodata_fraction(scene, r, c, h, w, tile_size=cfg.tile_size, stride=cfg.stride)
+    if cfg.wants_entropy:  # one pass over the pixels gives both: valid pixels = gray histogram total
+        hist = scene_histograms(scene, r, c, h, w, cfg.tile_size)
+        table["nodata_frac"] = 1.0 - hist[:, -1].sum(axis=1) / (h * w)
+        set_entropy_columns(table, hist)
+    else:
+        table["nodata_frac"] = nodata_fraction(scene, r, c, h, w, tile_size=cfg.tile_size, stride=cfg.stride)
     if urban_polys is not None:
         table["urban_frac"] = urban_fraction(native, urban_polys(scene.crs, shapely.total_bounds(native)))
     return table
 
 
-def _collection_tiles(coll: ImageCollection, urban_polys) -> pd.DataFrame:
+def _collection_tiles(coll: ImageCollection, urban_polys, with_entropy: bool) -> pd.DataFrame:
     table = collection_grid(coll)
     table["nodata_frac"] = 0.0  # plain images carry no nodata
+    if with_entropy:
+        set_entropy_columns(table, image_histograms(table["href"]))
     if urban_polys is not None:
         # A point has no area: its urban fraction is 1 inside an urban polygon, 0 outside, NaN unplaced.
         polys = urban_polys("EPSG:4326", None)
@@ -97,7 +114,7 @@ def tiles_stage(inputs: Sequence[str | Path], cfg: TileConfig = TileConfig(), *,
         if isinstance(src, RasterScene):
             tables.append(_scene_tiles(src, cfg, urban_polys))
         else:
-            tables.append(_collection_tiles(src, urban_polys))
+            tables.append(_collection_tiles(src, urban_polys, cfg.wants_entropy))
     table = pd.concat(tables, ignore_index=True)
     if "urban_frac" not in table:
         table["urban_frac"] = np.nan
@@ -108,4 +125,57 @@ def tiles_stage(inputs: Sequence[str | Path], cfg: TileConfig = TileConfig(), *,
     counts = pd.Series(why).value_counts()
     log.info("tiles: %d in total, %d pruned by nodata, %d by mask, %d kept", len(table),
              counts.get("nodata", 0), counts.get("mask", 0), int(table["kept"].sum()))
+    if cfg.wants_entropy:
+        apply_entropy_filter(table, entropy_min=cfg.entropy_min, entropy_keep=cfg.entropy_keep)
+    return to_geodataframe(table)
+
+
+def set_entropy_columns(table: pd.DataFrame, hist: np.ndarray) -> None:
+    """Add ``entropy`` (gray) and ``entropy_bands`` (list per tile) from ``(N, C + 1, 256)`` histograms.
+
+    Tiles without a valid pixel get null in both.
+    """
+    h = entropy_from_histograms(hist)
+    gray = h[:, -1]
+    table["entropy"] = pd.array(np.where(np.isnan(gray), None, gray), dtype="Float64")
+    table["entropy_bands"] = [None if np.isnan(g) else row[: n].tolist()
+                              for g, row, n in zip(gray, h[:, :-1], table["bands"].to_numpy())]
+
+
+def apply_entropy_filter(table: pd.DataFrame, *, entropy_min=None, entropy_keep=None) -> None:
+    """Stage I filter on a tile table in place: candidates are the tiles still ``kept``."""
+    entropy = table["entropy"].to_numpy(dtype=np.float64, na_value=np.nan)
+    pruned = entropy_filter(entropy, table["tile_id"].to_numpy(), table["kept"].to_numpy(bool),
+                            entropy_min=entropy_min, entropy_keep=entropy_keep)
+    table.loc[pruned, "kept"] = False
+    table.loc[pruned, "pruned_by"] = "entropy"
+    log.info("entropy: %d pruned, %d kept", int(pruned.sum()), int(table["kept"].sum()))
+
+
+def entropy_stage(table: pd.DataFrame, *, nodata: float | None = None, entropy_min=None, entropy_keep=None,
+                  progress: bool = True):
+    """Add the Stage I columns to a tile table made by :func:`tiles_stage`, re-reading its rasters.
+
+    Raster tiles are grouped by scene and read in one pass per scene; image-collection tiles
+    (rows without a ``transform``) are read image by image.
+    """
+    table = table.copy()
+    parts = []
+    groups = list(table.groupby("href", sort=False).indices.items())
+    for href, idx in tqdm(groups, desc="entropy", unit="scene", disable=None if progress else True):
+        rows = table.iloc[idx]
+        if rows["transform"].iloc[0] is None:
+            parts.append((idx, image_histograms(rows["href"])))
+            continue
+        scene = describe_raster(href, nodata=nodata, scene_id=rows["scene_id"].iloc[0])
+        r, c, h, w = (rows[k].to_numpy() for k in ("row_off", "col_off", "height", "width"))
+        parts.append((idx, scene_histograms(scene, r, c, h, w, int(max(h.max(), w.max())))))
+    nb = max(p.shape[1] for _, p in parts)
+    hist = np.zeros((len(table), nb, 256), np.int64)
+    for idx, p in parts:  # scenes with fewer bands: their gray still goes last
+        hist[idx, : p.shape[1] - 1] = p[:, :-1]
+        hist[idx, -1] = p[:, -1]
+    set_entropy_columns(table, hist)
+    if entropy_min is not None or entropy_keep is not None:
+        apply_entropy_filter(table, entropy_min=entropy_min, entropy_keep=entropy_keep)
     return to_geodataframe(table)

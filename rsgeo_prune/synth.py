@@ -97,13 +97,15 @@ def render_tile(cls: str, rng: np.random.Generator, size: int = 256) -> np.ndarr
         t = 0.6 * rng.random((size, size)) + 0.4 * _smooth(rng, size, 16)
         return _stack(150 + 35 * t, 118 + 25 * t, 88 + 20 * t, 140 + 30 * t)
     if cls == "solar_farm":
-        ground = 180 + 12 * rng.random((size, size))
+        # Rows of dark-blue panels (with glare) on dry, patchy ground: distinctive and information-rich.
+        ground = 150 + 50 * _smooth(rng, size, 12) + 30 * rng.random((size, size))
         pitch = int(rng.integers(10, 16))
         panel = ((yy % pitch) < pitch * 0.6) & ((xx % 64) > 4)
-        r = np.where(panel, 32, ground)
-        g = np.where(panel, 42, ground * 0.95)
-        b = np.where(panel, 88, ground * 0.85)
-        n = np.where(panel, 30, ground * 0.9)
+        glare = 40 * _smooth(rng, size, 32) + 20 * rng.random((size, size))
+        r = np.where(panel, 20 + glare, ground)
+        g = np.where(panel, 30 + glare, ground * 0.92)
+        b = np.where(panel, 70 + glare, ground * 0.8)
+        n = np.where(panel, 25 + glare * 0.5, ground * 0.95)
         return _stack(r, g, b, n)
     raise ValueError(f"unknown class {cls!r}; known: {CLASSES + (NODATA_CLASS,)}")
 

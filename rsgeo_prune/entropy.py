@@ -1,0 +1,374 @@
+"""Stage I — information content: 256-level Shannon entropy of every tile, grayscale and per band.
+
+One compiled pass over the pixels (numba, ``nogil``) fills, for each tile, the 256-bin histogram of
+every band and of the grayscale image; ``entropy`` (gray) and ``entropy_bands`` (per band), in
+bits, follow from the histograms: ``H = -Σ p_k log2 p_k``.
+
+Rules (documented once, used everywhere):
+
+* **Grayscale** is BT.601 luma of bands 1, 2, 3 taken as R, G, B (NAIP order: R, G, B, NIR — NIR
+  is not used), in exact integer arithmetic on the 256 levels:
+  ``gray = (77 R + 150 G + 29 B + 128) >> 8`` (weights 0.299, 0.587, 0.114 in 1/256 steps). A
+  raster with fewer than three bands uses band 1 as its gray.
+* **Nodata**: a pixel that is nodata in every band (or NaN) is left out of every histogram, as in
+  :mod:`rsgeo_prune.tiling`. A tile with no valid pixel has no entropy (NaN → null).
+* **Levels**: uint8 is used as is. Any other dtype is mapped to 256 levels per scene with a
+  2nd–98th percentile stretch per band, ``level = round(255 * clip((v - p2) / (p98 - p2), 0, 1))``,
+  the percentiles taken once per scene from a decimated read (at most ~1024 px on the long side;
+  GDAL uses the overviews when the file has them), nodata excluded — the same mapping for every
+  tile of the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import dask.array as dsa
+import numba
+import numpy as np
+
+from .errors import RSGeoPruneError
+
+log = logging.getLogger(__name__)
+
+LEVELS = 256
+LUMA_WEIGHTS = (77, 150, 29)  # BT.601 in 1/256 steps; they sum to 256
+STRETCH_PERCENTILES = (2.0, 98.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel
+# ---------------------------------------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_flags(levels, valid, use_valid, nodata, has_nodata, y, x0, x1, flags):  # pragma: no cover
+    # flags[x] = 1 where pixel (y, x0 + x) counts; returns how many do. Band 1 is scanned first
+    # (a branch-free, vectorised count): a row where band 1 never holds the nodata value is valid
+    # throughout, and only the rare other rows pay for the per-pixel, all-band test.
+    w = x1 - x0
+    if use_valid:
+        n = 0
+        for x in range(w):
+            f = 1 if valid[y, x0 + x] != 0 else 0
+            flags[x] = f
+            n += f
+        return n
+    if not has_nodata:
+        return w
+    hits = 0
+    for x in range(w):
+        hits += levels[0, y, x0 + x] == nodata
+    if hits == 0:
+        return w
+    flags[:] = 0
+    for b in range(levels.shape[0]):
+        for x in range(w):
+            flags[x] |= levels[b, y, x0 + x] != nodata
+    n = 0
+    for x in range(w):
+        n += flags[x]
+    return n
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _accumulate(levels, valid, use_valid, nodata, has_nodata, y0, y1, x0, x1, hist):  # pragma: no cover
+    # hist: (C + 1, 256) int64 — bands, then gray. Rows are read contiguously, band by band. Runs of
+    # one value (clouds, water) would serialise on one counter, so four neighbouring pixels go to
+    # four counter sets that are added at the end.
+    nb = levels.shape[0]
+    w = x1 - x0
+    acc = np.zeros((4, nb + 1, 256), np.int32)
+    flags = np.empty(w, np.uint8)
+    gray = np.empty(w, np.uint8)
+    for y in range(y0, y1):
+        nvalid = _row_flags(levels, valid, use_valid, nodata, has_nodata, y, x0, x1, flags)
+        if nvalid == 0:
+            continue
+        if nb >= 3:
+            for x in range(w):
+                gray[x] = (77 * np.int32(levels[0, y, x0 + x]) + 150 * np.int32(levels[1, y, x0 + x])
+                           + 29 * np.int32(levels[2, y, x0 + x]) + 128) >> 8
+        else:
+            for x in range(w):
+                gray[x] = levels[0, y, x0 + x]
+        for band in range(nb + 1):
+            row = gray if band == nb else levels[band, y, x0:x1]
+            if 2 * nvalid >= w:  # count every pixel fast, then take the few invalid ones back
+                x = 0
+                while x + 3 < w:
+                    acc[0, band, row[x]] += 1
+                    acc[1, band, row[x + 1]] += 1
+                    acc[2, band, row[x + 2]] += 1
+                    acc[3, band, row[x + 3]] += 1
+                    x += 4
+                while x < w:
+                    acc[0, band, row[x]] += 1
+                    x += 1
+                if nvalid < w:
+                    for x in range(w):
+                        if flags[x] == 0:
+                            acc[0, band, row[x]] -= 1
+            else:
+                for x in range(w):
+                    acc[x & 3, band, row[x]] += flags[x]
+    for band in range(nb + 1):
+        for v in range(256):
+            hist[band, v] += acc[0, band, v] + acc[1, band, v] + acc[2, band, v] + acc[3, band, v]
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell_histograms(levels, valid, use_valid, nodata, has_nodata, cell):  # pragma: no cover
+    nb, h, w = levels.shape
+    ny, nx = (h + cell - 1) // cell, (w + cell - 1) // cell
+    out = np.zeros((ny, nx, nb + 1, 256), np.int64)
+    for i in range(ny):
+        for j in range(nx):
+            _accumulate(levels, valid, use_valid, nodata, has_nodata, i * cell, min(h, (i + 1) * cell),
+                        j * cell, min(w, (j + 1) * cell), out[i, j])
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_histograms(tiles, nodata, has_nodata):  # pragma: no cover
+    n, nb, h, w = tiles.shape
+    out = np.zeros((n, nb + 1, 256), np.int64)
+    dummy = np.zeros((1, 1), np.uint8)
+    for i in numba.prange(n):
+        _accumulate(tiles[i], dummy, False, nodata, has_nodata, 0, h, 0, w, out[i])
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_histograms_masked(tiles, valid):  # pragma: no cover
+    n, nb, h, w = tiles.shape
+    out = np.zeros((n, nb + 1, 256), np.int64)
+    for i in numba.prange(n):
+        _accumulate(tiles[i], valid[i], True, np.uint8(0), False, 0, h, 0, w, out[i])
+    return out
+
+
+def entropy_from_histograms(hist: np.ndarray) -> np.ndarray:
+    """Shannon entropy in bits of each histogram along the last axis; NaN where the histogram is empty.
+
+    Args:
+        hist: ``(..., 256)`` counts.
+    Returns:
+        ``(...)`` float64.
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    total = hist.sum(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = hist / total
+        terms = np.where(hist > 0, -p * np.log2(np.where(hist > 0, p, 1.0)), 0.0)
+    h = terms.sum(axis=-1)
+    h[total[..., 0] == 0] = np.nan
+    return h + 0.0  # no negative zeros
+
+
+# ---------------------------------------------------------------------------------------------
+# Levels: any dtype → 256 levels
+# ---------------------------------------------------------------------------------------------
+
+def stretch_levels(block: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Map ``(C, H, W)`` values to uint8 levels with per-band ``lo``/``hi`` (the percentile stretch)."""
+    lo = np.asarray(lo, np.float64).reshape(-1, 1, 1)
+    span = np.maximum(np.asarray(hi, np.float64).reshape(-1, 1, 1) - lo, 1e-12)
+    q = (block.astype(np.float64) - lo) / span
+    return np.rint(np.clip(np.nan_to_num(q, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(H, W)`` uint8: 1 where at least one band holds data (not nodata, not NaN)."""
+    bad = np.zeros(block.shape, bool)
+    if np.issubdtype(block.dtype, np.floating):
+        bad |= np.isnan(block)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        bad |= block == nodata
+    return (~bad.all(axis=0)).astype(np.uint8)
+
+
+def percentile_range(sample: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2nd and 98th percentiles of ``(C, H, W)`` ``sample``, nodata and NaN excluded."""
+    valid = valid_pixels(sample, nodata).astype(bool)
+    lo, hi = [], []
+    for band in sample:
+        v = band[valid]
+        v = v[np.isfinite(v)] if np.issubdtype(v.dtype, np.floating) else v
+        if v.size == 0:
+            lo.append(0.0)
+            hi.append(1.0)
+            continue
+        a, b = np.percentile(v.astype(np.float64), STRETCH_PERCENTILES)
+        lo.append(float(a))
+        hi.append(float(b) if b > a else float(a) + 1.0)
+    return np.array(lo), np.array(hi)
+
+
+def scene_percentiles(href: str, nodata: float | None, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's stretch (per-band 2nd/98th percentiles) from a decimated read of the whole raster."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(href) as src:
+        f = max(1, math.ceil(max(src.height, src.width) / max_side))
+        sample = src.read(out_shape=(src.count, math.ceil(src.height / f), math.ceil(src.width / f)),
+                          resampling=Resampling.nearest)
+    return percentile_range(sample, nodata)
+
+
+# ---------------------------------------------------------------------------------------------
+# Histograms of tiles: numpy batches, dask-backed rasters
+# ---------------------------------------------------------------------------------------------
+
+def tile_histograms(tiles: np.ndarray, nodata: float | None = None, *, lo=None, hi=None) -> np.ndarray:
+    """Histograms of in-memory tiles.
+
+    Args:
+        tiles: ``(N, C, H, W)`` array (uint8 used as is; other dtypes stretched with ``lo``/``hi``,
+            by default the 2–98 % percentiles of ``tiles`` itself).
+        nodata: value that marks nodata when every band holds it.
+    Returns:
+        ``(N, C + 1, 256)`` int64 counts: bands 1..C, then gray.
+    """
+    tiles = np.asarray(tiles)
+    if tiles.ndim != 4:
+        raise RSGeoPruneError(f"tiles must be (N, C, H, W); got shape {tiles.shape}")
+    if tiles.dtype == np.uint8 and not (nodata is not None and not float(nodata).is_integer()):
+        has = nodata is not None and 0 <= nodata <= 255
+        return _batch_histograms(np.ascontiguousarray(tiles), np.uint8(nodata if has else 0), has)
+    valid = np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles) else np.zeros((0,) + tiles.shape[2:], np.uint8)
+    if lo is None or hi is None:
+        lo, hi = percentile_range(np.concatenate(list(tiles), axis=2) if len(tiles) else tiles[:0].reshape(tiles.shape[1], 0, 0), nodata)
+    levels = np.stack([stretch_levels(t, lo, hi) for t in tiles]) if len(tiles) else tiles.astype(np.uint8)
+    return _batch_histograms_masked(levels, valid)
+
+
+def tile_entropy(tiles: np.ndarray, nodata: float | None = None, **stretch) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy of in-memory tiles ``(N, C, H, W)``: ``(gray (N,), bands (N, C))`` in bits (NaN if no data)."""
+    h = entropy_from_histograms(tile_histograms(tiles, nodata, **stretch))
+    return h[:, -1], h[:, :-1]
+
+
+def _chunk_histograms(block: np.ndarray, nodata, cell: int, lo, hi, mask_href, block_info=None) -> np.ndarray:
+    if mask_href is not None:
+        import rasterio
+        from rasterio.windows import Window
+
+        (_, _), (r0, r1), (c0, c1) = block_info[0]["array-location"]
+        with rasterio.open(mask_href) as src:
+            valid = (src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0)) > 0).astype(np.uint8)
+        levels = block if block.dtype == np.uint8 else stretch_levels(block, lo, hi)
+        return _cell_histograms(levels, valid, True, np.uint8(0), False, cell)
+    if block.dtype == np.uint8:
+        has = nodata is not None and float(nodata).is_integer() and 0 <= nodata <= 255
+        return _cell_histograms(block, np.zeros((1, 1), np.uint8), False, np.uint8(nodata if has else 0), has, cell)
+    return _cell_histograms(stretch_levels(block, lo, hi), valid_pixels(block, nodata), True, np.uint8(0), False, cell)
+
+
+def raster_histograms(data: dsa.Array, row_off, col_off, height, width, *, nodata=None, lo=None, hi=None,
+                      mask_href: str | None = None) -> np.ndarray:
+    """Histograms of tile windows of a dask-backed ``(C, H, W)`` raster, ``(N, C + 1, 256)`` int64.
+
+    Works for any grid: each chunk is reduced to histograms of ``g x g`` cells, ``g`` the gcd of all
+    tile offsets and sizes (for the default grid, one cell = one tile), and each tile adds its cells.
+    Chunks must be whole multiples of ``g`` (those of :func:`rsgeo_prune.sources.open_raster` are).
+    """
+    row_off, col_off, height, width = (np.asarray(a, np.int64) for a in (row_off, col_off, height, width))
+    nb = data.shape[0]
+    if len(row_off) == 0:
+        return np.zeros((0, nb + 1, LEVELS), np.int64)
+    # Tile edges on the raster's own edge (partial tiles) fall in the last, clipped cell anyway.
+    H, W = data.shape[1:]
+    inner = [height[row_off + height < H], width[col_off + width < W]]
+    cell = int(np.gcd.reduce(np.concatenate([row_off, col_off, *inner, [0]])))
+    cell = cell or int(max(H, W))  # a single tile
+    if cell < 8:
+        raise RSGeoPruneError(f"tile offsets and sizes share only a {cell}-px grid; use a stride that shares a "
+                              "factor of at least 8 px with the tile size")
+    for ch in data.chunks[1:]:
+        if any(c % cell for c in ch[:-1]):
+            data = data.rechunk({1: max(cell, (data.chunks[1][0] // cell) * cell),
+                                 2: max(cell, (data.chunks[2][0] // cell) * cell)})
+            break
+    out_chunks = tuple(tuple(math.ceil(c / cell) for c in ch) for ch in data.chunks[1:]) + ((nb + 1,), (LEVELS,))
+    cells = dsa.map_blocks(_chunk_histograms, data, nodata, cell, lo, hi, mask_href, chunks=out_chunks,
+                           drop_axis=0, new_axis=[2, 3], dtype=np.int64, meta=np.empty((0, 0, 0, 0), np.int64))
+    cells = cells.compute()
+    r0, c0 = row_off // cell, col_off // cell
+    r1, c1 = -(-(row_off + height) // cell), -(-(col_off + width) // cell)
+    if np.all(r1 - r0 == 1) and np.all(c1 - c0 == 1):
+        return cells[r0, c0]
+    sat = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1) + cells.shape[2:], np.int64)
+    sat[1:, 1:] = cells.cumsum(0).cumsum(1)
+    return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+
+
+def scene_histograms(scene, row_off, col_off, height, width, tile_size: int = 256) -> np.ndarray:
+    """Histograms ``(N, C + 1, 256)`` of the given tile windows of a :class:`~rsgeo_prune.sources.RasterScene`."""
+    from .sources import open_raster
+    from .tiling import compute_scene  # noqa: F401  (same error contract as tiling)
+
+    lo = hi = None
+    if scene.dtype != "uint8":
+        lo, hi = scene_percentiles(scene.href, scene.nodata)
+    mask_href = scene.href if (scene.nodata is None and scene.has_mask) else None
+    data = open_raster(scene, tile_size).data
+    from rasterio.errors import RasterioError
+
+    try:
+        return raster_histograms(data, row_off, col_off, height, width, nodata=scene.nodata, lo=lo, hi=hi,
+                                 mask_href=mask_href)
+    except (RasterioError, OSError) as exc:
+        raise RSGeoPruneError(
+            f"{scene.href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
+
+
+def image_histograms(paths) -> np.ndarray:
+    """Histograms ``(N, C + 1, 256)`` of collection images (one tile each; every image its own stretch)."""
+    from .sources import read_image
+
+    out = []
+    for p in paths:
+        img = read_image(p)
+        out.append(tile_histograms(img[None])[0])
+    nb = max((h.shape[0] for h in out), default=1)
+    full = np.zeros((len(out), nb, LEVELS), np.int64)
+    for i, h in enumerate(out):  # images with fewer bands: gray stays last, missing bands empty
+        full[i, : h.shape[0] - 1] = h[:-1]
+        full[i, -1] = h[-1]
+    return full
+
+
+# ---------------------------------------------------------------------------------------------
+# Filters
+# ---------------------------------------------------------------------------------------------
+
+def entropy_filter(entropy: np.ndarray, tile_id, candidates: np.ndarray, *, entropy_min: float | None = None,
+                   entropy_keep: float | None = None) -> np.ndarray:
+    """Which candidates Stage I prunes, ``(N,)`` bool.
+
+    Args:
+        entropy: gray entropy per tile (NaN for tiles without data).
+        tile_id: tile ids (the tie-break of the ranking).
+        candidates: tiles still kept before Stage I.
+        entropy_min: keep candidates with ``entropy >= entropy_min``.
+        entropy_keep: keep exactly ``round(P x N)`` candidates (round half up) with the highest
+            entropy among the ``N`` candidates; an exact global ranking, ties broken by ``tile_id``.
+    """
+    entropy = np.asarray(entropy, np.float64)
+    candidates = np.asarray(candidates, bool)
+    pruned = np.zeros(len(entropy), bool)
+    if entropy_min is not None and entropy_keep is not None:
+        raise RSGeoPruneError("give either --entropy-min or --entropy-keep, not both")
+    if entropy_min is not None:
+        pruned = candidates & ~(entropy >= entropy_min)
+    elif entropy_keep is not None:
+        if not 0.0 <= entropy_keep <= 1.0:
+            raise RSGeoPruneError(f"--entropy-keep {entropy_keep} must be a fraction in [0, 1] (e.g. 0.3 keeps 30 %)")
+        idx = np.flatnonzero(candidates)
+        n_keep = int(math.floor(entropy_keep * len(idx) + 0.5))
+        score = np.where(np.isnan(entropy[idx]), -np.inf, entropy[idx])
+        order = np.lexsort((np.asarray(tile_id, dtype=object)[idx].astype(str), -score))
+        pruned[idx[order[n_keep:]]] = True
+    return pruned
