@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[embed,test,notebooks]"
+	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[embed,test,notebooks,bench]"
 	touch $(STAMP)
 
 demo: install
@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/tiling.py
+	$(PY) benchmarks/entropy.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -12,24 +12,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import rasterio
 import shapely
 
+from _common import best_of, naip_sized_scene, print_table
 from rsgeo_prune import TileConfig, tiles_stage, urban_fraction
-from rsgeo_prune.synth import write_scene
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -38,10 +28,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rsgeo-bench-"))
-    path = work / "naip_sized.tif"
-    if not path.exists():
-        print(f"writing {path} ...", flush=True)
-        write_scene(path, rows=29, cols=23, extra_px=(151, 5), blocksize=512, seed=0, nodata_rows=2)
+    path = naip_sized_scene(work)
     urban = path.with_name(f"{path.stem}_urban.gpkg")
 
     def plain_read():
@@ -70,10 +57,7 @@ def main() -> None:
          f"{t_stage / t_read:.2f}x read (target <= 1.5x)"),
         ("urban fraction, 100,000 tiles x 10,000 polygons", f"{t_urban:.2f} s", "target < 10 s"),
     ]
-    w = max(len(r[0]) for r in rows)
-    print(f"\n{'benchmark':<{w}}  {'time':>9}  note")
-    for name, t, note in rows:
-        print(f"{name:<{w}}  {t:>9}  {note}")
+    print_table(rows)
     print(f"tiling_vs_read={t_stage / t_read:.3f}")
     print(f"urban_100k_x_10k_s={t_urban:.3f}")
 

@@ -1,4 +1,5 @@
-"""``make demo``: build the synthetic inputs and run the pipeline as far as it exists today.
+"""``make demo``: build the synthetic inputs and run the pipeline as far as it exists today
+(tiles, pre-filters, Stage I entropy).
 
 Writes everything under ``--out`` (default ``catalogs/demo``) and prints what each output means.
 """
@@ -33,23 +34,36 @@ def main(argv=None) -> int:
     print(f"   {scene.urban_path.name}: urban polygons (EPSG:4326) covering the urban tiles")
     print(f"   {scene.path.stem}_labels.csv: the true class of every tile; {ref.name}/: ImageFolder reference set")
 
-    print("\n2. Tiles stage (256-px tiles, nodata and urban fractions, pre-filters)")
-    all_tiles = tiles_stage([scene.path], TileConfig(mask=str(scene.urban_path)), progress=False)
-    urban_only = tiles_stage([scene.path], TileConfig(mask=str(scene.urban_path), min_urban=0.5), progress=False)
-    write_geoparquet(all_tiles, out / "tiles.parquet")
-    write_geoparquet(urban_only, out / "tiles_urban.parquet")
-    for name, table in (("tiles.parquet", all_tiles), ("tiles_urban.parquet (--min-urban 0.5)", urban_only)):
+    print("\n2. Tiles stage (256-px tiles, nodata and urban fractions, pre-filters) and Stage I (entropy)")
+    runs = {
+        "tiles.parquet": TileConfig(mask=str(scene.urban_path)),
+        "tiles_urban.parquet": TileConfig(mask=str(scene.urban_path), min_urban=0.5),
+        "stage1.parquet": TileConfig(mask=str(scene.urban_path), entropy_keep=0.7),
+        "stage1_tau.parquet": TileConfig(mask=str(scene.urban_path), entropy_min=3.5),
+    }
+    for name, cfg in runs.items():
+        table = tiles_stage([scene.path], cfg, progress=False)
+        write_geoparquet(table, out / name)
         why = table["pruned_by"].value_counts()
-        print(f"   {out / name.split(' ')[0]}: {len(table)} tiles, {int(why.get('nodata', 0))} pruned by nodata "
-              f"(>50 % nodata), {int(why.get('mask', 0))} pruned by mask, {int(table['kept'].sum())} kept")
+        opts = {k: v for k, v in cfg.as_dict().items() if k in ("min_urban", "entropy_keep", "entropy_min") and v is not None}
+        print(f"   {out / name}  {opts or ''}\n      {len(table)} tiles: {int(why.get('nodata', 0))} pruned by nodata "
+              f"(>50 % nodata), {int(why.get('mask', 0))} by mask, {int(why.get('entropy', 0))} by entropy, "
+              f"{int(table['kept'].sum())} kept")
+        if name == "tiles.parquet":
+            all_tiles = table
+        if name == "stage1.parquet":
+            stage1 = table
 
     labels = pd.read_csv(scene.path.with_name(f"{scene.path.stem}_labels.csv"))
-    mix = all_tiles.merge(labels[["tile_id", "class"]], on="tile_id").groupby("class")["kept"].agg(["size", "sum"])
-    print("\n   true class of the tiles (all / kept by the pre-filters):")
+    merged = stage1.merge(labels[["tile_id", "class"]], on="tile_id")
+    mix = merged.groupby("class").agg(tiles=("kept", "size"), kept=("kept", "sum"), entropy=("entropy", "mean"))
+    print("\n   true class of the tiles in stage1.parquet (--entropy-keep 0.7): tiles / kept / mean entropy (bits)")
     for cls, row in mix.iterrows():
-        print(f"     {cls:<11} {int(row['size']):>3} / {int(row['sum']):>3}")
+        ent = "   -" if pd.isna(row["entropy"]) else f"{row['entropy']:.2f}"
+        print(f"     {cls:<11} {int(row['tiles']):>3} / {int(row['kept']):>3} / {ent}")
+    print("   Clouds and water carry the least information: Stage I removes them first.")
     print("\nOpen the catalogs with geopandas.read_parquet(...) or DuckDB; each row is a tile with its "
-          "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, kept and pruned_by.")
+          "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, entropy (gray, bits), entropy_bands, kept and pruned_by.")
     return 0
 
 
