@@ -49,8 +49,6 @@ def main(argv=None) -> int:
         print(f"   {out / name}  {opts or ''}\n      {len(table)} tiles: {int(why.get('nodata', 0))} pruned by nodata "
               f"(>50 % nodata), {int(why.get('mask', 0))} by mask, {int(why.get('entropy', 0))} by entropy, "
               f"{int(table['kept'].sum())} kept")
-        if name == "tiles.parquet":
-            all_tiles = table
         if name == "stage1.parquet":
             stage1 = table
 

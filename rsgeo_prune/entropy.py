@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 from .errors import RSGeoPruneError
+from .tiling import window_sums
 
 log = logging.getLogger(__name__)
 
@@ -305,34 +306,21 @@ def raster_histograms(data: dsa.Array, row_off, col_off, height, width, *, nodat
     out_chunks = tuple(tuple(math.ceil(c / cell) for c in ch) for ch in data.chunks[1:]) + ((nb + 1,), (LEVELS,))
     cells = dsa.map_blocks(_chunk_histograms, data, nodata, cell, lo, hi, mask_href, chunks=out_chunks,
                            drop_axis=0, new_axis=[2, 3], dtype=np.int64, meta=np.empty((0, 0, 0, 0), np.int64))
-    cells = cells.compute()
-    r0, c0 = row_off // cell, col_off // cell
-    r1, c1 = -(-(row_off + height) // cell), -(-(col_off + width) // cell)
-    if np.all(r1 - r0 == 1) and np.all(c1 - c0 == 1):
-        return cells[r0, c0]
-    sat = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1) + cells.shape[2:], np.int64)
-    sat[1:, 1:] = cells.cumsum(0).cumsum(1)
-    return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+    return window_sums(cells.compute(), cell, row_off, col_off, height, width)
 
 
 def scene_histograms(scene, row_off, col_off, height, width, tile_size: int = 256) -> np.ndarray:
     """Histograms ``(N, C + 1, 256)`` of the given tile windows of a :class:`~rsgeo_prune.sources.RasterScene`."""
-    from .sources import open_raster
-    from .tiling import compute_scene  # noqa: F401  (same error contract as tiling)
+    from .sources import decode_errors, open_raster
 
     lo = hi = None
     if scene.dtype != "uint8":
         lo, hi = scene_percentiles(scene.href, scene.nodata)
     mask_href = scene.href if (scene.nodata is None and scene.has_mask) else None
     data = open_raster(scene, tile_size).data
-    from rasterio.errors import RasterioError
-
-    try:
+    with decode_errors(scene.href):
         return raster_histograms(data, row_off, col_off, height, width, nodata=scene.nodata, lo=lo, hi=hi,
                                  mask_href=mask_href)
-    except (RasterioError, OSError) as exc:
-        raise RSGeoPruneError(
-            f"{scene.href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
 
 
 def image_histograms(paths) -> np.ndarray:

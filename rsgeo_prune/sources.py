@@ -8,6 +8,7 @@ when a stage asks for them.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -22,7 +23,7 @@ import rioxarray
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioError, RasterioIOError
+from rasterio.errors import RasterioError, RasterioIOError
 
 from .errors import RSGeoPruneError
 
@@ -306,6 +307,16 @@ def open_raster(scene: RasterScene, tile_size: int = 256) -> xr.DataArray:
     if da.rio.crs is None:
         da = da.rio.write_crs(scene.crs)
     return da
+
+
+@contextlib.contextmanager
+def decode_errors(href: str):
+    """Turn a failure to decode pixels of ``href`` (corrupt or truncated file) into one clear error."""
+    try:
+        yield
+    except (RasterioError, OSError) as exc:
+        raise RSGeoPruneError(
+            f"{href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
 
 
 def read_image(path: str | Path) -> np.ndarray:

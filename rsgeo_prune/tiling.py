@@ -19,7 +19,7 @@ import shapely
 from pyproj import Transformer
 
 from .errors import RSGeoPruneError
-from .sources import RasterScene, open_raster
+from .sources import RasterScene, decode_errors, open_raster
 
 log = logging.getLogger(__name__)
 
@@ -198,25 +198,28 @@ def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile
                                 dtype=np.int32)
     else:
         counts = dsa.map_blocks(_mask_cell_counts, data[0], scene.href, cell, chunks=out_chunks, dtype=np.int32)
-    cells = compute_scene(counts, scene)
-    sat = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1), np.int64)
-    sat[1:, 1:] = cells.cumsum(0).cumsum(1)
+    with decode_errors(scene.href):
+        cells = counts.compute()
+    return window_sums(cells, cell, row_off, col_off, height, width) / (height * width).astype(np.float64)
+
+
+def window_sums(cells: np.ndarray, cell: int, row_off, col_off, height, width) -> np.ndarray:
+    """Sum per tile window of a grid of per-cell values ``(ny, nx, ...)`` (cells of ``cell`` px).
+
+    Window edges lie on cell borders, or on the raster's edge (the last, clipped cell). Where every
+    window is one cell the cells are the answer; otherwise a summed-area table gives each window in
+    four look-ups.
+    """
     r0, c0 = row_off // cell, col_off // cell
     r1 = np.minimum(-(-(row_off + height) // cell), cells.shape[0])
     c1 = np.minimum(-(-(col_off + width) // cell), cells.shape[1])
-    bad = sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
-    return bad / (height * width).astype(np.float64)
+    if np.all(r1 - r0 == 1) and np.all(c1 - c0 == 1):
+        return cells[r0, c0]
+    sat = np.zeros((cells.shape[0] + 1, cells.shape[1] + 1) + cells.shape[2:], np.int64)
+    sat[1:, 1:] = cells.cumsum(0).cumsum(1)
+    return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
 
 
-def compute_scene(arr, scene: RasterScene):
-    """Compute a dask array read from ``scene``; a decode failure becomes one clear error."""
-    from rasterio.errors import RasterioError
-
-    try:
-        return arr.compute()
-    except (RasterioError, OSError) as exc:
-        raise RSGeoPruneError(
-            f"{scene.href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
 
 
 def collection_grid(coll) -> pd.DataFrame:
