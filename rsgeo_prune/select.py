@@ -1,0 +1,142 @@
+"""Stage II — assignment of tiles to reference centroids and budgeted selection (RS-Prune §3.3).
+
+* :func:`assign`: cluster = argmax cosine similarity to the centroids, computed in blocks so that
+  an ``N x K`` matrix never exists at once.
+* :func:`select_quota`: RS-Prune's selection — quota ``q = ⌊B/K⌋`` per cluster, nearest to the
+  centroid first; a cluster with fewer than ``q`` candidates keeps all; the unused budget is filled
+  from all not-yet-selected candidates by descending similarity. Exactly ``min(B, N)`` are kept.
+* :func:`select_water_filling`: the alternative allocation — the largest cap ``x`` with
+  ``Σ min(x, |P_k|) ≤ B``, each cluster keeps its top ``min(x, |P_k|)``, and the last few slots go
+  to the next-nearest tiles of the clusters that still have some.
+
+Every ordering breaks ties by ``tile_id``, so a selection is a pure function of its inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import RSGeoPruneError
+
+
+def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid by cosine for ℓ2-normalised ``embeddings (N, D)`` and ``centroids (K, D)``.
+
+    Returns:
+        ``(cluster (N,) int32, similarity (N,) float32)``. Memory: one ``block x K`` matrix.
+    """
+    embeddings = np.asarray(embeddings, np.float32)
+    centroids = np.asarray(centroids, np.float32)
+    if embeddings.ndim != 2 or centroids.ndim != 2 or embeddings.shape[1] != centroids.shape[1]:
+        raise RSGeoPruneError(f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)")
+    if not np.isfinite(centroids).all():
+        raise RSGeoPruneError("the centroid bank holds NaN or infinite values; rebuild it with `rsgeo-prune centroids`")
+    n = len(embeddings)
+    cluster = np.empty(n, np.int32)
+    similarity = np.empty(n, np.float32)
+    ct = np.ascontiguousarray(centroids.T)
+    for start in range(0, n, block):
+        part = embeddings[start:start + block]
+        if not np.isfinite(part).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(part).all(axis=1))[0])
+            raise RSGeoPruneError(f"embedding row {bad} holds NaN or infinite values; re-embed the tiles "
+                                  "(check the embedder on that tile)")
+        sims = part @ ct
+        idx = sims.argmax(axis=1)
+        cluster[start:start + block] = idx
+        similarity[start:start + block] = sims[np.arange(len(idx)), idx]
+    return cluster, similarity
+
+
+def _check(cluster, similarity, tile_id, budget):
+    cluster = np.asarray(cluster)
+    similarity = np.asarray(similarity, np.float64)
+    tile_id = np.asarray(tile_id).astype(str)
+    if not (len(cluster) == len(similarity) == len(tile_id)):
+        raise RSGeoPruneError("cluster, similarity and tile_id must have one entry per tile")
+    if budget < 0:
+        raise RSGeoPruneError(f"budget {budget} must be >= 0")
+    if np.isnan(similarity).any():
+        raise RSGeoPruneError("similarity holds NaN; re-embed the tiles")
+    return cluster, similarity, tile_id
+
+
+def rank_in_cluster(cluster, similarity, tile_id) -> np.ndarray:
+    """Each tile's place in its cluster, 0 = nearest to the centroid (ties by ``tile_id``)."""
+    cluster, similarity, tile_id = _check(cluster, similarity, tile_id, 0)
+    order = np.lexsort((tile_id, -similarity, cluster))
+    sorted_cluster = cluster[order]
+    starts = np.flatnonzero(np.r_[True, sorted_cluster[1:] != sorted_cluster[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - np.repeat(starts, sizes)
+    return rank
+
+
+def _fill_remainder(selected, similarity, tile_id, r):
+    rest = np.flatnonzero(~selected)
+    if r > 0 and len(rest):
+        order = np.lexsort((tile_id[rest], -similarity[rest]))
+        selected[rest[order[:r]]] = True
+    return selected
+
+
+def select_quota(cluster, similarity, tile_id, budget: int, k: int) -> np.ndarray:
+    """RS-Prune selection of exactly ``min(budget, N)`` tiles, ``(N,)`` bool.
+
+    Args:
+        cluster: centroid index per candidate tile.
+        similarity: cosine similarity to that centroid.
+        tile_id: tie-break.
+        budget: B, the number of tiles to keep.
+        k: K, the number of centroids (sets the quota ``⌊B/K⌋``).
+    """
+    cluster, similarity, tile_id = _check(cluster, similarity, tile_id, budget)
+    if k <= 0:
+        raise RSGeoPruneError(f"k {k} must be >= 1")
+    if len(cluster) and (cluster.min() < 0 or cluster.max() >= k):
+        raise RSGeoPruneError(f"cluster ids must lie in [0, {k}); the assignment does not match the centroid bank")
+    q = budget // k
+    selected = rank_in_cluster(cluster, similarity, tile_id) < q
+    return _fill_remainder(selected, similarity, tile_id, budget - int(selected.sum()))
+
+
+def select_water_filling(cluster, similarity, tile_id, budget: int) -> np.ndarray:
+    """Water-filling allocation of exactly ``min(budget, N)`` tiles, ``(N,)`` bool."""
+    cluster, similarity, tile_id = _check(cluster, similarity, tile_id, budget)
+    rank = rank_in_cluster(cluster, similarity, tile_id)
+    sizes = np.bincount(np.unique(cluster, return_inverse=True)[1])
+    if budget >= len(cluster):
+        return np.ones(len(cluster), bool)
+    # the largest cap x with sum(min(x, |P_k|)) <= B: binary search on x
+    lo, hi = 0, int(sizes.max())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if np.minimum(mid, sizes).sum() <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    selected = rank < lo
+    # slots left (< number of clusters larger than x): the (x+1)-th tiles, nearest first
+    left = budget - int(selected.sum())
+    nxt = np.flatnonzero(rank == lo)
+    if left > 0:
+        order = np.lexsort((tile_id[nxt], -similarity[nxt]))
+        selected[nxt[order[:left]]] = True
+    return selected
+
+
+def select_random(n: int, budget: int, seed: int = 0) -> np.ndarray:
+    """Random baseline: ``min(budget, n)`` tiles chosen uniformly with ``seed``."""
+    selected = np.zeros(n, bool)
+    selected[np.random.default_rng(seed).permutation(n)[: min(budget, n)]] = True
+    return selected
+
+
+def select_top_entropy(entropy, tile_id, budget: int) -> np.ndarray:
+    """Entropy baseline: the ``budget`` tiles with the highest entropy (ties by ``tile_id``)."""
+    entropy = np.nan_to_num(np.asarray(entropy, np.float64), nan=-np.inf)
+    order = np.lexsort((np.asarray(tile_id).astype(str), -entropy))
+    selected = np.zeros(len(entropy), bool)
+    selected[order[:budget]] = True
+    return selected

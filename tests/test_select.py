@@ -1,0 +1,75 @@
+"""Stage II selection with hand-built assignments whose answer is known."""
+
+import numpy as np
+import pytest
+
+from rsgeo_prune import RSGeoPruneError
+from rsgeo_prune.select import (assign, rank_in_cluster, select_quota, select_random, select_top_entropy,
+                                select_water_filling)
+
+# 3 clusters: A (cluster 0) has 5 tiles, B (1) has 3, C (2, rare) has 1
+CLUSTER = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2])
+SIM = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.95, 0.4, 0.3, 0.2])
+IDS = np.array([f"t{i}" for i in range(9)])
+
+
+def picked(mask):
+    return sorted(IDS[mask].tolist())
+
+
+def test_quota_per_cluster_nearest_first_and_rare_cluster_keeps_all():
+    # B = 6, K = 3: q = 2 → A: t0, t1; B: t5, t6; C has 1 < q: keeps t8; 1 left → best remaining: t2 (0.7)
+    assert picked(select_quota(CLUSTER, SIM, IDS, 6, 3)) == ["t0", "t1", "t2", "t5", "t6", "t8"]
+
+
+def test_remainder_by_descending_similarity_with_tile_id_ties():
+    sim = np.array([0.9, 0.5, 0.5, 0.5, 0.1, 0.95, 0.5, 0.3, 0.2])
+    # q = 1: t0, t5, t8; 2 left among 0.5-ties t1, t2, t3, t6 → by tile_id: t1, t2
+    assert picked(select_quota(CLUSTER, sim, IDS, 5, 4)) == ["t0", "t1", "t2", "t5", "t8"]
+
+
+def test_exactly_b_and_all_when_b_exceeds_n():
+    for b in range(0, 12):
+        assert select_quota(CLUSTER, SIM, IDS, b, 3).sum() == min(b, 9)
+        assert select_water_filling(CLUSTER, SIM, IDS, b).sum() == min(b, 9)
+
+
+def test_k_equal_one_is_global_top_b():
+    top4 = select_quota(np.zeros(9, int), SIM, IDS, 4, 1)
+    assert picked(top4) == ["t0", "t1", "t2", "t5"]
+    with pytest.raises(RSGeoPruneError, match="must lie in"):
+        select_quota(CLUSTER, SIM, IDS, 4, 1)
+
+
+def test_water_filling_cap():
+    # sizes 5, 3, 1; B = 7: x = 3 gives 3 + 3 + 1 = 7 → A: t0-t2, B: all, C: all
+    assert picked(select_water_filling(CLUSTER, SIM, IDS, 7)) == ["t0", "t1", "t2", "t5", "t6", "t7", "t8"]
+    # B = 5: x = 2 gives 2 + 2 + 1 = 5
+    assert picked(select_water_filling(CLUSTER, SIM, IDS, 5)) == ["t0", "t1", "t5", "t6", "t8"]
+    # B = 6: x = 2 (5), one slot left → next of A (t2, 0.7) beats next of B (t7, 0.3)
+    assert picked(select_water_filling(CLUSTER, SIM, IDS, 6)) == ["t0", "t1", "t2", "t5", "t6", "t8"]
+
+
+def test_rank_in_cluster():
+    assert rank_in_cluster(CLUSTER, SIM, IDS).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0]
+
+
+def test_assign_in_blocks_matches_full_matrix():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(1000, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cen = rng.normal(size=(7, 16)).astype(np.float32)
+    cen /= np.linalg.norm(cen, axis=1, keepdims=True)
+    c, s = assign(emb, cen, block=64)
+    full = emb @ cen.T
+    assert (c == full.argmax(1)).all() and np.allclose(s, full.max(1))
+    emb[500, 3] = np.nan
+    with pytest.raises(RSGeoPruneError, match="embedding row 500 holds NaN"):
+        assign(emb, cen, block=64)
+
+
+def test_baselines():
+    assert select_random(100, 10, seed=1).sum() == 10
+    assert (select_random(100, 10, seed=1) == select_random(100, 10, seed=1)).all()
+    e = np.array([1.0, 5.0, np.nan, 5.0])
+    assert select_top_entropy(e, ["d", "c", "b", "a"], 2).tolist() == [False, True, False, True]
