@@ -83,7 +83,55 @@ def build_parser() -> argparse.ArgumentParser:
                      help="nodata value for rasters that declare none (as given to `tiles`)")
     _add_entropy_options(ent)
     ent.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    cen = sub.add_parser(
+        "centroids", formatter_class=_Formatter,
+        help="Stage II: embed reference scene sets and cluster them into a centroid bank",
+        description="Embed reference scene-classification sets in ImageFolder layout (<class>/<image>: UCM, "
+                    "NWPU-RESISC45, AID, WHU-RS19, RSD46), cluster them with seeded spherical k-means and save a "
+                    "CentroidBank (.npz: centroids, embedder spec, reference digest, per-centroid class counts).")
+    cen.add_argument("refs", nargs="+", metavar="REF_DIR", help="ImageFolder reference set(s); classes are merged by name")
+    cen.add_argument("--out", required=True, metavar="BANK.npz", help="output bank (written atomically)")
+    _add_model_options(cen)
+    cen.add_argument("--quiet", action="store_true", help="no summary")
+
+    run = sub.add_parser(
+        "run", formatter_class=_Formatter,
+        help="the whole pipeline: tiles → masks → entropy → embed → assign → select → catalog",
+        description="Run RS-Prune end to end and write RUN_DIR/catalog.parquet (GeoParquet 1.1, every tile with "
+                    "kept, pruned_by, cluster, similarity, rank) and, when the bank was built, RUN_DIR/bank.npz.")
+    run.add_argument("inputs", nargs="+", metavar="RASTER_OR_FOLDER",
+                     help="raster file, quoted glob, STAC Item .json, or image folder")
+    run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    run.add_argument("--reference", nargs="+", default=[], metavar="REF",
+                     help="ImageFolder reference set(s), or one saved bank .npz (needed by rs-prune, water-filling, "
+                          "moderate)")
+    _add_tile_options(run)
+    _add_entropy_options(run)
+    sel = run.add_argument_group("Stage II (selection)")
+    b = sel.add_mutually_exclusive_group()
+    b.add_argument("--budget", type=_fraction, default=0.15, metavar="F",
+                   help="keep this fraction of the tiles that passed the nodata and mask filters (the paper's "
+                        "85 %% pruning is 0.15)")
+    b.add_argument("--budget-count", type=int, default=None, metavar="N", help="keep exactly N tiles instead")
+    sel.add_argument("--method", default="rs-prune",
+                     choices=["rs-prune", "water-filling", "random", "entropy", "moderate", "cluster-nearest",
+                              "full-kmeans"],
+                     help="selection: RS-Prune quotas, water-filling allocation, or a baseline")
+    _add_model_options(run)
+    run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("embedding and clustering")
+    g.add_argument("--embedder", default="default", metavar="SPEC",
+                   help="default (weights-free), openclip:<arch>:<checkpoint-path>, or siglip:<local-dir>")
+    g.add_argument("--nir-view", default="none", choices=["none", "concat", "mean"],
+                   help="4-band tiles with RGB models: also embed the (NIR, R, G) false-colour view and "
+                        "concatenate or average")
+    g.add_argument("--k", type=int, default=200, metavar="K", help="number of centroids (spherical k-means)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="seed of k-means and random baselines")
 
 
 def _add_entropy_options(p: argparse.ArgumentParser) -> None:
@@ -131,13 +179,46 @@ def _cmd_entropy(args) -> int:
     return 0
 
 
+def _cmd_centroids(args) -> int:
+    from .atomic import check_writable
+    from .centroids import build_centroid_bank
+    from .embed import load_embedder
+
+    check_writable(args.out)
+    bank = build_centroid_bank(args.refs, load_embedder(args.embedder, nir_view=args.nir_view), k=args.k, seed=args.seed)
+    bank.save(args.out)
+    if not args.quiet:
+        print(f"{bank.k} centroids from {int(bank.class_counts.sum())} images of {len(bank.classes)} classes "
+              f"→ {args.out} (embedder {bank.embedder}, reference digest {bank.reference_digest[:12]})")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import RunConfig, TileConfig, run_pipeline
+
+    tile_cfg = TileConfig(tile_size=args.tile_size, stride=args.stride, partial=args.partial, mask=args.mask,
+                          min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
+                          entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
+    run_cfg = RunConfig(budget=args.budget, budget_count=args.budget_count, k=args.k, embedder=args.embedder,
+                        nir_view=args.nir_view, method=args.method, seed=args.seed)
+    catalog, counts = run_pipeline(args.inputs, args.out, args.reference, tile_cfg, run_cfg, progress=not args.quiet)
+    if not args.quiet:
+        why = catalog["pruned_by"].value_counts()
+        print(f"{counts['tiles']} tiles → {args.out}/catalog.parquet ({args.method}):")
+        for stage in ("nodata", "mask", "entropy", "selection"):
+            print(f"  pruned by {stage:<9} {int(why.get(stage, 0)):>8}")
+        print(f"  kept               {counts['selected']:>8}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"tiles": _cmd_tiles, "entropy": _cmd_entropy}[args.command](args)
+        commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run}
+        return commands[args.command](args)
     except RSGeoPruneError as exc:
         print(f"rsgeo-prune: error: {exc}", file=sys.stderr)
         return 2

@@ -140,3 +140,45 @@ def select_top_entropy(entropy, tile_id, budget: int) -> np.ndarray:
     selected = np.zeros(len(entropy), bool)
     selected[order[:budget]] = True
     return selected
+
+
+def select_moderate(similarity, tile_id, budget: int) -> np.ndarray:
+    """Moderate-DS baseline (Xia et al. 2023): the tiles whose distance to their centroid
+    (``1 - similarity``) is closest to the median distance (ties by ``tile_id``)."""
+    d = 1.0 - np.asarray(similarity, np.float64)
+    gap = np.abs(d - np.median(d)) if len(d) else d
+    order = np.lexsort((np.asarray(tile_id).astype(str), gap))
+    selected = np.zeros(len(d), bool)
+    selected[order[:budget]] = True
+    return selected
+
+
+def select_cluster_nearest(embeddings, tile_id, budget: int, *, seed: int = 0) -> np.ndarray:
+    """Cluster-nearest baseline (Briq et al.): spherical k-means with ``budget`` clusters on the
+    candidates themselves, then the tile nearest to each centroid (a cluster left empty gives its
+    slot to the remainder by similarity)."""
+    from .centroids import spherical_kmeans
+
+    embeddings = np.asarray(embeddings, np.float32)
+    n = len(embeddings)
+    if budget >= n:
+        return np.ones(n, bool)
+    if budget == 0:
+        return np.zeros(n, bool)
+    centroids, _ = spherical_kmeans(embeddings, budget, seed=seed)
+    cluster, similarity = assign(embeddings, centroids)
+    return select_quota(cluster, similarity, tile_id, budget, budget)
+
+
+def select_full_kmeans(embeddings, tile_id, budget: int, k: int, *, seed: int = 0):
+    """RS-Prune's selection with centroids fitted on all candidates instead of reference sets (the
+    costly variant the paper compares against). Returns ``(selected, cluster, similarity)``."""
+    from .centroids import spherical_kmeans
+
+    embeddings = np.asarray(embeddings, np.float32)
+    centroids, _ = spherical_kmeans(embeddings, min(k, len(embeddings)), seed=seed)
+    cluster, similarity = assign(embeddings, centroids)
+    return select_quota(cluster, similarity, tile_id, budget, len(centroids)), cluster, similarity
+
+
+METHODS = ("rs-prune", "water-filling", "random", "entropy", "moderate", "cluster-nearest", "full-kmeans")
