@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from rsgeo_prune import RSGeoPruneError
+from rsgeo_prune.centroids import CentroidBank, build_centroid_bank, read_reference_sets, spherical_kmeans
+from rsgeo_prune.embed import load_embedder
+from rsgeo_prune.synth import CLASSES, write_reference_set
+
+
+def _planted(k=5, per=40, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(k), per)
+    x = centres[labels] + 0.05 * rng.normal(size=(k * per, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels, centres
+
+
+def test_spherical_kmeans_recovers_planted_clusters():
+    x, labels, centres = _planted()
+    c, found = spherical_kmeans(x, 5, seed=3)
+    assert np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
+    # every found cluster is exactly one planted cluster
+    for j in range(5):
+        assert len(set(labels[found == j])) == 1
+    assert sorted(np.round(np.max(c @ centres.T, axis=1), 2) > 0.99) == [True] * 5
+
+
+def test_kmeans_is_seeded_and_k_is_checked():
+    x, _, _ = _planted()
+    a, _ = spherical_kmeans(x, 7, seed=1)
+    b, _ = spherical_kmeans(x, 7, seed=1)
+    assert np.array_equal(a, b)
+    with pytest.raises(RSGeoPruneError, match="--k 201 is larger than the 200 reference images"):
+        spherical_kmeans(x, 201)
+
+
+def test_bank_from_image_folders_round_trips(tmp_path):
+    ref_a = write_reference_set(tmp_path / "a", per_class=3, size=64, seed=1)
+    ref_b = write_reference_set(tmp_path / "b", per_class=2, size=64, seed=2, classes=("forest", "water"))
+    ref = read_reference_sets([ref_a, ref_b])
+    assert ref.classes == tuple(sorted(CLASSES)) and len(ref.paths) == 3 * len(CLASSES) + 4
+    bank = build_centroid_bank([ref_a, ref_b], load_embedder("default"), k=len(CLASSES), seed=0)
+    assert bank.centroids.shape == (len(CLASSES), load_embedder("default").dim)
+    assert bank.class_counts.sum() == len(ref.paths)
+    # each centroid is one synthetic class: the classes are well separated
+    assert (bank.class_counts.max(axis=1) == bank.class_counts.sum(axis=1)).all()
+    path = bank.save(tmp_path / "bank.npz")
+    back = CentroidBank.load(path)
+    assert np.array_equal(back.centroids, bank.centroids) and back.embedder == "default"
+    assert back.reference_digest == bank.reference_digest == ref.digest() and back.classes == bank.classes
+    (tmp_path / "a" / "forest" / "forest_0.png").write_bytes(b"changed")
+    assert read_reference_sets([ref_a, ref_b]).digest() != bank.reference_digest
+
+
+def test_bad_reference_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RSGeoPruneError, match="no images in <class>/<image> layout"):
+        read_reference_sets([tmp_path / "empty"])
+    ref = write_reference_set(tmp_path / "r", per_class=1, size=32)
+    with pytest.raises(RSGeoPruneError, match="--k 50 is larger than the 7 reference images"):
+        build_centroid_bank([ref], load_embedder("default"), k=50)
+    (tmp_path / "junk.npz").write_bytes(b"nope")
+    with pytest.raises(RSGeoPruneError, match="not a readable centroid bank"):
+        CentroidBank.load(tmp_path / "junk.npz")
