@@ -27,6 +27,7 @@ test: install
 bench: install
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/entropy.py
+	$(PY) benchmarks/select.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import RSGeoPruneError
 
 
-def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 8_192) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid by cosine for ℓ2-normalised ``embeddings (N, D)`` and ``centroids (K, D)``.
 
     Returns:
@@ -31,54 +31,90 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 65_536
         raise RSGeoPruneError(f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)")
     if not np.isfinite(centroids).all():
         raise RSGeoPruneError("the centroid bank holds NaN or infinite values; rebuild it with `rsgeo-prune centroids`")
+    import torch
+
     n = len(embeddings)
     cluster = np.empty(n, np.int32)
     similarity = np.empty(n, np.float32)
-    ct = np.ascontiguousarray(centroids.T)
-    for start in range(0, n, block):
-        part = embeddings[start:start + block]
-        if not np.isfinite(part).all():
-            bad = start + int(np.flatnonzero(~np.isfinite(part).all(axis=1))[0])
-            raise RSGeoPruneError(f"embedding row {bad} holds NaN or infinite values; re-embed the tiles "
-                                  "(check the embedder on that tile)")
-        sims = part @ ct
-        idx = sims.argmax(axis=1)
-        cluster[start:start + block] = idx
-        similarity[start:start + block] = sims[np.arange(len(idx)), idx]
+    ct = torch.from_numpy(np.ascontiguousarray(centroids.T))
+    with torch.inference_mode():
+        for start in range(0, n, block):
+            part = torch.from_numpy(np.ascontiguousarray(embeddings[start:start + block]))
+            # a block x K product small enough to stay in cache; max gives value and index in one pass
+            sims, idx = (part @ ct).max(dim=1)
+            cluster[start:start + block] = idx.numpy()
+            similarity[start:start + block] = sims.numpy()
+    # a NaN or infinite embedding makes its similarities NaN or infinite: one cheap check at the end
+    bad = np.flatnonzero(~np.isfinite(similarity))
+    if len(bad):
+        raise RSGeoPruneError(f"embedding row {int(bad[0])} holds NaN or infinite values; re-embed the tiles "
+                              "(check the embedder on that tile)")
     return cluster, similarity
 
 
 def _check(cluster, similarity, tile_id, budget):
     cluster = np.asarray(cluster)
-    similarity = np.asarray(similarity, np.float64)
-    tile_id = np.asarray(tile_id).astype(str)
+    similarity = np.asarray(similarity, np.float32)
     if not (len(cluster) == len(similarity) == len(tile_id)):
         raise RSGeoPruneError("cluster, similarity and tile_id must have one entry per tile")
     if budget < 0:
         raise RSGeoPruneError(f"budget {budget} must be >= 0")
     if np.isnan(similarity).any():
         raise RSGeoPruneError("similarity holds NaN; re-embed the tiles")
-    return cluster, similarity, tile_id
+    return cluster, similarity, _tie_rank(tile_id)
+
+
+def _tie_rank(tile_id) -> np.ndarray:
+    """Tile ids as integers that sort like them: integer ids as they are, strings by their rank."""
+    tile_id = np.asarray(tile_id)
+    if np.issubdtype(tile_id.dtype, np.integer) and (len(tile_id) == 0 or np.ptp(tile_id) < 2**32):
+        return tile_id.astype(np.int64)
+    return np.unique(tile_id.astype(str), return_inverse=True)[1].astype(np.int64)
+
+
+def _descending_keys(similarity: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """uint64 keys whose ascending order is descending similarity, then ascending tile id.
+
+    The float32 similarity is mapped to an order-preserving uint32 (sign-bit flip), inverted, and
+    put above the tie rank, so keys are unique and one integer comparison orders two tiles.
+    """
+    u = np.ascontiguousarray(similarity, np.float32).view(np.uint32)
+    ordered = np.where(u >> 31, ~u, u | np.uint32(0x80000000))  # ascending with the float
+    key = (~ordered).astype(np.uint64) << np.uint64(32)
+    if len(tie):
+        key |= (tie - tie.min()).astype(np.uint64)
+    return key
+
+
+def _descending_order(similarity: np.ndarray, tie: np.ndarray) -> np.ndarray:
+    """Indices by descending similarity, ties by ascending tile id (one sort of unique keys)."""
+    return np.argsort(_descending_keys(similarity, tie))
+
+
+def _top(members: np.ndarray, key: np.ndarray, m: int) -> np.ndarray:
+    """The ``m`` members with the smallest keys (unique keys: the answer is exact), O(len(members))."""
+    if m >= len(members):
+        return members
+    if m <= 0:
+        return members[:0]
+    return members[np.argpartition(key[members], m - 1)[:m]]
+
+
+def _ranks(cluster, similarity, tie) -> tuple[np.ndarray, np.ndarray]:
+    order = _descending_order(similarity, tie)
+    by_cluster = order[np.argsort(cluster[order], kind="stable")]  # stable: similarity order kept
+    sorted_cluster = cluster[by_cluster]
+    starts = np.flatnonzero(np.r_[True, sorted_cluster[1:] != sorted_cluster[:-1]]) if len(order) else np.zeros(0, int)
+    sizes = np.diff(np.r_[starts, len(order)])
+    rank = np.empty(len(order), np.int64)
+    rank[by_cluster] = np.arange(len(order)) - np.repeat(starts, sizes)
+    return rank, order
 
 
 def rank_in_cluster(cluster, similarity, tile_id) -> np.ndarray:
     """Each tile's place in its cluster, 0 = nearest to the centroid (ties by ``tile_id``)."""
-    cluster, similarity, tile_id = _check(cluster, similarity, tile_id, 0)
-    order = np.lexsort((tile_id, -similarity, cluster))
-    sorted_cluster = cluster[order]
-    starts = np.flatnonzero(np.r_[True, sorted_cluster[1:] != sorted_cluster[:-1]])
-    sizes = np.diff(np.r_[starts, len(order)])
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order)) - np.repeat(starts, sizes)
-    return rank
-
-
-def _fill_remainder(selected, similarity, tile_id, r):
-    rest = np.flatnonzero(~selected)
-    if r > 0 and len(rest):
-        order = np.lexsort((tile_id[rest], -similarity[rest]))
-        selected[rest[order[:r]]] = True
-    return selected
+    cluster, similarity, tie = _check(cluster, similarity, tile_id, 0)
+    return _ranks(cluster, similarity, tie)[0]
 
 
 def select_quota(cluster, similarity, tile_id, budget: int, k: int) -> np.ndarray:
@@ -91,23 +127,33 @@ def select_quota(cluster, similarity, tile_id, budget: int, k: int) -> np.ndarra
         budget: B, the number of tiles to keep.
         k: K, the number of centroids (sets the quota ``⌊B/K⌋``).
     """
-    cluster, similarity, tile_id = _check(cluster, similarity, tile_id, budget)
+    cluster, similarity, tie = _check(cluster, similarity, tile_id, budget)
     if k <= 0:
         raise RSGeoPruneError(f"k {k} must be >= 1")
     if len(cluster) and (cluster.min() < 0 or cluster.max() >= k):
         raise RSGeoPruneError(f"cluster ids must lie in [0, {k}); the assignment does not match the centroid bank")
     q = budget // k
-    selected = rank_in_cluster(cluster, similarity, tile_id) < q
-    return _fill_remainder(selected, similarity, tile_id, budget - int(selected.sum()))
+    # Only the top q of each cluster and the top r of the rest are needed, not a full ranking:
+    # group by cluster (a radix sort of small integers), then partial selections.
+    key = _descending_keys(similarity, tie)
+    small = cluster.astype(np.int16) if k < 2**15 else cluster.astype(np.int64)
+    by_cluster = np.argsort(small, kind="stable")
+    bounds = np.searchsorted(small[by_cluster], np.arange(k + 1))
+    selected = np.zeros(len(cluster), bool)
+    for c in range(k):
+        selected[_top(by_cluster[bounds[c]:bounds[c + 1]], key, q)] = True
+    r = budget - int(selected.sum())
+    selected[_top(np.flatnonzero(~selected), key, r)] = True
+    return selected
 
 
 def select_water_filling(cluster, similarity, tile_id, budget: int) -> np.ndarray:
     """Water-filling allocation of exactly ``min(budget, N)`` tiles, ``(N,)`` bool."""
-    cluster, similarity, tile_id = _check(cluster, similarity, tile_id, budget)
-    rank = rank_in_cluster(cluster, similarity, tile_id)
-    sizes = np.bincount(np.unique(cluster, return_inverse=True)[1])
+    cluster, similarity, tie = _check(cluster, similarity, tile_id, budget)
     if budget >= len(cluster):
         return np.ones(len(cluster), bool)
+    rank, order = _ranks(cluster, similarity, tie)
+    sizes = np.bincount(np.unique(cluster, return_inverse=True)[1])
     # the largest cap x with sum(min(x, |P_k|)) <= B: binary search on x
     lo, hi = 0, int(sizes.max())
     while lo < hi:
@@ -117,12 +163,11 @@ def select_water_filling(cluster, similarity, tile_id, budget: int) -> np.ndarra
         else:
             hi = mid - 1
     selected = rank < lo
-    # slots left (< number of clusters larger than x): the (x+1)-th tiles, nearest first
+    # slots left (fewer than the clusters larger than x): their (x+1)-th tiles, nearest first
     left = budget - int(selected.sum())
-    nxt = np.flatnonzero(rank == lo)
     if left > 0:
-        order = np.lexsort((tile_id[nxt], -similarity[nxt]))
-        selected[nxt[order[:left]]] = True
+        nxt = order[rank[order] == lo]
+        selected[nxt[:left]] = True
     return selected
 
 
@@ -135,8 +180,8 @@ def select_random(n: int, budget: int, seed: int = 0) -> np.ndarray:
 
 def select_top_entropy(entropy, tile_id, budget: int) -> np.ndarray:
     """Entropy baseline: the ``budget`` tiles with the highest entropy (ties by ``tile_id``)."""
-    entropy = np.nan_to_num(np.asarray(entropy, np.float64), nan=-np.inf)
-    order = np.lexsort((np.asarray(tile_id).astype(str), -entropy))
+    entropy = np.nan_to_num(np.asarray(entropy, np.float32), nan=-np.inf)
+    order = _descending_order(entropy, _tie_rank(tile_id))
     selected = np.zeros(len(entropy), bool)
     selected[order[:budget]] = True
     return selected
@@ -147,7 +192,7 @@ def select_moderate(similarity, tile_id, budget: int) -> np.ndarray:
     (``1 - similarity``) is closest to the median distance (ties by ``tile_id``)."""
     d = 1.0 - np.asarray(similarity, np.float64)
     gap = np.abs(d - np.median(d)) if len(d) else d
-    order = np.lexsort((np.asarray(tile_id).astype(str), gap))
+    order = _descending_order(-gap.astype(np.float32), _tie_rank(tile_id))  # smallest gap first
     selected = np.zeros(len(d), bool)
     selected[order[:budget]] = True
     return selected

@@ -34,11 +34,12 @@ TARGET_SIDE = 128
 
 
 @numba.njit(cache=True, nogil=True)
-def _pool(img, f):  # pragma: no cover - compiled
+def _pool(img, f, scale):  # pragma: no cover - compiled
+    # f x f block means, times ``scale`` (1/255 for uint8): float32 (C, H/f, W/f) in [0, 1]
     c, h, w = img.shape
     ho, wo = h // f, w // f
     out = np.zeros((c, ho, wo), np.float32)
-    inv = np.float32(1.0 / (f * f))
+    inv = np.float32(scale / (f * f))
     for b in range(c):
         for y in range(ho * f):
             for x in range(wo * f):
@@ -77,14 +78,14 @@ def _halve(gray):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, parallel=True)
-def _statistics(tiles, target):  # pragma: no cover - compiled
+def _statistics(tiles, target, scale):  # pragma: no cover - compiled
     n, c, h, w = tiles.shape
     colour = np.zeros((n, 4096), np.float32)
     grad = np.zeros((n, 24), np.float32)
     ndvi = np.zeros((n, 16), np.float32)
     f = max(1, min(h, w) // target)
     for i in numba.prange(n):
-        img = _pool(tiles[i], f) if f > 1 else tiles[i]
+        img = _pool(tiles[i], f, scale)
         hh, ww = img.shape[1], img.shape[2]
         gray = np.empty((hh, ww), np.float32)
         cnt = 0
@@ -128,10 +129,13 @@ class DefaultEmbedder:
         self.projection = (rng.standard_normal((COLOR_LEVELS ** 3, COLOR_DIM)) / np.sqrt(COLOR_DIM)).astype(np.float32)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(as_unit_float(tiles))
+        tiles = np.asarray(tiles)
+        # uint8 is read as is by the kernel (no 4x larger float copy of the batch)
+        x = tiles if tiles.dtype == np.uint8 and tiles.ndim == 4 else as_unit_float(tiles)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        colour, grad, ndvi = _statistics(x, TARGET_SIDE)
+        scale = np.float32(1.0 / 255.0 if x.dtype == np.uint8 else 1.0)
+        colour, grad, ndvi = _statistics(np.ascontiguousarray(x), TARGET_SIDE, scale)
         colour = l2_normalise(l2_normalise(np.sqrt(np.sqrt(colour))) @ self.projection)
         blocks = [colour, l2_normalise(np.sqrt(grad)), l2_normalise(np.sqrt(ndvi))]
         blocks[2][ndvi.sum(axis=1) == 0] = 0.0  # RGB input: no vegetation block
