@@ -54,7 +54,6 @@ def main() -> None:
     t_kmc = best_of(lambda: spherical_kmeans(xc, 200, seed=0), 1)
     rows += [("spherical k-means 55,605 x 1024, K=200, random vectors", f"{t_km:.2f} s", "target <= 5 s (paper: 115 s)"),
              ("spherical k-means, same size, 400 planted clusters", f"{t_kmc:.2f} s", "")]
-    del x, xc
 
     emb = unit(rng.standard_normal((args.n_assign, 1024), dtype=np.float32))
     cen = unit(rng.standard_normal((200, 1024), dtype=np.float32))
@@ -68,7 +67,6 @@ def main() -> None:
              (f"bare matmul {args.n_assign:,} x 1024 x 200, torch", f"{t_mm:.3f} s", "baseline"),
              ("assignment (blocks of 8,192: matmul + argmax)", f"{t_as:.3f} s",
               f"{t_as / t_mm:.2f}x matmul (target <= 1.2x); 10.5 M tiles: {t_as * PAPER_TILES / args.n_assign:.0f} s")]
-    del emb
 
     n = args.n_select
     cluster = rng.integers(0, 200, n).astype(np.int32)
@@ -84,7 +82,6 @@ def main() -> None:
     assert chosen.sum() == budget
     rows.append((f"RS-Prune selection, {n:,} assignments, B = 15 %", f"{t_sel:.2f} s",
                  f"peak extra memory {peak / 2**30:.2f} GB (targets <= 3 s, <= 1 GB)"))
-    del cluster, sim, ids, chosen
 
     tiles = rng.integers(0, 256, (512, 4, 256, 256), dtype=np.uint8)
     default = load_embedder("default")
