@@ -1,5 +1,5 @@
 """``make demo``: build the synthetic inputs and run the pipeline as far as it exists today
-(tiles, pre-filters, Stage I entropy).
+(tiles, pre-filters, Stage I entropy, Stage II selection).
 
 Writes everything under ``--out`` (default ``catalogs/demo``) and prints what each output means.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .catalog import write_geoparquet
-from .pipeline import TileConfig, tiles_stage
+from .pipeline import RunConfig, TileConfig, run_pipeline, tiles_stage
 from .synth import write_reference_set, write_scene
 
 
@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     inputs = out / "inputs"
 
     print(f"1. Synthetic inputs → {inputs}/")
-    scene = write_scene(inputs / "synth_naip.tif", rows=8, cols=10, seed=args.seed, rare_tiles=2,
+    scene = write_scene(inputs / "synth_naip.tif", rows=12, cols=16, seed=args.seed, rare_tiles=3,
                         nodata_rows=1, extra_px=(120, 70))
     ref = write_reference_set(inputs / "reference", seed=args.seed + 1)
     print(f"   {scene.path.name}: 4-band uint8 NAIP-like scene (R,G,B,NIR), 1 m, {scene.crs}, nodata 0")
@@ -60,8 +60,26 @@ def main(argv=None) -> int:
         ent = "   -" if pd.isna(row["entropy"]) else f"{row['entropy']:.2f}"
         print(f"     {cls:<11} {int(row['tiles']):>3} / {int(row['kept']):>3} / {ent}")
     print("   Clouds and water carry the least information: Stage I removes them first.")
+    print("\n3. The whole run: tiles → entropy (keep 70 %) → embed (default, weights-free) → centroids of the "
+          "reference set (K=7) → RS-Prune selection at 85 % pruning (--budget 0.15)")
+    runs_dir = out / "runs"
+    for method in ("rs-prune", "random"):
+        catalog, counts = run_pipeline([scene.path], runs_dir / method, [ref], TileConfig(entropy_keep=0.7),
+                                       RunConfig(budget=0.15, k=7, method=method, seed=args.seed), progress=False)
+        why = catalog["pruned_by"].value_counts()
+        kept = catalog.merge(labels[["tile_id", "class"]], on="tile_id")
+        kept = kept.loc[kept["kept"], "class"].value_counts()
+        print(f"   {runs_dir / method / 'catalog.parquet'} ({method}): {counts['tiles']} tiles → "
+              + ", ".join(f"{int(why.get(k, 0))} pruned by {k}" for k in ("nodata", "mask", "entropy", "selection"))
+              + f", {counts['selected']} kept")
+        print("      kept classes: " + ", ".join(f"{c} {n}" for c, n in kept.items()))
+    print(f"   {runs_dir / 'rs-prune' / 'bank.npz'}: the centroid bank (centroids, embedder, reference digest)")
+    print("   RS-Prune keeps every scene type, the rare solar_farm tiles included; a random subset of the same size, "
+          "drawn from the same Stage I candidates, follows the class frequencies and usually misses the rare class.")
+
     print("\nOpen the catalogs with geopandas.read_parquet(...) or DuckDB; each row is a tile with its "
-          "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, entropy (gray, bits), entropy_bands, kept and pruned_by.")
+          "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, entropy (gray, bits), entropy_bands, cluster, similarity, rank,\n"
+          "kept and pruned_by (nodata, mask, entropy, selection or null for kept tiles).")
     return 0
 
 
