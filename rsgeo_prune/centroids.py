@@ -172,15 +172,65 @@ class CentroidBank:
             raise RSGeoPruneError(f"{path}: not a readable centroid bank ({exc}); rebuild it with `rsgeo-prune centroids`") from exc
 
 
-def build_centroid_bank(roots: Sequence[str | Path], embedder, *, k: int = DEFAULT_K, seed: int = 0) -> CentroidBank:
-    """Embed the reference sets and cluster them into ``k`` centroids."""
-    ref = read_reference_sets(roots)
-    if k > len(ref.paths):
-        raise RSGeoPruneError(f"--k {k} is larger than the {len(ref.paths)} reference images; use --k "
-                              f"{len(ref.paths)} or fewer, or add reference images")
-    z = embed_images(ref.paths, embedder)
+_CLASS_COLUMNS = ("class", "label", "category", "scene_class")
+
+
+def read_reference_catalog(path: str | Path):
+    """A reference set given as a catalog (Parquet/GeoParquet or CSV) of tiles or images.
+
+    Rows need ``href`` (an image, or a raster with ``row_off, col_off, height, width, transform``
+    as in rsgeo_prune catalogs); the class comes from a ``class``/``label``/``category`` column (all
+    rows are one class, ``unlabelled``, without one). Returns ``(table, class names per row)``.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:
+        raise RSGeoPruneError(f"{path}: reference catalog cannot be read ({exc}); give Parquet or CSV") from exc
+    if "href" not in table:
+        raise RSGeoPruneError(f"{path}: reference catalog has no href column; add the image or raster paths")
+    if "transform" not in table:
+        table["transform"] = None
+    for col in ("row_off", "col_off"):
+        table[col] = table[col] if col in table else 0
+    hrefs = table["href"].astype(str)
+    table["href"] = [h if Path(h).is_absolute() or "://" in h else str((path.parent / h).resolve()) for h in hrefs]
+    if "scene_id" not in table:
+        table["scene_id"] = [Path(h).stem for h in table["href"]]
+    column = next((c for c in _CLASS_COLUMNS if c in table), None)
+    names = table[column].astype(str).tolist() if column else ["unlabelled"] * len(table)
+    return table, names
+
+
+def build_centroid_bank(refs: Sequence[str | Path], embedder, *, k: int = DEFAULT_K, seed: int = 0) -> CentroidBank:
+    """Embed the reference sets (ImageFolder folders and/or catalogs) and cluster them into ``k`` centroids."""
+    folders = [r for r in refs if Path(r).is_dir()]
+    catalogs = [r for r in refs if not Path(r).is_dir()]
+    parts, names = [], []
+    digest = hashlib.sha256()
+    if folders:
+        ref = read_reference_sets(folders)
+        parts.append(embed_images(ref.paths, embedder))
+        names += [ref.classes[y] for y in ref.labels]
+        digest.update(ref.digest().encode())
+    for cat in catalogs:
+        from .pipeline import embed_table
+
+        table, cat_names = read_reference_catalog(cat)
+        parts.append(embed_table(table, embedder, progress=False))
+        names += cat_names
+        digest.update(hashlib.sha256(Path(cat).read_bytes()).digest())
+    n = sum(len(p) for p in parts)
+    if k > n:
+        raise RSGeoPruneError(f"--k {k} is larger than the {n} reference images; use --k {n} or fewer, "
+                              "or add reference images")
+    z = np.concatenate(parts)
     centroids, labels = spherical_kmeans(z, k, seed=seed)
-    counts = np.zeros((k, len(ref.classes)), np.int64)
-    np.add.at(counts, (labels, ref.labels), 1)
-    log.info("centroids: %d reference images of %d classes → %d centroids", len(ref.paths), len(ref.classes), k)
-    return CentroidBank(centroids, embedder.spec, ref.digest(), ref.classes, counts, seed)
+    classes = tuple(sorted(set(names)))
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros((k, len(classes)), np.int64)
+    np.add.at(counts, (labels, np.array([index[c] for c in names])), 1)
+    log.info("centroids: %d reference images of %d classes → %d centroids", n, len(classes), k)
+    return CentroidBank(centroids, embedder.spec, digest.hexdigest(), classes, counts, seed)

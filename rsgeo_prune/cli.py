@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Embed reference scene-classification sets in ImageFolder layout (<class>/<image>: UCM, "
                     "NWPU-RESISC45, AID, WHU-RS19, RSD46), cluster them with seeded spherical k-means and save a "
                     "CentroidBank (.npz: centroids, embedder spec, reference digest, per-centroid class counts).")
-    cen.add_argument("refs", nargs="+", metavar="REF_DIR", help="ImageFolder reference set(s); classes are merged by name")
+    cen.add_argument("refs", nargs="+", metavar="REF_DIR",
+                     help="ImageFolder reference set(s), or catalogs (Parquet/CSV with href and a class column); "
+                          "classes are merged by name")
     cen.add_argument("--out", required=True, metavar="BANK.npz", help="output bank (written atomically)")
     _add_model_options(cen)
     cen.add_argument("--quiet", action="store_true", help="no summary")
@@ -104,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="raster file, quoted glob, STAC Item .json, or image folder")
     run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     run.add_argument("--reference", nargs="+", default=[], metavar="REF",
-                     help="ImageFolder reference set(s), or one saved bank .npz (needed by rs-prune, water-filling, "
-                          "moderate)")
+                     help="ImageFolder reference set(s) or reference catalogs (as for `centroids`), or one saved "
+                          "bank .npz (needed by rs-prune, water-filling, moderate)")
     _add_tile_options(run)
     _add_entropy_options(run)
     sel = run.add_argument_group("Stage II (selection)")

@@ -48,9 +48,29 @@ def test_bank_from_image_folders_round_trips(tmp_path):
     path = bank.save(tmp_path / "bank.npz")
     back = CentroidBank.load(path)
     assert np.array_equal(back.centroids, bank.centroids) and back.embedder == "default"
-    assert back.reference_digest == bank.reference_digest == ref.digest() and back.classes == bank.classes
+    assert back.reference_digest == bank.reference_digest and back.classes == bank.classes
+    before = read_reference_sets([ref_a, ref_b]).digest()
     (tmp_path / "a" / "forest" / "forest_0.png").write_bytes(b"changed")
-    assert read_reference_sets([ref_a, ref_b]).digest() != bank.reference_digest
+    assert read_reference_sets([ref_a, ref_b]).digest() != before
+
+
+def test_bank_from_a_catalog_of_tiles(scene, tmp_path):
+    """A labelled tile catalog (here: the synthetic scene's tiles with their classes) is a reference set too."""
+    import pandas as pd
+
+    from rsgeo_prune import tiles_stage
+
+    table = tiles_stage([scene.path], progress=False)
+    table = table.merge(scene.labels[["tile_id", "class"]], on="tile_id")
+    table = table[table["class"] != "nodata"]
+    table.to_parquet(tmp_path / "ref.parquet")
+    bank = build_centroid_bank([tmp_path / "ref.parquet"], load_embedder("default"), k=7, seed=0)
+    assert bank.class_counts.sum() == len(table) and set(bank.classes) == set(CLASSES)
+    purity = bank.class_counts.max(axis=1).sum() / bank.class_counts.sum()
+    assert purity > 0.9
+    pd.DataFrame({"path": ["x.png"]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(RSGeoPruneError, match="bad.csv: reference catalog has no href column"):
+        build_centroid_bank([tmp_path / "bad.csv"], load_embedder("default"), k=1)
 
 
 def test_bad_reference_folders(tmp_path):
