@@ -1,16 +1,30 @@
-"""Catalog files: the GeoParquet 1.1 tile table (see DESIGN.md "Catalog contract").
+"""Catalog files: the GeoParquet 1.1 tile table and the embeddings table (DESIGN.md "Catalog contract").
 
-Every writer is atomic (temporary file, then rename).
+* ``catalog.parquet`` — one row per tile, the DESIGN.md columns, GeoParquet 1.1 (``geo`` metadata
+  version 1.1.0, WKB geometry in EPSG:4326, a ``bbox`` covering column, zstd). Run catalogs are in a
+  spatial order: the Hilbert index (level 16, over the whole EPSG:4326 world, so that adding a scene
+  never reorders the others) of each footprint's centre, then ``tile_id``; tiles without a location
+  come last. The file metadata key ``rsgeo_prune`` holds the package version, the full config and
+  the centroid-bank digest.
+* ``embeddings.parquet`` — ``tile_id`` and a fixed-size list of float32 per tile.
+
+Tile tables written by ``rsgeo-prune tiles``/``entropy`` keep the grid order (scene by scene,
+row-major). Every writer is atomic (temporary file, then rename).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .atomic import atomic_output
+from .errors import RSGeoPruneError
 
 #: Column order of the catalog (DESIGN.md); columns a stage has not computed yet are left out.
 CATALOG_COLUMNS = (
@@ -18,6 +32,8 @@ CATALOG_COLUMNS = (
     "geometry", "gsd", "bands", "dtype", "nodata_frac", "urban_frac", "entropy", "entropy_bands",
     "cluster", "similarity", "kept", "pruned_by", "rank",
 )
+METADATA_KEY = b"rsgeo_prune"
+WORLD = (-180.0, -90.0, 180.0, 90.0)
 
 
 def to_geodataframe(table: pd.DataFrame) -> gpd.GeoDataFrame:
@@ -27,19 +43,74 @@ def to_geodataframe(table: pd.DataFrame) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(table[cols].reset_index(drop=True), geometry="geometry", crs="EPSG:4326")
 
 
-def write_geoparquet(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write a tile table as GeoParquet 1.1 (WKB, bbox covering column, zstd), atomically."""
+def spatial_order(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Rows by Hilbert index of the footprint centre (world bounds, level 16), then ``tile_id``."""
+    placed = gdf.geometry.notna() & ~gdf.geometry.is_empty
+    h = np.full(len(gdf), np.iinfo(np.int64).max, np.int64)
+    if placed.any():
+        centres = gdf.geometry[placed].envelope.centroid
+        h[placed.to_numpy()] = centres.hilbert_distance(total_bounds=WORLD, level=16).to_numpy()
+    order = np.lexsort((gdf["tile_id"].to_numpy().astype(str), h))
+    return gdf.iloc[order].reset_index(drop=True)
+
+
+def write_geoparquet(table: pd.DataFrame, path: str | Path, *, metadata: dict | None = None) -> Path:
+    """Write a tile table as GeoParquet 1.1 (WKB, bbox covering column, zstd), atomically.
+
+    ``metadata`` (JSON-serialisable) is stored under the file-level key ``rsgeo_prune``.
+    """
+    from geopandas.io.arrow import _geopandas_to_arrow  # the table geopandas' own to_parquet writes
+
     gdf = table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table)
+    arrow = _geopandas_to_arrow(gdf, index=False, geometry_encoding="WKB", schema_version="1.1.0",
+                                write_covering_bbox=True)
+    if metadata is not None:
+        meta = dict(arrow.schema.metadata or {})
+        meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
+        arrow = arrow.replace_schema_metadata(meta)
     with atomic_output(path) as tmp:
-        gdf.to_parquet(tmp, index=False, schema_version="1.1.0", write_covering_bbox=True, compression="zstd")
+        pq.write_table(arrow, tmp, compression="zstd")
     return Path(path)
+
+
+def write_catalog(table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None) -> Path:
+    """The run catalog: spatial row order and file metadata (version, config, bank digest)."""
+    from . import __version__
+
+    gdf = spatial_order(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
+    return write_geoparquet(gdf, path, metadata={"version": __version__, "config": config,
+                                                 "centroid_bank_digest": bank_digest})
 
 
 def read_catalog(path: str | Path) -> gpd.GeoDataFrame:
     """Read a catalog written by :func:`write_geoparquet` (or any GeoParquet tile table)."""
-    from .errors import RSGeoPruneError
-
     try:
         return gpd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for missing or bad files
         raise RSGeoPruneError(f"{path}: not a readable GeoParquet catalog ({exc}); rerun `rsgeo-prune tiles`") from exc
+
+
+def catalog_metadata(path: str | Path) -> dict:
+    """The ``rsgeo_prune`` file metadata of a catalog (``{}`` if absent)."""
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
+
+
+def write_embeddings(tile_id, embeddings: np.ndarray, path: str | Path) -> Path:
+    """``tile_id`` + ``embedding`` (fixed-size list of float32), zstd, atomically."""
+    z = np.ascontiguousarray(embeddings, np.float32)
+    values = pa.array(z.reshape(-1), pa.float32())
+    table = pa.table({"tile_id": pa.array(list(map(str, tile_id)), pa.string()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(values, z.shape[1] if z.ndim == 2 else 0)})
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return Path(path)
+
+
+def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(tile_id (N,) str, embeddings (N, D) float32)`` from :func:`write_embeddings`."""
+    table = pq.read_table(path)
+    col = table.column("embedding").combine_chunks()
+    d = col.type.list_size
+    z = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, d)
+    return np.asarray(table.column("tile_id").to_pylist(), dtype=object), z
