@@ -67,8 +67,10 @@ def _check(cluster, similarity, tile_id, budget):
 def _tie_rank(tile_id) -> np.ndarray:
     """Tile ids as integers that sort like them: integer ids as they are, strings by their rank."""
     tile_id = np.asarray(tile_id)
-    if np.issubdtype(tile_id.dtype, np.integer) and (len(tile_id) == 0 or np.ptp(tile_id) < 2**32):
+    if np.issubdtype(tile_id.dtype, np.integer) and (len(tile_id) == 0 or (tile_id.min() >= 0 and tile_id.max() < 2**32)):
         return tile_id.astype(np.int64)
+    if np.issubdtype(tile_id.dtype, np.integer):
+        return np.unique(tile_id, return_inverse=True)[1].astype(np.int64)
     return np.unique(tile_id.astype(str), return_inverse=True)[1].astype(np.int64)
 
 
@@ -76,13 +78,13 @@ def _descending_keys(similarity: np.ndarray, tie: np.ndarray) -> np.ndarray:
     """uint64 keys whose ascending order is descending similarity, then ascending tile id.
 
     The float32 similarity is mapped to an order-preserving uint32 (sign-bit flip), inverted, and
-    put above the tie rank, so keys are unique and one integer comparison orders two tiles.
+    put above the tie rank, so keys are unique and one integer comparison orders two tiles. Keys of
+    different partitions compare correctly as long as their tie ranks are global.
     """
     u = np.ascontiguousarray(similarity, np.float32).view(np.uint32)
     ordered = np.where(u >> 31, ~u, u | np.uint32(0x80000000))  # ascending with the float
     key = (~ordered).astype(np.uint64) << np.uint64(32)
-    if len(tie):
-        key |= (tie - tie.min()).astype(np.uint64)
+    key |= np.asarray(tie).astype(np.uint64)  # tie ranks lie in [0, 2**32): see _tie_rank
     return key
 
 
@@ -227,3 +229,70 @@ def select_full_kmeans(embeddings, tile_id, budget: int, k: int, *, seed: int = 
 
 
 METHODS = ("rs-prune", "water-filling", "random", "entropy", "moderate", "cluster-nearest", "full-kmeans")
+
+
+# ---------------------------------------------------------------------------------------------
+# The same RS-Prune selection as a map-reduce (DESIGN.md "Exact at any scale")
+# ---------------------------------------------------------------------------------------------
+
+def quota_plan(cluster_counts: np.ndarray, budget: int, k: int) -> tuple[int, int]:
+    """Pass 1: from the candidate count of every cluster, the quota ``q = ⌊B/K⌋`` and the number
+    ``r`` of tiles the remainder must supply."""
+    q = budget // k
+    r = min(budget, int(cluster_counts.sum())) - int(np.minimum(cluster_counts, q).sum())
+    return q, max(r, 0)
+
+
+def reduce_candidates(part: dict, q: int, r: int) -> dict:
+    """Keep only the tiles of ``part`` that can still be selected: each cluster's ``q`` best and the
+    ``r`` best of the others. Applied to a partition (map) or to the union of two results (reduce),
+    it is associative, so any tree of partitions gives the in-memory answer; a result never holds
+    more than ``q·K + r`` tiles (memory O(B)).
+
+    ``part`` holds equal-length arrays: ``index`` (global position), ``cluster`` and ``key``
+    (see :func:`_descending_keys`).
+    """
+    index, cluster, key = part["index"], part["cluster"], part["key"]
+    keep = np.zeros(len(index), bool)
+    order = np.argsort(key)  # best first; keys are unique
+    rank = np.zeros(len(index), np.int64)
+    by_cluster = order[np.argsort(cluster[order], kind="stable")]
+    sc = cluster[by_cluster]
+    starts = np.flatnonzero(np.r_[True, sc[1:] != sc[:-1]]) if len(sc) else np.zeros(0, int)
+    rank[by_cluster] = np.arange(len(sc)) - np.repeat(starts, np.diff(np.r_[starts, len(sc)]))
+    keep[rank < q] = True
+    rest = order[~keep[order]]
+    keep[rest[:r]] = True
+    return {name: arr[keep] for name, arr in part.items()}
+
+
+def merge_candidates(a: dict, b: dict, q: int, r: int) -> dict:
+    """Reduce step: the union of two partial results, reduced again."""
+    return reduce_candidates({name: np.concatenate([a[name], b[name]]) for name in a}, q, r)
+
+
+def finish_selection(part: dict, q: int, r: int) -> np.ndarray:
+    """Global positions of the selected tiles from the fully reduced candidates."""
+    cand = reduce_candidates(part, q, 0)  # each cluster's q best
+    chosen = set(cand["index"].tolist())
+    others = np.array([i not in chosen for i in part["index"].tolist()], bool)
+    rest_idx = part["index"][others]
+    rest_key = part["key"][others]
+    extra = rest_idx[np.argsort(rest_key)[:r]]
+    return np.sort(np.concatenate([cand["index"], extra]))
+
+
+def candidate_partition(cluster, similarity, tie, offset: int = 0) -> dict:
+    """The arrays a partition contributes to the map-reduce (``index`` = ``offset`` + position).
+
+    ``tie`` must be the tiles' *global* tie ranks (rank of ``tile_id`` among all candidates, or any
+    integers in [0, 2**32) that sort like the ids), so that keys of different partitions compare.
+    """
+    cluster = np.asarray(cluster)
+    return {"index": np.arange(offset, offset + len(cluster), dtype=np.int64), "cluster": cluster.astype(np.int64),
+            "key": _descending_keys(np.asarray(similarity, np.float32), np.asarray(tie))}
+
+
+def tie_ranks(tile_id) -> np.ndarray:
+    """Global tie ranks of tile ids (integers in [0, 2**32) that sort like the ids)."""
+    return _tie_rank(tile_id)

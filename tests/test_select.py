@@ -73,3 +73,28 @@ def test_baselines():
     assert (select_random(100, 10, seed=1) == select_random(100, 10, seed=1)).all()
     e = np.array([1.0, 5.0, np.nan, 5.0])
     assert select_top_entropy(e, ["d", "c", "b", "a"], 2).tolist() == [False, True, False, True]
+
+
+def test_map_reduce_selection_equals_in_memory():
+    from rsgeo_prune.select import (candidate_partition, finish_selection, merge_candidates, quota_plan,
+                                    reduce_candidates, tie_ranks)
+
+    rng = np.random.default_rng(0)
+    for trial in range(100):
+        n, k = int(rng.integers(1, 300)), int(rng.integers(1, 12))
+        budget = int(rng.integers(0, n + 20))
+        cluster = rng.integers(0, k, n)
+        sim = rng.random(n).astype(np.float32)
+        sim[rng.random(n) < 0.2] = 0.5  # ties
+        ids = np.array([f"s/{i:04d}" for i in rng.permutation(n)])
+        want = np.flatnonzero(select_quota(cluster, sim, ids, budget, k))
+        q, r = quota_plan(np.bincount(cluster, minlength=k), budget, k)
+        tie = tie_ranks(ids)
+        cuts = sorted(set(rng.integers(0, n + 1, int(rng.integers(0, 6))).tolist()) | {0, n})
+        parts = [reduce_candidates(candidate_partition(cluster[a:b], sim[a:b], tie[a:b], a), q, r)
+                 for a, b in zip(cuts[:-1], cuts[1:])]
+        while len(parts) > 1:  # a tree, as dask would build it
+            parts = [merge_candidates(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        assert np.array_equal(finish_selection(parts[0], q, r), want), trial
+        assert len(parts[0]["index"]) <= q * k + r
