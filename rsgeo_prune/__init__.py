@@ -7,15 +7,6 @@ The stages, each in its own module: ``sources`` (open inputs), ``tiling`` (tile 
 
 __version__ = "0.1.0"
 
-import os as _os
-
-if "NUMBA_THREADING_LAYER" not in _os.environ:
-    # numba's default OpenMP layer and torch's OpenMP runtime contend for the same cores once both
-    # have run (the default embedder fell from ~1,070 to ~600 tiles/s); numba's own workqueue layer
-    # does not. Set NUMBA_THREADING_LAYER to choose otherwise.
-    import numba as _numba
-
-    _numba.config.THREADING_LAYER = "workqueue"
 
 from .catalog import read_catalog, write_geoparquet  # noqa: E402
 from .errors import RSGeoPruneError  # noqa: E402

@@ -48,7 +48,8 @@ def spatial_order(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     placed = gdf.geometry.notna() & ~gdf.geometry.is_empty
     h = np.full(len(gdf), np.iinfo(np.int64).max, np.int64)
     if placed.any():
-        centres = gdf.geometry[placed].envelope.centroid
+        b = gdf.geometry[placed].bounds  # the bbox centre: no planar centroid of lon/lat polygons
+        centres = gpd.GeoSeries(gpd.points_from_xy((b.minx + b.maxx) / 2, (b.miny + b.maxy) / 2), crs=gdf.crs)
         h[placed.to_numpy()] = centres.hilbert_distance(total_bounds=WORLD, level=16).to_numpy()
     order = np.lexsort((gdf["tile_id"].to_numpy().astype(str), h))
     return gdf.iloc[order].reset_index(drop=True)

@@ -28,6 +28,7 @@ import dask.array as dsa
 import numba
 import numpy as np
 
+from ._parallel import map_slices
 from .errors import RSGeoPruneError
 from .tiling import window_sums
 
@@ -130,23 +131,26 @@ def _cell_histograms(levels, valid, use_valid, nodata, has_nodata, cell):  # pra
     return out
 
 
-@numba.njit(cache=True, parallel=True)
-def _batch_histograms(tiles, nodata, has_nodata):  # pragma: no cover
+@numba.njit(cache=True, nogil=True)
+def _batch_histograms_serial(tiles, valid, use_valid, nodata, has_nodata):  # pragma: no cover
     n, nb, h, w = tiles.shape
     out = np.zeros((n, nb + 1, 256), np.int64)
-    dummy = np.zeros((1, 1), np.uint8)
-    for i in numba.prange(n):
-        _accumulate(tiles[i], dummy, False, nodata, has_nodata, 0, h, 0, w, out[i])
+    for i in range(n):
+        _accumulate(tiles[i], valid[i] if use_valid else valid[0], use_valid, nodata, has_nodata, 0, h, 0, w, out[i])
     return out
 
 
-@numba.njit(cache=True, parallel=True)
-def _batch_histograms_masked(tiles, valid):  # pragma: no cover
-    n, nb, h, w = tiles.shape
-    out = np.zeros((n, nb + 1, 256), np.int64)
-    for i in numba.prange(n):
-        _accumulate(tiles[i], valid[i], True, np.uint8(0), False, 0, h, 0, w, out[i])
-    return out
+def _batch_histograms(tiles, nodata, has_nodata, threads=None):
+    dummy = np.zeros((1, 1, 1), np.uint8)
+    parts = map_slices(lambda a, b: _batch_histograms_serial(tiles[a:b], dummy, False, nodata, has_nodata),
+                       len(tiles), threads)
+    return np.concatenate(parts)
+
+
+def _batch_histograms_masked(tiles, valid, threads=None):
+    parts = map_slices(lambda a, b: _batch_histograms_serial(tiles[a:b], valid[a:b], True, np.uint8(0), False),
+                       len(tiles), threads)
+    return np.concatenate(parts)
 
 
 #: k * log2(k) for every count a 256 x 256 tile can hold: the entropy sum becomes a table look-up.

@@ -6,8 +6,11 @@ and Stage I on an existing tile table (``entropy_stage``).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -197,6 +200,7 @@ class RunConfig:
     nir_view: str = "none"
     method: str = "rs-prune"
     seed: int = 0
+    chunk: int = 4096  # tiles per embedding/assignment task (fixes the partition boundaries)
 
     def __post_init__(self):
         from .select import METHODS
@@ -266,10 +270,10 @@ def embed_table(table: pd.DataFrame, embedder, *, nodata: float | None = None, p
 
 
 def load_or_build_bank(reference: Sequence[str | Path], embedder, *, k: int, seed: int):
-    """A saved bank (one ``.npz``) or a new one built from ImageFolder reference sets."""
+    """A saved bank (one ``.npz``) or a new one built from reference sets (folders or catalogs)."""
     from .centroids import CentroidBank, build_centroid_bank
 
-    if len(reference) == 1 and str(reference[0]).endswith(".npz"):
+    if _is_bank(reference):
         bank = CentroidBank.load(reference[0])
         if bank.embedder != embedder.spec:
             raise RSGeoPruneError(f"{reference[0]}: bank was made with embedder {bank.embedder!r}, not "
@@ -278,43 +282,272 @@ def load_or_build_bank(reference: Sequence[str | Path], embedder, *, k: int, see
     return build_centroid_bank(reference, embedder, k=k, seed=seed)
 
 
-def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: Sequence[str | Path],
-                 tile_cfg: TileConfig = TileConfig(), run_cfg: RunConfig = RunConfig(), *, progress: bool = True):
-    """tiles → masks → entropy → embed → assign → select; writes ``out_dir/catalog.parquet``.
+def _is_bank(reference) -> bool:
+    return len(reference) == 1 and str(reference[0]).endswith(".npz")
 
-    Returns:
-        ``(catalog GeoDataFrame, counts)`` where ``counts`` maps each stage to the tiles it kept.
-    """
-    from .atomic import check_writable
-    from .catalog import write_geoparquet
+
+# ---------------------------------------------------------------------------------------------
+# The run directory: one artifact per stage, a manifest, resumable
+# ---------------------------------------------------------------------------------------------
+
+STAGE_FILES = {"tiles": "tiles.parquet", "embed": "embeddings.parquet", "centroids": "bank.npz",
+               "select": "catalog.parquet", "stac": "items.parquet"}
+PARTS_DIR = "embed.parts"
+
+
+def file_identity(path: str | Path) -> list:
+    """What identifies an input file cheaply: absolute path, size and modification time (ns)."""
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
+def input_identities(paths) -> list:
+    """Identities of inputs: files, or every file under a folder."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out.append([str(p.resolve()), [file_identity(f) for f in sorted(p.rglob("*")) if f.is_file()]])
+        else:
+            out.append(file_identity(p))
+    return out
+
+
+def digest(obj) -> str:
+    """sha256 of the canonical JSON of ``obj``."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RunDir:
+    """``RUN_DIR/run.json`` records, per stage, the key (digest of its inputs and config) it was made
+    with; a stage whose key and artifact are unchanged is skipped on a rerun."""
+
+    def __init__(self, path: str | Path):
+        import json
+
+        self.path = Path(path)
+        self.manifest_path = self.path / "run.json"
+        self.manifest = {"stages": {}}
+        if self.manifest_path.exists():
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+            except ValueError:
+                log.warning("%s is corrupt: every stage is recomputed", self.manifest_path)
+
+    def artifact(self, stage: str) -> Path:
+        return self.path / STAGE_FILES[stage]
+
+    def done(self, stage: str, key: str) -> bool:
+        """The stage ran with this key and its artifact is still there and readable."""
+        entry = self.manifest["stages"].get(stage, {})
+        path = self.artifact(stage)
+        if entry.get("key") != key or not path.exists():
+            return False
+        try:  # a damaged artifact means the stage runs again, never that a wrong result is used
+            if path.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                pq.read_table(path)
+            else:
+                np.load(path, allow_pickle=False).close()
+        except Exception:
+            log.warning("%s is damaged: stage %s runs again", path, stage)
+            return False
+        return True
+
+    def mark(self, stage: str, key: str, **info) -> None:
+        import json
+
+        from .atomic import atomic_output
+
+        self.manifest["stages"][stage] = {"key": key, "file": STAGE_FILES[stage], **info}
+        with atomic_output(self.manifest_path) as tmp:
+            tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
+
+    def header(self, config: dict) -> None:
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+
+        from . import __version__
+
+        versions = {}
+        for pkg in ("numpy", "rasterio", "geopandas", "shapely", "pyarrow", "dask", "numba", "torch", "open_clip_torch"):
+            try:
+                versions[pkg] = version(pkg)
+            except PackageNotFoundError:
+                pass
+        self.manifest.update({"rsgeo_prune": __version__, "python": platform.python_version(),
+                              "packages": versions, "config": config})
+
+
+@contextlib.contextmanager
+def dask_scheduler(spec: str = "threads"):
+    """``threads`` (default), ``processes``, ``synchronous``, or ``tcp://HOST:PORT`` of a running
+    dask.distributed scheduler; yields the number of parallel workers."""
+    import dask
+
+    if spec.startswith("tcp://") or spec.startswith("tls://"):
+        from distributed import Client
+
+        try:
+            client = Client(spec, timeout="10s")
+        except OSError as exc:
+            raise RSGeoPruneError(f"--scheduler {spec}: no dask scheduler answers there ({exc}); start one "
+                                  "(`dask scheduler` + `dask worker`) or use --scheduler threads") from exc
+        with client:
+            yield max(1, sum(client.nthreads().values()))
+        return
+    if spec not in ("threads", "processes", "synchronous"):
+        raise RSGeoPruneError(f"--scheduler {spec!r}: use threads, processes, synchronous or tcp://HOST:PORT")
+    with dask.config.set(scheduler=spec):
+        yield 1 if spec == "synchronous" else (os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_embedder(spec: str, nir_view: str):
     from .embed import load_embedder
-    from .select import (assign, rank_in_cluster, select_cluster_nearest, select_full_kmeans, select_moderate,
-                         select_quota, select_random, select_top_entropy, select_water_filling)
 
-    out_dir = Path(out_dir)
-    check_writable(out_dir / "catalog.parquet")
-    if not reference and run_cfg.method in ("rs-prune", "water-filling", "moderate"):
-        raise RSGeoPruneError(f"--method {run_cfg.method} needs --reference (ImageFolder sets or a bank .npz)")
-    embedder = load_embedder(run_cfg.embedder, nir_view=run_cfg.nir_view)
-    bank = load_or_build_bank(reference, embedder, k=run_cfg.k, seed=run_cfg.seed) if reference else None
+    return load_embedder(spec, nir_view=nir_view, threads=1)  # dask runs the chunks in parallel
 
-    table = tiles_stage(inputs, tile_cfg, progress=progress)
-    passed = ~table["pruned_by"].isin(["nodata", "mask"]).to_numpy()
-    cand = np.flatnonzero(table["kept"].to_numpy(bool))
-    budget = run_cfg.budget_count if run_cfg.budget_count is not None else int(math.floor(run_cfg.budget * passed.sum() + 0.5))
-    counts = {"tiles": len(table), "after nodata/mask": int(passed.sum()), "after entropy": len(cand)}
-    if budget > len(cand):
-        log.warning("budget %d is more than the %d candidates: all are kept", budget, len(cand))
 
-    ids = table["tile_id"].to_numpy()[cand]
-    z = embed_table(table.iloc[cand], embedder, nodata=tile_cfg.nodata, progress=progress) if len(cand) else \
-        np.zeros((0, embedder.dim), np.float32)
+def _embed_chunk(rows: pd.DataFrame, spec: str, nir_view: str, nodata) -> np.ndarray:
+    """Task: embeddings of a chunk of tile rows (the embedder is built once per process)."""
+    embedder = _cached_embedder(spec, nir_view)
+    out = np.zeros((len(rows), embedder.dim), np.float32)
+    local = rows.reset_index(drop=True)
+    for pos, tiles in read_tile_pixels(local, nodata=nodata):
+        out[pos] = embedder(tiles)
+    return out
+
+
+def _assign_chunk(z: np.ndarray, centroids: np.ndarray):
+    """Task: nearest centroid of a chunk; one torch thread so the result never depends on how many
+    threads a worker has (the same float sums in any process)."""
+    import torch
+
+    from .select import assign
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return assign(z, centroids)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _embed_stage(run: RunDir, table: pd.DataFrame, cand: np.ndarray, key: str, run_cfg: RunConfig,
+                 nodata, workers: int, progress: bool):
+    """Embeddings of the candidate tiles, reusing every embedding already made for the same tile of
+    the same source file (earlier runs, or parts written before a crash)."""
+    import dask
+
+    from .catalog import read_embeddings
+
+    rows = table.iloc[cand]
+    ids = rows["tile_id"].to_numpy().astype(str)
+    sources = {h: digest(file_identity(h)) for h in rows["href"].unique()}
+    src = rows["href"].map(sources).to_numpy().astype(str)
+    wanted = {f"{t}|{s}": i for i, (t, s) in enumerate(zip(ids, src))}
+    embedder_id = f"{run_cfg.embedder}|{run_cfg.nir_view}"
+    dim = _cached_embedder(run_cfg.embedder, run_cfg.nir_view).dim
+    z = np.zeros((len(cand), dim), np.float32)
+    have = np.zeros(len(cand), bool)
+
+    def reuse(path):
+        import pyarrow.parquet as pq
+
+        try:
+            meta = pq.read_schema(path).metadata or {}
+            if meta.get(b"rsgeo_prune_embedder", b"").decode() != embedder_id:
+                return
+            t = pq.read_table(path, columns=["tile_id", "source"])
+            old_ids, old_z = read_embeddings(path)
+        except Exception:  # a corrupt artifact is recomputed, never trusted
+            log.warning("%s is unreadable: its tiles are embedded again", path)
+            return
+        for j, (tid, s) in enumerate(zip(old_ids, t.column("source").to_pylist())):
+            i = wanted.get(f"{tid}|{s}")
+            if i is not None and old_z.shape[1] == dim:
+                z[i], have[i] = old_z[j], True
+
+    parts = run.path / PARTS_DIR
+    for old in [run.artifact("embed"), *sorted(parts.glob("part-*.parquet"))]:
+        if old.exists():
+            reuse(old)
+    todo = np.flatnonzero(~have)
+    log.info("embed: %d of %d candidate tiles already embedded, %d to do", int(have.sum()), len(cand), len(todo))
+    parts.mkdir(parents=True, exist_ok=True)
+    chunks = [todo[s:s + run_cfg.chunk] for s in range(0, len(todo), run_cfg.chunk)]
+    fault = os.environ.get("RSGEO_PRUNE_FAULT", "")  # test hook: "embed:N" kills the run after N parts
+    with tqdm(total=len(todo), desc="embedding", unit="tile", disable=None if progress else True) as bar:
+        for g in range(0, len(chunks), max(1, workers)):
+            group = chunks[g:g + max(1, workers)]
+            tasks = [dask.delayed(_embed_chunk)(rows.iloc[c], run_cfg.embedder, run_cfg.nir_view, nodata) for c in group]
+            for c, zc in zip(group, dask.compute(*tasks)):
+                z[c], have[c] = zc, True
+                part = parts / f"part-{int(c[0]):09d}.parquet"
+                _write_embedding_part(part, ids[c], src[c], zc, embedder_id)
+                bar.update(len(c))
+            if fault.startswith("embed:") and g // max(1, workers) + 1 >= int(fault.split(":")[1]):
+                os.kill(os.getpid(), 9)
+    _write_embedding_part(run.artifact("embed"), ids, src, z, embedder_id)
+    import shutil
+
+    shutil.rmtree(parts, ignore_errors=True)
+    return z, len(todo)
+
+
+def _write_embedding_part(path: Path, ids, src, z, embedder_id: str) -> None:
+    """``embeddings.parquet`` layout (tile_id, embedding) plus the source identity, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .atomic import atomic_output
+
+    z = np.ascontiguousarray(z, np.float32)
+    table = pa.table({
+        "tile_id": pa.array([str(t) for t in ids], pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1), pa.float32()), z.shape[1]),
+        "source": pa.array([str(s) for s in src], pa.string()),
+    }).replace_schema_metadata({b"rsgeo_prune_embedder": embedder_id.encode()})
+    with atomic_output(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def _select(method: str, z, ids, table, cand, budget, bank, run_cfg: RunConfig):
+    """Cluster, similarity and the chosen candidates for one selection method."""
+    import dask
+
+    from .select import (candidate_partition, finish_selection, merge_candidates, quota_plan, reduce_candidates,
+                         select_cluster_nearest, select_full_kmeans, select_moderate, select_random,
+                         select_top_entropy, select_water_filling, tie_ranks)
+
     cluster = similarity = None
-    if bank is not None:
-        cluster, similarity = assign(z, bank.centroids)
-    method = run_cfg.method
+    if bank is not None and len(cand):
+        bounds = range(0, len(cand), run_cfg.chunk)
+        got = dask.compute(*[dask.delayed(_assign_chunk)(z[s:s + run_cfg.chunk], bank.centroids) for s in bounds])
+        cluster = np.concatenate([g[0] for g in got])
+        similarity = np.concatenate([g[1] for g in got])
+    elif bank is not None:
+        cluster, similarity = np.zeros(0, np.int32), np.zeros(0, np.float32)
     if method == "rs-prune":
-        chosen = select_quota(cluster, similarity, ids, budget, bank.k)
+        # the two-pass map-reduce of DESIGN.md: counts per cluster, then partial top-q/top-r per
+        # partition merged in a tree — the in-memory answer, with O(B) memory per task
+        q, r = quota_plan(np.bincount(cluster, minlength=bank.k), budget, bank.k)
+        tie = tie_ranks(ids)
+        parts = [dask.delayed(reduce_candidates)(candidate_partition(cluster[s:s + run_cfg.chunk],
+                                                                     similarity[s:s + run_cfg.chunk],
+                                                                     tie[s:s + run_cfg.chunk], s), q, r)
+                 for s in range(0, len(cand), run_cfg.chunk)]
+        while len(parts) > 1:
+            parts = [dask.delayed(merge_candidates)(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
+                     for i in range(0, len(parts), 2)]
+        chosen = np.zeros(len(cand), bool)
+        if parts:
+            chosen[finish_selection(dask.compute(parts[0])[0], q, r)] = True
     elif method == "water-filling":
         chosen = select_water_filling(cluster, similarity, ids, budget)
     elif method == "random":
@@ -327,6 +560,84 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
         chosen = select_cluster_nearest(z, ids, budget, seed=run_cfg.seed)
     else:  # full-kmeans
         chosen, cluster, similarity = select_full_kmeans(z, ids, budget, run_cfg.k, seed=run_cfg.seed)
+    return chosen, cluster, similarity
+
+
+def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: Sequence[str | Path],
+                 tile_cfg: TileConfig = TileConfig(), run_cfg: RunConfig = RunConfig(), *,
+                 scheduler: str = "threads", progress: bool = True):
+    """tiles → masks → entropy → embed → assign → select, in a resumable run directory.
+
+    ``out_dir`` gets ``tiles.parquet``, ``embeddings.parquet``, ``bank.npz`` (when built here),
+    ``catalog.parquet`` and ``run.json``. A stage whose inputs and config are unchanged is skipped;
+    embeddings already made for the same tile of the same file are reused (after a crash, or when
+    a scene is added).
+
+    Returns:
+        ``(catalog GeoDataFrame, counts)``; ``counts`` gives the tiles left after each stage and
+        how many tiles were embedded in this call.
+    """
+    from .atomic import check_writable
+    from .catalog import read_catalog, write_catalog, write_geoparquet
+    from .select import rank_in_cluster
+
+    out_dir = Path(out_dir)
+    check_writable(out_dir / "run.json")
+    if not reference and run_cfg.method in ("rs-prune", "water-filling", "moderate"):
+        raise RSGeoPruneError(f"--method {run_cfg.method} needs --reference (ImageFolder sets or a bank .npz)")
+    resolve_inputs(inputs, nodata=tile_cfg.nodata)  # fail early on bad inputs, before any work
+    run = RunDir(out_dir)
+    config = {"inputs": [str(p) for p in inputs], "reference": [str(p) for p in reference],
+              "tiles": tile_cfg.as_dict(), "run": run_cfg.as_dict()}
+    run.header(config)
+    ids_in = input_identities(list(inputs) + ([tile_cfg.mask] if tile_cfg.mask else []))
+    key_tiles = digest([ids_in, tile_cfg.as_dict()])
+    key_bank = digest([input_identities(reference), run_cfg.embedder, run_cfg.nir_view, run_cfg.k, run_cfg.seed])
+    key_embed = digest([key_tiles, run_cfg.embedder, run_cfg.nir_view])
+    key_select = digest([key_embed, key_bank, run_cfg.as_dict()])
+    counts: dict = {}
+
+    with dask_scheduler(scheduler) as workers:
+        if run.done("tiles", key_tiles):
+            table = pd.DataFrame(read_catalog(run.artifact("tiles")))
+            log.info("tiles: unchanged, read from %s", run.artifact("tiles"))
+        else:
+            table = pd.DataFrame(tiles_stage(inputs, tile_cfg, progress=progress))
+            write_geoparquet(table, run.artifact("tiles"))
+            run.mark("tiles", key_tiles, rows=len(table))
+        passed = ~table["pruned_by"].isin(["nodata", "mask"]).to_numpy()
+        cand = np.flatnonzero(table["kept"].to_numpy(bool))
+        budget = run_cfg.budget_count if run_cfg.budget_count is not None else \
+            int(math.floor(run_cfg.budget * passed.sum() + 0.5))
+        counts.update({"tiles": len(table), "after nodata/mask": int(passed.sum()), "after entropy": len(cand)})
+        if budget > len(cand):
+            log.warning("budget %d is more than the %d candidates: all are kept", budget, len(cand))
+
+        bank = None
+        if reference:
+            from .centroids import CentroidBank
+
+            embedder = _cached_embedder(run_cfg.embedder, run_cfg.nir_view)
+            if _is_bank(reference):
+                bank = load_or_build_bank(reference, embedder, k=run_cfg.k, seed=run_cfg.seed)
+            elif run.done("centroids", key_bank):
+                bank = CentroidBank.load(run.artifact("centroids"))
+            else:
+                bank = load_or_build_bank(reference, embedder, k=run_cfg.k, seed=run_cfg.seed)
+                bank.save(run.artifact("centroids"))
+                run.mark("centroids", key_bank, digest=bank.digest)
+
+        ids = table["tile_id"].to_numpy()[cand].astype(str)
+        if run.done("embed", key_embed) and run.done("select", key_select):
+            counts["embedded"] = 0
+            catalog = read_catalog(run.artifact("select"))
+            counts["selected"] = int(catalog["kept"].sum())
+            log.info("run: unchanged, nothing to do")
+            return catalog, counts
+        z, counts["embedded"] = _embed_stage(run, table, cand, key_embed, run_cfg, tile_cfg.nodata, workers, progress)
+        run.mark("embed", key_embed, rows=len(cand))
+
+        chosen, cluster, similarity = _select(run_cfg.method, z, ids, table, cand, budget, bank, run_cfg)
 
     n = len(table)
     col_cluster = np.full(n, None, dtype=object)
@@ -344,8 +655,7 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
     table.loc[dropped, "pruned_by"] = "selection"
     counts["selected"] = int(chosen.sum())
     catalog = to_geodataframe(table)
-    write_geoparquet(catalog, out_dir / "catalog.parquet")
-    if bank is not None and not (len(reference) == 1 and str(reference[0]).endswith(".npz")):
-        bank.save(out_dir / "bank.npz")
+    write_catalog(catalog, run.artifact("select"), config=config, bank_digest=bank.digest if bank else None)
+    run.mark("select", key_select, kept=counts["selected"])
     log.info("run: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return catalog, counts
+    return read_catalog(run.artifact("select")), counts

@@ -76,12 +76,14 @@ def l2_normalise(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: int = 64, device: str | None = None):
-    """Build an embedder from its spec (see the module docstring)."""
+def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: int = 64, device: str | None = None,
+                  threads: int | None = None):
+    """Build an embedder from its spec (see the module docstring). ``threads`` limits the CPU
+    threads of the weights-free embedder (default: all cores)."""
     if spec == "default":
         from .default import DefaultEmbedder
 
-        return DefaultEmbedder()
+        return DefaultEmbedder(threads=threads)
     kind, _, rest = spec.partition(":")
     if kind == "openclip":
         arch, sep, ckpt = rest.partition(":")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .._parallel import map_slices
 from . import as_unit_float, l2_normalise
 
 COLOR_LEVELS = 16
@@ -77,14 +78,14 @@ def _halve(gray):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True)
 def _statistics(tiles, target, scale):  # pragma: no cover - compiled
     n, c, h, w = tiles.shape
     colour = np.zeros((n, 4096), np.float32)
     grad = np.zeros((n, 24), np.float32)
     ndvi = np.zeros((n, 16), np.float32)
     f = max(1, min(h, w) // target)
-    for i in numba.prange(n):
+    for i in range(n):
         img = _pool(tiles[i], f, scale)
         hh, ww = img.shape[1], img.shape[2]
         gray = np.empty((hh, ww), np.float32)
@@ -124,7 +125,10 @@ class DefaultEmbedder:
     spec = "default"
     dim = COLOR_DIM + GRAD_BINS * GRAD_SCALES + NDVI_BINS
 
-    def __init__(self):
+    def __init__(self, threads: int | None = None):
+        """``threads``: how many threads share a batch (default: every core; the pipeline's dask
+        tasks use 1, as dask already runs them in parallel)."""
+        self.threads = threads
         rng = np.random.default_rng(PROJECTION_SEED)
         self.projection = (rng.standard_normal((COLOR_LEVELS ** 3, COLOR_DIM)) / np.sqrt(COLOR_DIM)).astype(np.float32)
 
@@ -135,7 +139,9 @@ class DefaultEmbedder:
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
         scale = np.float32(1.0 / 255.0 if x.dtype == np.uint8 else 1.0)
-        colour, grad, ndvi = _statistics(np.ascontiguousarray(x), TARGET_SIDE, scale)
+        x = np.ascontiguousarray(x)
+        parts = map_slices(lambda a, b: _statistics(x[a:b], TARGET_SIDE, scale), len(x), self.threads)
+        colour, grad, ndvi = (np.concatenate([p[j] for p in parts]) for j in range(3))
         colour = l2_normalise(l2_normalise(np.sqrt(np.sqrt(colour))) @ self.projection)
         blocks = [colour, l2_normalise(np.sqrt(grad)), l2_normalise(np.sqrt(ndvi))]
         blocks[2][ndvi.sum(axis=1) == 0] = 0.0  # RGB input: no vegetation block

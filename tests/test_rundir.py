@@ -1,0 +1,120 @@
+"""The run directory: identical catalogs (reruns, schedulers), resume after SIGKILL, incremental
+embedding, and bad run directories."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rsgeo_prune import RSGeoPruneError
+from rsgeo_prune.catalog import catalog_metadata, read_embeddings
+from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline
+from rsgeo_prune.synth import write_reference_set, write_scene
+
+
+def sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rundir")
+    a = write_scene(root / "a.tif", rows=6, cols=8, rare_tiles=1, seed=11)
+    b = write_scene(root / "b.tif", rows=4, cols=5, rare_tiles=1, seed=12, origin=(610_000.0, 5_200_000.0))
+    ref = write_reference_set(root / "ref", per_class=6, seed=13)
+    return root, a, b, ref
+
+
+CFG = dict(tile_cfg=TileConfig(entropy_keep=0.7), run_cfg=RunConfig(k=7, budget=0.3, chunk=8))
+
+
+def test_catalog_metadata_and_embeddings(world):
+    root, a, _, ref = world
+    cat, counts = run_pipeline([a.path], root / "meta", [ref], progress=False, **CFG)
+    meta = catalog_metadata(root / "meta" / "catalog.parquet")
+    assert meta["version"] and meta["config"]["run"]["k"] == 7 and len(meta["centroid_bank_digest"]) == 64
+    geo = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_schema(root / "meta" / "catalog.parquet").metadata[b"geo"])
+    assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+    ids, z = read_embeddings(root / "meta" / "embeddings.parquet")
+    assert len(ids) == counts["after entropy"] and z.shape[1] > 0
+    manifest = json.loads((root / "meta" / "run.json").read_text())
+    assert set(manifest["stages"]) == {"tiles", "centroids", "embed", "select"} and manifest["packages"]["numpy"]
+
+
+def test_rerun_skips_finished_stages_and_is_identical(world, caplog):
+    root, a, _, ref = world
+    run_pipeline([a.path], root / "r1", [ref], progress=False, **CFG)
+    first = sha(root / "r1" / "catalog.parquet")
+    caplog.set_level("INFO")
+    _, counts = run_pipeline([a.path], root / "r1", [ref], progress=False, **CFG)
+    assert counts["embedded"] == 0 and "unchanged" in caplog.text
+    assert sha(root / "r1" / "catalog.parquet") == first
+    run_pipeline([a.path], root / "r2", [ref], progress=False, **CFG)
+    assert sha(root / "r2" / "catalog.parquet") == first
+
+
+def test_sigkill_during_embedding_then_resume(world):
+    root, a, _, ref = world
+    reference = run_pipeline([a.path], root / "ref_run", [ref], progress=False, **CFG)[1]
+    code = ("from rsgeo_prune.pipeline import *; import sys\n"
+            f"run_pipeline([{str(a.path)!r}], {str(root / 'killed')!r}, [{str(ref)!r}], TileConfig(entropy_keep=0.7), "
+            "RunConfig(k=7, budget=0.3, chunk=8), scheduler='synchronous', progress=False)\n")
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RSGEO_PRUNE_FAULT": "embed:2"})
+    assert proc.returncode == -9  # killed with SIGKILL in the middle of embedding
+    parts = list((root / "killed" / "embed.parts").glob("part-*.parquet"))
+    assert len(parts) == 2 and not (root / "killed" / "catalog.parquet").exists()
+    _, counts = run_pipeline([a.path], root / "killed", [ref], progress=False, **CFG)
+    assert counts["embedded"] == reference["after entropy"] - 16  # the two finished parts of 8 are kept
+    assert sha(root / "killed" / "catalog.parquet") == sha(root / "ref_run" / "catalog.parquet")
+
+
+def test_adding_a_scene_embeds_only_its_tiles(world):
+    root, a, b, ref = world
+    _, one = run_pipeline([a.path], root / "grow", [ref], progress=False, **CFG)
+    _, two = run_pipeline([a.path, b.path], root / "grow", [ref], progress=False, **CFG)
+    only_b = run_pipeline([b.path], root / "b_only", [ref], progress=False, **CFG)[1]
+    assert two["embedded"] == only_b["after entropy"] < two["after entropy"]
+
+
+def test_local_cluster_gives_the_same_bytes(world):
+    distributed = pytest.importorskip("distributed")
+    root, a, _, ref = world
+    run_pipeline([a.path], root / "threads", [ref], progress=False, **CFG)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        run_pipeline([a.path], root / "cluster", [ref], scheduler=cluster.scheduler_address, progress=False, **CFG)
+    assert sha(root / "cluster" / "catalog.parquet") == sha(root / "threads" / "catalog.parquet")
+
+
+def test_processes_scheduler_gives_the_same_bytes(world):
+    root, a, _, ref = world
+    run_pipeline([a.path], root / "t2", [ref], progress=False, **CFG)
+    run_pipeline([a.path], root / "p2", [ref], scheduler="processes", progress=False, **CFG)
+    assert sha(root / "p2" / "catalog.parquet") == sha(root / "t2" / "catalog.parquet")
+
+
+def test_bad_run_directories(world, tmp_path):
+    root, a, _, ref = world
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RSGeoPruneError, match="choose another --out"):
+        run_pipeline([a.path], blocker / "run", [ref], progress=False, **CFG)
+    # a run directory made with another config is recomputed, not reused
+    run_pipeline([a.path], tmp_path / "run", [ref], progress=False, **CFG)
+    cat, counts = run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
+                               run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
+    assert counts["after entropy"] < CFG["tile_cfg"].entropy_keep * counts["after nodata/mask"]
+    # a damaged artifact is recomputed
+    good = sha(tmp_path / "run" / "catalog.parquet")
+    (tmp_path / "run" / "catalog.parquet").write_bytes(b"garbage")
+    (tmp_path / "run" / "embeddings.parquet").write_bytes(b"garbage")
+    run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
+                 run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
+    assert sha(tmp_path / "run" / "catalog.parquet") == good
+    (tmp_path / "run" / "run.json").write_text("{not json")
+    run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
+                 run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
+    assert sha(tmp_path / "run" / "catalog.parquet") == good
