@@ -100,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", formatter_class=_Formatter,
         help="the whole pipeline: tiles → masks → entropy → embed → assign → select → catalog",
-        description="Run RS-Prune end to end and write RUN_DIR/catalog.parquet (GeoParquet 1.1, every tile with "
-                    "kept, pruned_by, cluster, similarity, rank) and, when the bank was built, RUN_DIR/bank.npz.")
+        description="Run RS-Prune end to end in a resumable run directory: RUN_DIR/catalog.parquet (GeoParquet 1.1, "
+                    "every tile with kept, pruned_by, cluster, similarity, rank), embeddings.parquet, tiles.parquet, "
+                    "bank.npz (when built here), the kept tiles as a STAC catalog (stac/) and as stac-geoparquet "
+                    "(items.parquet), and run.json. A rerun skips the stages whose inputs and config are unchanged; "
+                    "a run killed at any point resumes.")
     run.add_argument("inputs", nargs="+", metavar="RASTER_OR_FOLDER",
                      help="raster file, quoted glob, STAC Item .json, or image folder")
     run.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
@@ -121,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "full-kmeans"],
                      help="selection: RS-Prune quotas, water-filling allocation, or a baseline")
     _add_model_options(run)
+    scale = run.add_argument_group("scale and output")
+    scale.add_argument("--scheduler", default="threads", metavar="S",
+                       help="dask scheduler: threads, processes, synchronous, or tcp://HOST:PORT of a running "
+                            "dask.distributed cluster (the catalog is byte-identical on each)")
+    scale.add_argument("--chunk", type=int, default=4096, metavar="N", help="tiles per embedding/assignment task")
+    scale.add_argument("--export-tiles", action="store_true",
+                       help="also write each kept tile as a COG under RUN_DIR/tiles/ and point its STAC asset at it")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -202,8 +212,10 @@ def _cmd_run(args) -> int:
                           min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
                           entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
     run_cfg = RunConfig(budget=args.budget, budget_count=args.budget_count, k=args.k, embedder=args.embedder,
-                        nir_view=args.nir_view, method=args.method, seed=args.seed)
-    catalog, counts = run_pipeline(args.inputs, args.out, args.reference, tile_cfg, run_cfg, progress=not args.quiet)
+                        nir_view=args.nir_view, method=args.method, seed=args.seed, chunk=args.chunk,
+                        export_tiles=args.export_tiles)
+    catalog, counts = run_pipeline(args.inputs, args.out, args.reference, tile_cfg, run_cfg, scheduler=args.scheduler,
+                                   progress=not args.quiet)
     if not args.quiet:
         why = catalog["pruned_by"].value_counts()
         print(f"{counts['tiles']} tiles → {args.out}/catalog.parquet ({args.method}):")

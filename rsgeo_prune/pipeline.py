@@ -201,6 +201,7 @@ class RunConfig:
     method: str = "rs-prune"
     seed: int = 0
     chunk: int = 4096  # tiles per embedding/assignment task (fixes the partition boundaries)
+    export_tiles: bool = False  # also write each kept tile as a COG and point its STAC asset at it
 
     def __post_init__(self):
         from .select import METHODS
@@ -595,6 +596,7 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
     key_bank = digest([input_identities(reference), run_cfg.embedder, run_cfg.nir_view, run_cfg.k, run_cfg.seed])
     key_embed = digest([key_tiles, run_cfg.embedder, run_cfg.nir_view])
     key_select = digest([key_embed, key_bank, run_cfg.as_dict()])
+    key_stac = digest([key_select, run_cfg.export_tiles])
     counts: dict = {}
 
     with dask_scheduler(scheduler) as workers:
@@ -633,6 +635,7 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
             catalog = read_catalog(run.artifact("select"))
             counts["selected"] = int(catalog["kept"].sum())
             log.info("run: unchanged, nothing to do")
+            _stac_stage(run, catalog, key_stac, run_cfg)
             return catalog, counts
         z, counts["embedded"] = _embed_stage(run, table, cand, key_embed, run_cfg, tile_cfg.nodata, workers, progress)
         run.mark("embed", key_embed, rows=len(cand))
@@ -657,5 +660,15 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
     catalog = to_geodataframe(table)
     write_catalog(catalog, run.artifact("select"), config=config, bank_digest=bank.digest if bank else None)
     run.mark("select", key_select, kept=counts["selected"])
+    catalog = read_catalog(run.artifact("select"))
+    _stac_stage(run, catalog, key_stac, run_cfg)
     log.info("run: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return read_catalog(run.artifact("select")), counts
+    return catalog, counts
+
+
+def _stac_stage(run: RunDir, catalog, key: str, run_cfg: RunConfig) -> None:
+    from .stac import write_stac
+
+    if not (run.done("stac", key) and (run.path / "stac" / "catalog.json").exists()):
+        write_stac(catalog, run.path, export_tiles=run_cfg.export_tiles)
+        run.mark("stac", key, items=int(catalog["kept"].sum()))

@@ -42,7 +42,7 @@ def test_catalog_metadata_and_embeddings(world):
     ids, z = read_embeddings(root / "meta" / "embeddings.parquet")
     assert len(ids) == counts["after entropy"] and z.shape[1] > 0
     manifest = json.loads((root / "meta" / "run.json").read_text())
-    assert set(manifest["stages"]) == {"tiles", "centroids", "embed", "select"} and manifest["packages"]["numpy"]
+    assert set(manifest["stages"]) == {"tiles", "centroids", "embed", "select", "stac"} and manifest["packages"]["numpy"]
 
 
 def test_rerun_skips_finished_stages_and_is_identical(world, caplog):
@@ -118,3 +118,33 @@ def test_bad_run_directories(world, tmp_path):
     run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
                  run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
     assert sha(tmp_path / "run" / "catalog.parquet") == good
+
+
+def test_stac_catalog_and_stac_geoparquet(world, tmp_path):
+    import pyarrow.parquet as pq
+    import pystac
+    import stac_geoparquet.arrow as sga
+
+    root, a, _, ref = world
+    out = tmp_path / "stacrun"
+    cat, counts = run_pipeline([a.path], out, [ref], tile_cfg=CFG["tile_cfg"],
+                               run_cfg=RunConfig(k=7, budget=0.3, chunk=8, export_tiles=True), progress=False)
+    stac_cat = pystac.Catalog.from_file(str(out / "stac" / "catalog.json"))
+    items = list(stac_cat.get_items(recursive=True))
+    assert len(items) == counts["selected"]
+    kept = cat[cat["kept"]].set_index("tile_id")
+    for item in items[:5]:
+        row = kept.loc[item.properties["rsgeo:tile_id"]]
+        assert item.properties["proj:code"] == "EPSG:26914" and item.properties["proj:shape"] == [256, 256]
+        assert item.properties["proj:transform"] == list(row["transform"])
+        assert item.properties["rsgeo:cluster"] == row["cluster"] and item.properties["rsgeo:entropy"] == row["entropy"]
+        assert [b["eo:common_name"] for b in item.assets["data"].extra_fields["bands"]] == ["red", "green", "blue", "nir"]
+        assert not item.assets["data"].href.startswith("/")  # relative href
+        cog = item.assets["data"].get_absolute_href()
+        import rasterio
+
+        with rasterio.open(cog) as src:
+            assert src.shape == (256, 256) and tuple(src.transform)[:6] == tuple(row["transform"])
+        assert item.bbox == list(row.geometry.bounds)
+    back = list(sga.stac_table_to_items(pq.read_table(out / "items.parquet")))
+    assert sorted(b["id"] for b in back) == sorted(i.id for i in items)
