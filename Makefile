@@ -28,6 +28,7 @@ bench: install
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/entropy.py
 	$(PY) benchmarks/select.py
+	$(PY) benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -518,37 +518,64 @@ def _write_embedding_part(path: Path, ids, src, z, embedder_id: str) -> None:
         pq.write_table(table, tmp, compression="zstd")
 
 
-def _select(method: str, z, ids, table, cand, budget, bank, run_cfg: RunConfig):
-    """Cluster, similarity and the chosen candidates for one selection method."""
+def _assign_rows(source, start: int, stop: int, centroids: np.ndarray):
+    """Task: assignment of rows ``start:stop`` of an embeddings array or ``.npy`` file (memory-mapped,
+    so a worker reads only its rows)."""
+    z = np.load(source, mmap_mode="r")[start:stop] if isinstance(source, (str, Path)) else source
+    return _assign_chunk(np.asarray(z, np.float32), centroids)
+
+
+def assign_in_tasks(source, centroids: np.ndarray, chunk: int, n: int | None = None):
+    """Nearest centroid of every row of ``source`` (``(N, D)`` array, or the path of an ``.npy``
+    file) as dask tasks of ``chunk`` rows on the current scheduler. Returns ``(cluster, similarity)``."""
     import dask
 
-    from .select import (candidate_partition, finish_selection, merge_candidates, quota_plan, reduce_candidates,
-                         select_cluster_nearest, select_full_kmeans, select_moderate, select_random,
-                         select_top_entropy, select_water_filling, tie_ranks)
+    if n is None:
+        n = len(np.load(source, mmap_mode="r")) if isinstance(source, (str, Path)) else len(source)
+    tasks = [dask.delayed(_assign_rows)(source if isinstance(source, (str, Path)) else source[s:s + chunk],
+                                        s, min(n, s + chunk), centroids) for s in range(0, n, chunk)]
+    got = dask.compute(*tasks)
+    if not got:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
+
+
+def select_in_tasks(cluster, similarity, tie, budget: int, k: int, chunk: int) -> np.ndarray:
+    """RS-Prune selection as the two-pass map-reduce of DESIGN.md on the current dask scheduler:
+    pass 1 counts candidates per cluster (giving ``q`` and ``r``); pass 2 reduces every partition to
+    its possible winners and merges them in a tree. Identical to :func:`~rsgeo_prune.select.select_quota`;
+    no task holds more than ``2 (q·K + r)`` candidates."""
+    import dask
+
+    from .select import candidate_partition, finish_selection, merge_candidates, quota_plan, reduce_candidates
+
+    n = len(cluster)
+    counts = sum(dask.compute(*[dask.delayed(np.bincount)(cluster[s:s + chunk], minlength=k)
+                                for s in range(0, n, chunk)]), np.zeros(k, np.int64))
+    q, r = quota_plan(np.asarray(counts), budget, k)
+    parts = [dask.delayed(reduce_candidates)(
+        dask.delayed(candidate_partition)(cluster[s:s + chunk], similarity[s:s + chunk], tie[s:s + chunk], s), q, r)
+        for s in range(0, n, chunk)]
+    while len(parts) > 1:
+        parts = [dask.delayed(merge_candidates)(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    chosen = np.zeros(n, bool)
+    if parts:
+        chosen[finish_selection(dask.compute(parts[0])[0], q, r)] = True
+    return chosen
+
+
+def _select(method: str, z, ids, table, cand, budget, bank, run_cfg: RunConfig):
+    """Cluster, similarity and the chosen candidates for one selection method."""
+
+    from .select import (select_cluster_nearest, select_full_kmeans, select_moderate, select_random, select_top_entropy,
+                         select_water_filling, tie_ranks)
 
     cluster = similarity = None
-    if bank is not None and len(cand):
-        bounds = range(0, len(cand), run_cfg.chunk)
-        got = dask.compute(*[dask.delayed(_assign_chunk)(z[s:s + run_cfg.chunk], bank.centroids) for s in bounds])
-        cluster = np.concatenate([g[0] for g in got])
-        similarity = np.concatenate([g[1] for g in got])
-    elif bank is not None:
-        cluster, similarity = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    if bank is not None:
+        cluster, similarity = assign_in_tasks(z, bank.centroids, run_cfg.chunk)
     if method == "rs-prune":
-        # the two-pass map-reduce of DESIGN.md: counts per cluster, then partial top-q/top-r per
-        # partition merged in a tree — the in-memory answer, with O(B) memory per task
-        q, r = quota_plan(np.bincount(cluster, minlength=bank.k), budget, bank.k)
-        tie = tie_ranks(ids)
-        parts = [dask.delayed(reduce_candidates)(candidate_partition(cluster[s:s + run_cfg.chunk],
-                                                                     similarity[s:s + run_cfg.chunk],
-                                                                     tie[s:s + run_cfg.chunk], s), q, r)
-                 for s in range(0, len(cand), run_cfg.chunk)]
-        while len(parts) > 1:
-            parts = [dask.delayed(merge_candidates)(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
-                     for i in range(0, len(parts), 2)]
-        chosen = np.zeros(len(cand), bool)
-        if parts:
-            chosen[finish_selection(dask.compute(parts[0])[0], q, r)] = True
+        chosen = select_in_tasks(cluster, similarity, tie_ranks(ids), budget, bank.k, run_cfg.chunk)
     elif method == "water-filling":
         chosen = select_water_filling(cluster, similarity, ids, budget)
     elif method == "random":

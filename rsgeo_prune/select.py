@@ -274,8 +274,7 @@ def merge_candidates(a: dict, b: dict, q: int, r: int) -> dict:
 def finish_selection(part: dict, q: int, r: int) -> np.ndarray:
     """Global positions of the selected tiles from the fully reduced candidates."""
     cand = reduce_candidates(part, q, 0)  # each cluster's q best
-    chosen = set(cand["index"].tolist())
-    others = np.array([i not in chosen for i in part["index"].tolist()], bool)
+    others = ~np.isin(part["index"], cand["index"])
     rest_idx = part["index"][others]
     rest_key = part["key"][others]
     extra = rest_idx[np.argsort(rest_key)[:r]]
