@@ -73,7 +73,8 @@ def main(argv=None) -> int:
               + ", ".join(f"{int(why.get(k, 0))} pruned by {k}" for k in ("nodata", "mask", "entropy", "selection"))
               + f", {counts['selected']} kept")
         print("      kept classes: " + ", ".join(f"{c} {n}" for c, n in kept.items()))
-    print(f"   {runs_dir / 'rs-prune' / 'bank.npz'}: the centroid bank (centroids, embedder, reference digest)")
+    print(f"   {runs_dir / 'rs-prune'}/: also bank.npz (the centroid bank), embeddings.parquet, stac/ (STAC catalog "
+          "of the kept tiles), items.parquet (stac-geoparquet) and run.json (the resumable run's manifest)")
     print("   RS-Prune keeps every scene type, the rare solar_farm tiles included; a random subset of the same size, "
           "drawn from the same Stage I candidates, follows the class frequencies and usually misses the rare class.")
 
