@@ -36,9 +36,23 @@ def test_catalog_metadata_and_embeddings(world):
     cat, counts = run_pipeline([a.path], root / "meta", [ref], progress=False, **CFG)
     meta = catalog_metadata(root / "meta" / "catalog.parquet")
     assert meta["version"] and meta["config"]["run"]["k"] == 7 and len(meta["centroid_bank_digest"]) == 64
-    geo = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_schema(root / "meta" / "catalog.parquet").metadata[b"geo"])
-    assert geo["version"] == "1.1.0" and geo["columns"]["geometry"]["encoding"] == "WKB"
-    assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "meta" / "catalog.parquet")  # plain pyarrow reads it
+    geo = json.loads(table.schema.metadata[b"geo"])
+    # GeoParquet 1.1 rules: version, primary column, WKB encoding, geometry types, bbox covering
+    assert geo["version"] == "1.1.0" and geo["primary_column"] == "geometry"
+    col = geo["columns"]["geometry"]
+    assert col["encoding"] == "WKB" and col["geometry_types"] == ["Polygon"]
+    assert col["covering"]["bbox"] == {"xmin": ["bbox", "xmin"], "ymin": ["bbox", "ymin"],
+                                       "xmax": ["bbox", "xmax"], "ymax": ["bbox", "ymax"]}
+    assert table.schema.field("bbox").type.num_fields == 4 and table.schema.field("geometry").type == __import__("pyarrow").binary()
+    assert len(col["bbox"]) == 4 and table.num_rows == len(cat)
+    assert pq.read_metadata(root / "meta" / "catalog.parquet").row_group(0).column(0).compression == "ZSTD"
+    # rows in spatial (Hilbert) order, reproducible from the columns alone
+    from rsgeo_prune.catalog import spatial_order
+
+    assert spatial_order(cat)["tile_id"].tolist() == cat["tile_id"].tolist()
     ids, z = read_embeddings(root / "meta" / "embeddings.parquet")
     assert len(ids) == counts["after entropy"] and z.shape[1] > 0
     manifest = json.loads((root / "meta" / "run.json").read_text())
@@ -57,7 +71,7 @@ def test_rerun_skips_finished_stages_and_is_identical(world, caplog):
     assert sha(root / "r2" / "catalog.parquet") == first
 
 
-def test_sigkill_during_embedding_then_resume(world):
+def test_sigkill_during_embedding_then_resume(world, caplog):
     root, a, _, ref = world
     reference = run_pipeline([a.path], root / "ref_run", [ref], progress=False, **CFG)[1]
     code = ("from rsgeo_prune.pipeline import *; import sys\n"
@@ -67,7 +81,11 @@ def test_sigkill_during_embedding_then_resume(world):
     assert proc.returncode == -9  # killed with SIGKILL in the middle of embedding
     parts = list((root / "killed" / "embed.parts").glob("part-*.parquet"))
     assert len(parts) == 2 and not (root / "killed" / "catalog.parquet").exists()
-    _, counts = run_pipeline([a.path], root / "killed", [ref], progress=False, **CFG)
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _, counts = run_pipeline([a.path], root / "killed", [ref], progress=False, **CFG)
+    assert "tiles: unchanged" in caplog.text  # the finished stages are not redone
     assert counts["embedded"] == reference["after entropy"] - 16  # the two finished parts of 8 are kept
     assert sha(root / "killed" / "catalog.parquet") == sha(root / "ref_run" / "catalog.parquet")
 
