@@ -6,6 +6,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 # torch/torchvision: the only builds on this machine's disk; an unpinned torch downloads gigabytes.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Leaflet (npm) is inlined into the offline map HTML; Debian's chromium renders it in the map test.
+LEAFLET    := leaflet@1.9.4
+NPM_DIR    := $(VENV)/share/rsgeo_prune
 DEMO_DIR := catalogs/demo
 
 .PHONY: install demo test bench clean
@@ -16,6 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[embed,test,notebooks,bench]"
+	npm install --silent --no-save --no-audit --no-fund --prefix $(NPM_DIR) $(LEAFLET)
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+		echo "note: Debian's chromium is not installed (needs root): the browser test will be skipped"
 	touch $(STAMP)
 
 demo: install

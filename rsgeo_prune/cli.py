@@ -132,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--export-tiles", action="store_true",
                        help="also write each kept tile as a COG under RUN_DIR/tiles/ and point its STAC asset at it")
     run.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+    mp = sub.add_parser(
+        "map", formatter_class=_Formatter, help="one standalone HTML map of a run's tiles (draws offline)",
+        description="Write one self-contained HTML file (Leaflet and the tiles inlined as GeoJSON) that maps every "
+                    "tile of RUN_DIR/catalog.parquet, coloured by status (kept or why pruned), cluster or entropy, "
+                    "with a tooltip per tile. It draws with no network; an OpenStreetMap basemap shows when online.")
+    mp.add_argument("run_dir", metavar="RUN_DIR", help="run directory (or a catalog .parquet)")
+    mp.add_argument("--out", required=True, metavar="MAP.html", help="output HTML file")
+    mp.add_argument("--color-by", default="status", choices=["status", "cluster", "entropy"], help="fill colour")
+
+    rp = sub.add_parser(
+        "report", formatter_class=_Formatter, help="one self-contained HTML report of a run",
+        description="Per-stage counts, entropy histogram with the cut, tiles per cluster before/after selection, "
+                    "similarity distribution, class mix (with --labels), contact sheets of kept and pruned tiles "
+                    "(RGB and NIR false colour), the config, and a comparison with a random subset of the same size.")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    rp.add_argument("--out", required=True, metavar="REPORT.html", help="output HTML file")
+    rp.add_argument("--labels", default=None, metavar="CSV",
+                    help="optional CSV with tile_id and class columns (adds the class-mix plot)")
+    rp.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random comparison subset")
     return parser
 
 
@@ -225,13 +245,47 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_map(args) -> int:
+    from pathlib import Path
+
+    from .catalog import read_catalog
+    from .viz import write_map_html
+
+    src = Path(args.run_dir)
+    src = src / "catalog.parquet" if src.is_dir() else src
+    if not src.exists():
+        raise RSGeoPruneError(f"{src}: no catalog here; give a run directory made by `rsgeo-prune run`")
+    catalog = read_catalog(src)
+    write_map_html(catalog, args.out, color_by=args.color_by, title=f"rsgeo_prune: {src}")
+    print(f"{len(catalog)} tiles mapped → {args.out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .viz import write_report
+
+    classes = None
+    if args.labels:
+        import pandas as pd
+
+        try:
+            labels = pd.read_csv(args.labels)
+            classes = labels.set_index("tile_id")["class"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise RSGeoPruneError(f"{args.labels}: need a CSV with tile_id and class columns ({exc})") from exc
+    write_report(args.run_dir, args.out, classes=classes, seed=args.seed)
+    print(f"report → {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run}
+        commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
+                    "map": _cmd_map, "report": _cmd_report}
         return commands[args.command](args)
     except RSGeoPruneError as exc:
         print(f"rsgeo-prune: error: {exc}", file=sys.stderr)
