@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .catalog import write_geoparquet
+from .catalog import read_catalog, write_geoparquet
 from .pipeline import RunConfig, TileConfig, run_pipeline, tiles_stage
 from .synth import write_reference_set, write_scene
 
@@ -75,6 +75,12 @@ def main(argv=None) -> int:
         print("      kept classes: " + ", ".join(f"{c} {n}" for c, n in kept.items()))
     print(f"   {runs_dir / 'rs-prune'}/: also bank.npz (the centroid bank), embeddings.parquet, stac/ (STAC catalog "
           "of the kept tiles), items.parquet (stac-geoparquet) and run.json (the resumable run's manifest)")
+    from .viz import write_map_html, write_report
+
+    rs_dir = runs_dir / "rs-prune"
+    write_map_html(read_catalog(rs_dir / "catalog.parquet"), rs_dir / "map.html")
+    write_report(rs_dir, rs_dir / "report.html", classes=labels.set_index("tile_id")["class"])
+    print(f"   {rs_dir / 'map.html'}: offline map of kept/pruned tiles; {rs_dir / 'report.html'}: the run report")
     print("   RS-Prune keeps every scene type, the rare solar_farm tiles included; a random subset of the same size, "
           "drawn from the same Stage I candidates, follows the class frequencies and usually misses the rare class.")
 
