@@ -318,6 +318,15 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
     if catalog["cluster"].notna().any():
         figures["tiles per cluster"] = plot_cluster_sizes(catalog)
         figures["similarity"] = plot_similarity(catalog)
+    if classes is None and (run_dir / "bank.npz").exists() and catalog["cluster"].notna().any():
+        # no labels: name each tile by the reference class that dominates its centroid
+        from .centroids import CentroidBank
+
+        bank = CentroidBank.load(run_dir / "bank.npz")
+        dominant = np.array(bank.classes)[bank.class_counts.argmax(axis=1)]
+        c = catalog.dropna(subset=["cluster"])
+        figures["reference-class mix"] = plot_class_mix(
+            catalog, pd.Series(dominant[c["cluster"].astype(int).to_numpy()], index=c["tile_id"].to_numpy()))
     if classes is not None:
         figures["class mix"] = plot_class_mix(catalog, classes)
     sheets = {"kept tiles (RGB)": contact_sheet(catalog, kept=True, seed=seed),

@@ -73,6 +73,8 @@ def test_report_has_every_plot_and_matching_counts(run, tmp_path):
         assert re.search(rf"<th>{stage}</th>\s*<td>{n}</td>", page), stage
     assert counts["after selection"] == int(catalog["kept"].sum())
     assert counts["tiles"] - counts["after nodata"] == int((catalog["pruned_by"] == "nodata").sum())
+    assert main(["report", str(root / "run"), "--out", str(tmp_path / "nolabels.html")]) == 0
+    assert 'alt="reference-class mix"' in (tmp_path / "nolabels.html").read_text()  # from the bank's classes
     assert "random subset" in page and "&quot;entropy_keep&quot;: 0.7" in page  # the config, HTML-escaped
 
 
