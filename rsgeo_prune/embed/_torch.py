@@ -26,3 +26,33 @@ def to_pil(rgb: np.ndarray):
     from PIL import Image
 
     return Image.fromarray(np.ascontiguousarray(np.moveaxis(rgb, 0, -1)), mode="RGB")
+
+
+class TorchImageEmbedder:
+    """Batching shared by the model embedders: RGB views → PIL images → ``_encode`` → unit vectors.
+
+    Subclasses set ``batch_size``, ``nir_view``, ``dim`` and implement ``_encode(images) -> tensor``.
+    """
+
+    batch_size: int
+    nir_view: str
+    dim: int
+
+    def _encode(self, images):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _embed_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        import torch
+
+        from . import l2_normalise
+
+        out = []
+        with torch.inference_mode():
+            for s in range(0, len(rgb), self.batch_size):
+                out.append(self._encode([to_pil(t) for t in rgb[s:s + self.batch_size]]).float().cpu().numpy())
+        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        from . import combine_views
+
+        return combine_views(self._embed_rgb, to_uint8(np.asarray(tiles)), self.nir_view)

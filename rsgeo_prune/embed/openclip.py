@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import RSGeoPruneError
-from . import combine_views, l2_normalise
-from ._torch import pick_device, to_pil, to_uint8
+from ._torch import TorchImageEmbedder, pick_device
 
 
-class OpenClipEmbedder:
+class OpenClipEmbedder(TorchImageEmbedder):
     """Image tower of an open_clip model; output ``(N, D)`` unit vectors (``2D`` with ``nir_view="concat"``)."""
 
     def __init__(self, arch: str, checkpoint: str | Path, *, nir_view: str = "none", batch_size: int = 64,
@@ -51,15 +48,7 @@ class OpenClipEmbedder:
         self.dim = out * (2 if nir_view == "concat" else 1)
         self._torch = torch
 
-    def _embed_rgb(self, rgb: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(rgb), self.batch_size):
-                batch = torch.stack([self.preprocess(to_pil(t)) for t in rgb[s:s + self.batch_size]])
-                batch = batch.to(self.device, dtype=next(self.model.parameters()).dtype)
-                out.append(self.model.encode_image(batch).float().cpu().numpy())
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
-
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        return combine_views(self._embed_rgb, to_uint8(np.asarray(tiles)), self.nir_view)
+    def _encode(self, images):
+        batch = self._torch.stack([self.preprocess(im) for im in images])
+        batch = batch.to(self.device, dtype=next(self.model.parameters()).dtype)
+        return self.model.encode_image(batch)

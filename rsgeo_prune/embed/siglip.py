@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import RSGeoPruneError
-from . import combine_views, l2_normalise
-from ._torch import pick_device, to_pil, to_uint8
+from ._torch import TorchImageEmbedder, pick_device
 
 
-class SiglipEmbedder:
+class SiglipEmbedder(TorchImageEmbedder):
     """Image features of a SigLIP model (``get_image_features``), ℓ2-normalised."""
 
     def __init__(self, folder: str | Path, *, nir_view: str = "none", batch_size: int = 64, device: str | None = None):
@@ -43,18 +40,7 @@ class SiglipEmbedder:
         self.dim = int(vision.hidden_size) * (2 if nir_view == "concat" else 1)
         self._torch = torch
 
-    def _embed_rgb(self, rgb: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        out = []
-        with torch.inference_mode():
-            for s in range(0, len(rgb), self.batch_size):
-                images = [to_pil(t) for t in rgb[s:s + self.batch_size]]
-                pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
-                pixels = pixels.to(self.device, dtype=self.model.dtype)
-                feats = self.model.get_image_features(pixel_values=pixels)
-                feats = getattr(feats, "pooler_output", feats)
-                out.append(feats.float().cpu().numpy())
-        return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
-
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        return combine_views(self._embed_rgb, to_uint8(np.asarray(tiles)), self.nir_view)
+    def _encode(self, images):
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        feats = self.model.get_image_features(pixel_values=pixels.to(self.device, dtype=self.model.dtype))
+        return getattr(feats, "pooler_output", feats)
