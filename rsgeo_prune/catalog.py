@@ -97,12 +97,16 @@ def catalog_metadata(path: str | Path) -> dict:
     return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
 
 
-def write_embeddings(tile_id, embeddings: np.ndarray, path: str | Path) -> Path:
-    """``tile_id`` + ``embedding`` (fixed-size list of float32), zstd, atomically."""
+def write_embeddings(tile_id, embeddings: np.ndarray, path: str | Path, *, source=None,
+                     metadata: dict[bytes, bytes] | None = None) -> Path:
+    """``tile_id`` + ``embedding`` (fixed-size list of float32) [+ ``source``], zstd, atomically."""
     z = np.ascontiguousarray(embeddings, np.float32)
     values = pa.array(z.reshape(-1), pa.float32())
-    table = pa.table({"tile_id": pa.array(list(map(str, tile_id)), pa.string()),
-                      "embedding": pa.FixedSizeListArray.from_arrays(values, z.shape[1] if z.ndim == 2 else 0)})
+    columns = {"tile_id": pa.array(list(map(str, tile_id)), pa.string()),
+               "embedding": pa.FixedSizeListArray.from_arrays(values, z.shape[1] if z.ndim == 2 else 0)}
+    if source is not None:  # identity of the file each tile was read from (reuse across runs)
+        columns["source"] = pa.array(list(map(str, source)), pa.string())
+    table = pa.table(columns).replace_schema_metadata(metadata)
     with atomic_output(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(path)

@@ -502,20 +502,10 @@ def _embed_stage(run: RunDir, table: pd.DataFrame, cand: np.ndarray, key: str, r
 
 
 def _write_embedding_part(path: Path, ids, src, z, embedder_id: str) -> None:
-    """``embeddings.parquet`` layout (tile_id, embedding) plus the source identity, atomically."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """``embeddings.parquet`` layout plus the source identity and the embedder, atomically."""
+    from .catalog import write_embeddings
 
-    from .atomic import atomic_output
-
-    z = np.ascontiguousarray(z, np.float32)
-    table = pa.table({
-        "tile_id": pa.array([str(t) for t in ids], pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1), pa.float32()), z.shape[1]),
-        "source": pa.array([str(s) for s in src], pa.string()),
-    }).replace_schema_metadata({b"rsgeo_prune_embedder": embedder_id.encode()})
-    with atomic_output(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    write_embeddings(ids, z, path, source=src, metadata={b"rsgeo_prune_embedder": embedder_id.encode()})
 
 
 def _assign_rows(source, start: int, stop: int, centroids: np.ndarray):
