@@ -603,12 +603,14 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
     check_writable(out_dir / "run.json")
     if not reference and run_cfg.method in ("rs-prune", "water-filling", "moderate"):
         raise RSGeoPruneError(f"--method {run_cfg.method} needs --reference (ImageFolder sets or a bank .npz)")
-    resolve_inputs(inputs, nodata=tile_cfg.nodata)  # fail early on bad inputs, before any work
+    sources = resolve_inputs(inputs, nodata=tile_cfg.nodata)  # fail early on bad inputs, before any work
     run = RunDir(out_dir)
     config = {"inputs": [str(p) for p in inputs], "reference": [str(p) for p in reference],
               "tiles": tile_cfg.as_dict(), "run": run_cfg.as_dict()}
     run.header(config)
-    ids_in = input_identities(list(inputs) + ([tile_cfg.mask] if tile_cfg.mask else []))
+    # what the tiles depend on: every raster or image folder the inputs (globs, STAC Items) resolve to
+    resolved = [s.href if isinstance(s, RasterScene) else s.root for s in sources]
+    ids_in = input_identities(resolved + ([tile_cfg.mask] if tile_cfg.mask else []))
     key_tiles = digest([ids_in, tile_cfg.as_dict()])
     key_bank = digest([input_identities(reference), run_cfg.embedder, run_cfg.nir_view, run_cfg.k, run_cfg.seed])
     key_embed = digest([key_tiles, run_cfg.embedder, run_cfg.nir_view])

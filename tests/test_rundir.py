@@ -166,3 +166,10 @@ def test_stac_catalog_and_stac_geoparquet(world, tmp_path):
         assert item.bbox == list(row.geometry.bounds)
     back = list(sga.stac_table_to_items(pq.read_table(out / "items.parquet")))
     assert sorted(b["id"] for b in back) == sorted(i.id for i in items)
+
+
+def test_globs_and_stac_items_are_inputs_too(world, tmp_path):
+    root, a, b, ref = world
+    _, counts = run_pipeline([str(root / "[ab].tif")], tmp_path / "glob", [ref], progress=False, **CFG)
+    _, both = run_pipeline([a.path, b.path], tmp_path / "list", [ref], progress=False, **CFG)
+    assert counts == both
