@@ -257,7 +257,9 @@ def _cmd_map(args) -> int:
         raise RSGeoPruneError(f"{src}: no catalog here; give a run directory made by `rsgeo-prune run`")
     catalog = read_catalog(src)
     write_map_html(catalog, args.out, color_by=args.color_by, title=f"rsgeo_prune: {src}")
-    print(f"{len(catalog)} tiles mapped → {args.out}")
+    placed = int(catalog.geometry.notna().sum())
+    unplaced = f" ({len(catalog) - placed} without a location left out)" if placed < len(catalog) else ""
+    print(f"{placed} tiles mapped → {args.out}{unplaced}")
     return 0
 
 

@@ -6,7 +6,8 @@
   ``rsgeo:entropy``, ``rsgeo:cluster``, ``rsgeo:similarity``, ``rsgeo:rank`` in its properties, and
   a ``data`` asset pointing at the source raster by a relative href (or at the tile's own COG with
   ``export_tiles``).
-* ``RUN_DIR/items.parquet`` — the same Items as stac-geoparquet.
+* ``RUN_DIR/items.parquet`` — the same Items as stac-geoparquet (images without a location, which
+  STAC allows with a null geometry, are left out of this one: GeoParquet needs a geometry).
 
 An Item's ``datetime`` is the source file's modification time (UTC): rasters seldom carry their
 acquisition time in a standard place, and this keeps reruns identical.
@@ -127,6 +128,8 @@ def write_stac(catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool
 
     dicts = []
     for it in items:
+        if it.geometry is None:  # stac-geoparquet needs a geometry; unplaced images stay in stac/ only
+            continue
         d = it.to_dict(include_self_link=False, transform_hrefs=False)
         d["links"] = []
         d["assets"]["data"]["href"] = os.path.normpath(os.path.join("stac", it.id, d["assets"]["data"]["href"]))

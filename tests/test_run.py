@@ -75,3 +75,26 @@ def test_same_inputs_same_catalog_bytes(world):
     for name in ("a", "b"):
         run_pipeline([scene.path], root / name, [ref], TileConfig(entropy_keep=0.7), RunConfig(k=7), progress=False)
     assert (root / "a" / "catalog.parquet").read_bytes() == (root / "b" / "catalog.parquet").read_bytes()
+
+
+def test_run_on_an_image_collection(world, tmp_path):
+    """Git-10M/RS5M style: a folder of images, some placed by a manifest; all the outputs still work."""
+    import pystac
+    from PIL import Image
+
+    from rsgeo_prune.synth import CLASSES, render_tile
+
+    root, _, ref = world
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(28):
+        Image.fromarray(np.moveaxis(render_tile(CLASSES[i % 7], rng, 96)[:3], 0, -1)).save(images / f"im_{i:02d}.png")
+    pd.DataFrame({"path": [f"im_{i:02d}.png" for i in range(0, 28, 2)], "lon": np.arange(14) * 0.01 - 97,
+                  "lat": 47.0}).to_csv(images / "manifest.csv", index=False)
+    cat, counts = run_pipeline([images], tmp_path / "run", [ref], TileConfig(entropy_keep=0.75),
+                               RunConfig(budget_count=7, k=7), progress=False)
+    assert counts["selected"] == 7 and cat["cluster"].notna().sum() == counts["after entropy"]
+    stac = list(pystac.Catalog.from_file(str(tmp_path / "run" / "stac" / "catalog.json")).get_items(recursive=True))
+    assert len(stac) == 7
+    assert main(["map", str(tmp_path / "run"), "--out", str(tmp_path / "map.html")]) == 0
