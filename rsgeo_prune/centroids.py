@@ -19,7 +19,7 @@ import numpy as np
 
 from .atomic import atomic_output
 from .errors import RSGeoPruneError
-from .sources import IMAGE_SUFFIXES, read_image
+from .sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,14 @@ def read_reference_sets(roots: Sequence[str | Path]) -> ReferenceSet:
     return ReferenceSet(tuple(paths), np.array([index[n] for n in names], np.int64), classes)
 
 
-def embed_images(paths: Sequence[Path], embedder, *, batch: int = 64) -> np.ndarray:
-    """Embed images of any sizes: grouped by shape, in batches, order kept."""
-    images = [read_image(p) for p in paths]
-    out = np.zeros((len(images), embedder.dim), np.float32)
-    groups: dict[tuple, list[int]] = {}
-    for i, im in enumerate(images):
-        groups.setdefault((im.shape, str(im.dtype)), []).append(i)
-    for idx in groups.values():
-        for s in range(0, len(idx), batch):
-            part = idx[s:s + batch]
-            out[part] = embedder(np.stack([images[i] for i in part]))
-    return out
+def embed_images(paths: Sequence[Path], embedder) -> np.ndarray:
+    """Embed images of any sizes, in order (read and batched by :func:`rsgeo_prune.pipeline.read_tile_pixels`)."""
+    import pandas as pd
+
+    from .pipeline import embed_table
+
+    table = pd.DataFrame({"href": [str(p) for p in paths], "transform": [None] * len(paths)})
+    return embed_table(table, embedder, progress=False)
 
 
 def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters: int = 30,

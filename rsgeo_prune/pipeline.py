@@ -220,26 +220,35 @@ class RunConfig:
 
 
 def read_tile_pixels(table: pd.DataFrame, *, nodata: float | None = None, batch: int = 256):
-    """Yield ``(row positions, tiles (n, C, H, W) uint8)`` for the rows of a tile table, scene by scene.
+    """Yield ``(row positions, tiles (n, C, H, W) uint8)`` for the rows of a tile table.
 
-    Raster tiles are read by window with rasterio; non-uint8 rasters are mapped to 256 levels by
-    the scene's Stage I stretch; collection images are read whole. Tiles of one shape go together.
+    Raster tiles are read by window with rasterio, scene by scene; non-uint8 rasters are mapped to
+    256 levels by the scene's Stage I stretch. Collection images (rows without a ``transform``) are
+    read whole, each stretched on its own when not uint8. Tiles of one shape go together, at most
+    ``batch`` at a time.
     """
     import rasterio
     from rasterio.windows import Window
 
-    from .entropy import scene_percentiles, stretch_levels
+    from .entropy import percentile_range, scene_percentiles, stretch_levels
     from .sources import decode_errors, read_image
 
-    for href, idx in table.groupby("href", sort=False).indices.items():
+    is_image = np.array([t is None for t in table["transform"]], dtype=bool)
+    images = np.flatnonzero(is_image)
+    for s in range(0, len(images), batch):
+        part = images[s:s + batch]
+        read = [read_image(p) for p in table["href"].to_numpy()[part]]
+        read = [im if im.dtype == np.uint8 else stretch_levels(im, *percentile_range(im, None)) for im in read]
+        shapes: dict[tuple, list[int]] = {}
+        for j, im in enumerate(read):
+            shapes.setdefault(im.shape, []).append(j)
+        for js in shapes.values():
+            yield part[js], np.stack([read[j] for j in js])
+
+    rasters = np.flatnonzero(~is_image)
+    for href, sub in table.iloc[rasters].groupby("href", sort=False).indices.items():
+        idx = rasters[sub]
         rows = table.iloc[idx]
-        if rows["transform"].iloc[0] is None:
-            for i, path in zip(idx, rows["href"]):
-                img = read_image(path)
-                if img.dtype != np.uint8:
-                    img = stretch_levels(img, *_percentiles_of(img))
-                yield np.array([i]), img[None]
-            continue
         scene = describe_raster(href, nodata=nodata, scene_id=rows["scene_id"].iloc[0])
         stretch = None if scene.dtype == "uint8" else scene_percentiles(scene.href, scene.nodata)
         shapes = rows.groupby(["height", "width"], sort=False).indices
@@ -252,12 +261,6 @@ def read_tile_pixels(table: pd.DataFrame, *, nodata: float | None = None, batch:
                     if stretch is not None:
                         tiles = np.stack([stretch_levels(t, *stretch) for t in tiles])
                     yield idx[part], tiles
-
-
-def _percentiles_of(img):
-    from .entropy import percentile_range
-
-    return percentile_range(img, None)
 
 
 def embed_table(table: pd.DataFrame, embedder, *, nodata: float | None = None, progress: bool = True) -> np.ndarray:
@@ -439,7 +442,7 @@ def _assign_chunk(z: np.ndarray, centroids: np.ndarray):
         torch.set_num_threads(threads)
 
 
-def _embed_stage(run: RunDir, table: pd.DataFrame, cand: np.ndarray, key: str, run_cfg: RunConfig,
+def _embed_stage(run: RunDir, table: pd.DataFrame, cand: np.ndarray, run_cfg: RunConfig,
                  nodata, workers: int, progress: bool):
     """Embeddings of the candidate tiles, reusing every embedding already made for the same tile of
     the same source file (earlier runs, or parts written before a crash)."""
@@ -656,7 +659,7 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
             log.info("run: unchanged, nothing to do")
             _stac_stage(run, catalog, key_stac, run_cfg)
             return catalog, counts
-        z, counts["embedded"] = _embed_stage(run, table, cand, key_embed, run_cfg, tile_cfg.nodata, workers, progress)
+        z, counts["embedded"] = _embed_stage(run, table, cand, run_cfg, tile_cfg.nodata, workers, progress)
         run.mark("embed", key_embed, rows=len(cand))
 
         chosen, cluster, similarity = _select(run_cfg.method, z, ids, table, cand, budget, bank, run_cfg)
