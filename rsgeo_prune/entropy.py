@@ -268,12 +268,9 @@ def tile_entropy(tiles: np.ndarray, nodata: float | None = None, **stretch) -> t
 
 def _chunk_histograms(block: np.ndarray, nodata, cell: int, lo, hi, mask_href, block_info=None) -> np.ndarray:
     if mask_href is not None:
-        import rasterio
-        from rasterio.windows import Window
+        from .sources import dataset_mask_of_chunk
 
-        (_, _), (r0, r1), (c0, c1) = block_info[0]["array-location"]
-        with rasterio.open(mask_href) as src:
-            valid = (src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0)) > 0).astype(np.uint8)
+        valid = dataset_mask_of_chunk(mask_href, block_info).astype(np.uint8)
         levels = block if block.dtype == np.uint8 else stretch_levels(block, lo, hi)
         return _cell_histograms(levels, valid, True, np.uint8(0), False, cell)
     if block.dtype == np.uint8:

@@ -24,6 +24,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError, RasterioIOError
+from rasterio.windows import Window
 
 from .errors import RSGeoPruneError
 
@@ -317,6 +318,14 @@ def decode_errors(href: str):
     except (RasterioError, OSError) as exc:
         raise RSGeoPruneError(
             f"{href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
+
+
+def dataset_mask_of_chunk(href: str, block_info: dict) -> np.ndarray:
+    """``(H, W)`` bool: valid pixels of the raster window a dask chunk covers (the file's per-dataset
+    mask band), for ``map_blocks`` functions called with ``block_info``."""
+    (r0, r1), (c0, c1) = block_info[0]["array-location"][-2:]
+    with rasterio.open(href) as src:
+        return src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0)) > 0
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -19,7 +19,7 @@ import shapely
 from pyproj import Transformer
 
 from .errors import RSGeoPruneError
-from .sources import RasterScene, decode_errors, open_raster
+from .sources import RasterScene, dataset_mask_of_chunk, decode_errors, open_raster
 
 log = logging.getLogger(__name__)
 
@@ -164,13 +164,7 @@ def _sum_cells(bad: np.ndarray, cell: int) -> np.ndarray:
 
 def _mask_cell_counts(_band: np.ndarray, href: str, cell: int, block_info=None) -> np.ndarray:
     """Like :func:`_cell_counts` but from the file's per-dataset mask band (0 = nodata)."""
-    import rasterio
-    from rasterio.windows import Window
-
-    (r0, r1), (c0, c1) = block_info[0]["array-location"]
-    with rasterio.open(href) as src:
-        valid = src.dataset_mask(window=Window(c0, r0, c1 - c0, r1 - r0))
-    return _sum_cells(valid == 0, cell)
+    return _sum_cells(~dataset_mask_of_chunk(href, block_info), cell)
 
 
 def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile_size: int = 256,

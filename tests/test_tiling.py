@@ -119,3 +119,29 @@ def test_float_raster_nan_is_nodata(tmp_path):
     s = describe_raster(path)
     r, c, h, w = tile_offsets(s)
     assert nodata_fraction(s, r, c, h, w).tolist() == [0.25, 0.0]
+
+
+def test_mask_band_marks_nodata_when_there_is_no_nodata_value(tmp_path):
+    """A file with an internal (per-dataset) mask and no nodata value: masked pixels are nodata for
+    the nodata fraction and are left out of the entropy histograms."""
+    from rsgeo_prune import TileConfig, tiles_stage
+
+    path = tmp_path / "masked.tif"
+    px = np.random.default_rng(0).integers(1, 255, (3, 256, 512), dtype=np.uint8)
+    px[:, :, 256:] = 7  # the right tile is constant where it is valid ...
+    mask = np.full((256, 512), 255, np.uint8)
+    mask[:128, :256] = 0  # half of tile 0 masked
+    mask[:, 384:] = 0  # ... and half of tile 1 masked
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=512, height=256, count=3, dtype="uint8", tiled=True,
+                           crs="EPSG:32618", transform=rasterio.transform.from_origin(500_000, 4_000_000, 1, 1)) as dst:
+            dst.write(px)
+            dst.write_mask(mask)
+    s = describe_raster(path)
+    assert s.nodata is None and s.has_mask
+    r, c, h, w = tile_offsets(s)
+    assert nodata_fraction(s, r, c, h, w).tolist() == [0.5, 0.5]
+    table = tiles_stage([path], TileConfig(entropy_min=0.0), progress=False)
+    assert table["nodata_frac"].tolist() == [0.5, 0.5]
+    assert table["entropy"].iloc[1] == 0.0  # only the constant, valid half counts
+    assert table["entropy"].iloc[0] > 7
