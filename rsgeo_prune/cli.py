@@ -193,7 +193,8 @@ def _cmd_tiles(args) -> int:
 
 def _summary(table, out) -> str:
     why = table["pruned_by"].value_counts()
-    parts = [f"{int(why.get(k, 0))} pruned by {k}" for k in ("nodata", "mask", "entropy") if k in why or k != "entropy"]
+    stages = ["nodata", "mask"] + (["entropy"] if "entropy" in why else [])  # entropy only when it ran
+    parts = [f"{int(why.get(k, 0))} pruned by {k}" for k in stages]
     return f"{len(table)} tiles → {out}: {int(table['kept'].sum())} kept, " + ", ".join(parts)
 
 

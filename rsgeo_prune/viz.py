@@ -182,7 +182,8 @@ def write_map_html(catalog, path: str | Path, *, color_by: str = "status", title
 def _fig(ax=None, size=(6, 3.5)):
     import matplotlib
 
-    matplotlib.use("Agg", force=False) if "ipykernel" not in sys.modules else None
+    if "ipykernel" not in sys.modules:  # scripts and the CLI draw off-screen; notebooks keep their backend
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     if ax is None:
