@@ -328,16 +328,19 @@ def image_histograms(paths) -> np.ndarray:
     """Histograms ``(N, C + 1, 256)`` of collection images (one tile each; every image its own stretch)."""
     from .sources import read_image
 
-    out = []
-    for p in paths:
-        img = read_image(p)
-        out.append(tile_histograms(img[None])[0])
-    nb = max((h.shape[0] for h in out), default=1)
-    full = np.zeros((len(out), nb, LEVELS), np.int64)
-    for i, h in enumerate(out):  # images with fewer bands: gray stays last, missing bands empty
-        full[i, : h.shape[0] - 1] = h[:-1]
-        full[i, -1] = h[-1]
-    return full
+    paths = list(paths)
+    return stack_histograms([([i], tile_histograms(read_image(p)[None])) for i, p in enumerate(paths)], len(paths))
+
+
+def stack_histograms(parts, n: int) -> np.ndarray:
+    """One ``(n, C + 1, 256)`` array from ``(row positions, histograms (k, c + 1, 256))`` parts of
+    varying band counts ``c``: bands in place, gray always last, a part's missing bands empty."""
+    nb = max((h.shape[1] for _, h in parts), default=1)
+    out = np.zeros((n, nb, LEVELS), np.int64)
+    for idx, h in parts:
+        out[idx, : h.shape[1] - 1] = h[:, :-1]
+        out[idx, -1] = h[:, -1]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

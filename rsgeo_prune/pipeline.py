@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .catalog import to_geodataframe
 from .errors import RSGeoPruneError
 from .masks import mask_filter, polygons_in_crs, read_vector, urban_fraction
-from .entropy import entropy_filter, entropy_from_histograms, image_histograms, scene_histograms
+from .entropy import entropy_filter, entropy_from_histograms, image_histograms, scene_histograms, stack_histograms
 from .sources import ImageCollection, RasterScene, describe_raster, resolve_inputs
 from .tiling import collection_grid, nodata_fraction, tile_grid
 
@@ -174,12 +174,7 @@ def entropy_stage(table: pd.DataFrame, *, nodata: float | None = None, entropy_m
         scene = describe_raster(href, nodata=nodata, scene_id=rows["scene_id"].iloc[0])
         r, c, h, w = (rows[k].to_numpy() for k in ("row_off", "col_off", "height", "width"))
         parts.append((idx, scene_histograms(scene, r, c, h, w, int(max(h.max(), w.max())))))
-    nb = max(p.shape[1] for _, p in parts)
-    hist = np.zeros((len(table), nb, 256), np.int64)
-    for idx, p in parts:  # scenes with fewer bands: their gray still goes last
-        hist[idx, : p.shape[1] - 1] = p[:, :-1]
-        hist[idx, -1] = p[:, -1]
-    set_entropy_columns(table, hist)
+    set_entropy_columns(table, stack_histograms(parts, len(table)))
     if entropy_min is not None or entropy_keep is not None:
         apply_entropy_filter(table, entropy_min=entropy_min, entropy_keep=entropy_keep)
     return to_geodataframe(table)

@@ -193,3 +193,16 @@ def test_napa_uint16_entropy_uses_the_scene_stretch():
     t = px[:, r.row_off:r.row_off + r.height, r.col_off:r.col_off + r.width]
     g, _ = reference_entropy(t, 256, lo, hi)
     assert abs(r.entropy - g) <= 1e-9
+
+
+def test_mixed_band_counts_keep_gray_last(tmp_path):
+    from PIL import Image
+
+    from rsgeo_prune.entropy import image_histograms
+
+    Image.fromarray(np.full((8, 8, 3), 5, np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "gray.png")
+    hist = image_histograms([tmp_path / "rgb.png", tmp_path / "gray.png"])
+    assert hist.shape == (2, 4, 256)
+    assert hist[0, :, 5].tolist() == [64, 64, 64, 64]  # R, G, B and gray
+    assert hist[1, 0, 9] == 64 and hist[1, 3, 9] == 64 and hist[1, 1:3].sum() == 0  # gray last, G/B empty
