@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .atomic import atomic_output
+from .embed import embed_table
 from .errors import RSGeoPruneError
 from .sources import IMAGE_SUFFIXES
 
@@ -61,10 +62,8 @@ def read_reference_sets(roots: Sequence[str | Path]) -> ReferenceSet:
 
 
 def embed_images(paths: Sequence[Path], embedder) -> np.ndarray:
-    """Embed images of any sizes, in order (read and batched by :func:`rsgeo_prune.pipeline.read_tile_pixels`)."""
+    """Embed images of any sizes, in order (read and batched by :func:`rsgeo_prune.pixels.read_tile_pixels`)."""
     import pandas as pd
-
-    from .pipeline import embed_table
 
     table = pd.DataFrame({"href": [str(p) for p in paths], "transform": [None] * len(paths)})
     return embed_table(table, embedder, progress=False)
@@ -212,8 +211,6 @@ def build_centroid_bank(refs: Sequence[str | Path], embedder, *, k: int = DEFAUL
         names += [ref.classes[y] for y in ref.labels]
         digest.update(ref.digest().encode())
     for cat in catalogs:
-        from .pipeline import embed_table
-
         table, cat_names = read_reference_catalog(cat)
         parts.append(embed_table(table, embedder, progress=False))
         names += cat_names
@@ -230,3 +227,30 @@ def build_centroid_bank(refs: Sequence[str | Path], embedder, *, k: int = DEFAUL
     np.add.at(counts, (labels, np.array([index[c] for c in names])), 1)
     log.info("centroids: %d reference images of %d classes → %d centroids", n, len(classes), k)
     return CentroidBank(centroids, embedder.spec, digest.hexdigest(), classes, counts, seed)
+
+
+def is_bank_file(reference: Sequence[str | Path]) -> bool:
+    """One ``.npz`` file: a saved bank rather than reference sets."""
+    return len(reference) == 1 and str(reference[0]).endswith(".npz")
+
+
+def check_reference(reference: Sequence[str | Path], embedder_spec: str, *, k: int) -> CentroidBank | None:
+    """Check reference inputs before any work: every path exists; a bank loads and was made by
+    ``embedder_spec``; reference sets hold at least ``k`` images. Returns the bank when one is given."""
+    for r in reference:
+        if not Path(r).exists():
+            raise RSGeoPruneError(f"{r}: reference not found; give ImageFolder reference sets, reference "
+                                  "catalogs (Parquet/CSV) or one bank .npz")
+    if is_bank_file(reference):
+        bank = CentroidBank.load(reference[0])
+        if bank.embedder != embedder_spec:
+            raise RSGeoPruneError(f"{reference[0]}: bank was made with embedder {bank.embedder!r}, not "
+                                  f"{embedder_spec!r}; use embedder {bank.embedder} or rebuild the bank")
+        return bank
+    folders = [r for r in reference if Path(r).is_dir()]
+    n = len(read_reference_sets(folders).paths) if folders else 0
+    n += sum(len(read_reference_catalog(c)[0]) for c in reference if not Path(c).is_dir())
+    if k > n:
+        raise RSGeoPruneError(f"k {k} is larger than the {n} reference images; use k {n} or fewer, "
+                              "or add reference images")
+    return None

@@ -11,7 +11,10 @@ import sys
 from typing import Sequence
 
 from . import __version__
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
+from .select import METHODS
+from .status import ENTROPY, PRE_FILTERS, summary_line
+from .viz import COLOR_BY
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -119,10 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep this fraction of the tiles that passed the nodata and mask filters (the paper's "
                         "85 %% pruning is 0.15)")
     b.add_argument("--budget-count", type=int, default=None, metavar="N", help="keep exactly N tiles instead")
-    sel.add_argument("--method", default="rs-prune",
-                     choices=["rs-prune", "water-filling", "random", "entropy", "moderate", "cluster-nearest",
-                              "full-kmeans"],
-                     help="selection: RS-Prune quotas, water-filling allocation, or a baseline")
+    sel.add_argument("--method", default="rs-prune", choices=list(METHODS),
+                     help="selection: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
     _add_model_options(run)
     scale = run.add_argument_group("scale and output")
     scale.add_argument("--scheduler", default="threads", metavar="S",
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with a tooltip per tile. It draws with no network; an OpenStreetMap basemap shows when online.")
     mp.add_argument("run_dir", metavar="RUN_DIR", help="run directory (or a catalog .parquet)")
     mp.add_argument("--out", required=True, metavar="MAP.html", help="output HTML file")
-    mp.add_argument("--color-by", default="status", choices=["status", "cluster", "entropy"], help="fill colour")
+    mp.add_argument("--color-by", default="status", choices=list(COLOR_BY), help="fill colour")
 
     rp = sub.add_parser(
         "report", formatter_class=_Formatter, help="one self-contained HTML report of a run",
@@ -162,7 +163,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nir-view", default="none", choices=["none", "concat", "mean"],
                    help="4-band tiles with RGB models: also embed the (NIR, R, G) false-colour view and "
                         "concatenate or average")
-    g.add_argument("--k", type=int, default=200, metavar="K", help="number of centroids (spherical k-means)")
+    g.add_argument("--k", type=int, default=None, metavar="K",
+                   help="number of centroids (spherical k-means); default: 200, or the K of a given bank")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="seed of k-means and random baselines")
 
 
@@ -175,14 +177,20 @@ def _add_entropy_options(p: argparse.ArgumentParser) -> None:
                         "(ties by tile_id; the paper keeps 0.3); default: off")
 
 
+def _tile_config(args):
+    from .config import TileConfig
+
+    return TileConfig(tile_size=args.tile_size, stride=args.stride, partial=args.partial, mask=args.mask,
+                      min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
+                      entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
+
+
 def _cmd_tiles(args) -> int:
     from .atomic import check_writable
     from .catalog import write_geoparquet
-    from .pipeline import TileConfig, tiles_stage
+    from .tile_table import tiles_stage
 
-    cfg = TileConfig(tile_size=args.tile_size, stride=args.stride, partial=args.partial, mask=args.mask,
-                     min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
-                     entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
+    cfg = _tile_config(args)
     check_writable(args.out)
     table = tiles_stage(args.inputs, cfg, progress=not args.quiet)
     write_geoparquet(table, args.out)
@@ -192,20 +200,18 @@ def _cmd_tiles(args) -> int:
 
 
 def _summary(table, out) -> str:
-    why = table["pruned_by"].value_counts()
-    stages = ["nodata", "mask"] + (["entropy"] if "entropy" in why else [])  # entropy only when it ran
-    parts = [f"{int(why.get(k, 0))} pruned by {k}" for k in stages]
-    return f"{len(table)} tiles → {out}: {int(table['kept'].sum())} kept, " + ", ".join(parts)
+    stages = PRE_FILTERS + ((ENTROPY,) if "entropy" in table else ())  # Stage I only when it ran
+    return f"{len(table)} tiles → {out}: " + summary_line(table, reasons=stages)
 
 
 def _cmd_entropy(args) -> int:
     from .atomic import check_writable
     from .catalog import read_catalog, write_geoparquet
-    from .pipeline import entropy_stage
+    from .tile_table import entropy_stage
 
     check_writable(args.out)
     table = entropy_stage(read_catalog(args.table), nodata=args.nodata, entropy_min=args.entropy_min,
-                          entropy_keep=args.entropy_keep, progress=not args.quiet)
+                          entropy_keep=args.entropy_keep, progress=not args.quiet, source=args.table)
     write_geoparquet(table, args.out)
     if not args.quiet:
         print(_summary(table, args.out))
@@ -214,11 +220,15 @@ def _cmd_entropy(args) -> int:
 
 def _cmd_centroids(args) -> int:
     from .atomic import check_writable
-    from .centroids import build_centroid_bank
+    from .centroids import build_centroid_bank, check_reference
+    from .config import RunConfig
     from .embed import load_embedder
 
+    cfg = RunConfig(k=args.k, seed=args.seed, embedder=args.embedder, nir_view=args.nir_view)  # validates them
     check_writable(args.out)
-    bank = build_centroid_bank(args.refs, load_embedder(args.embedder, nir_view=args.nir_view), k=args.k, seed=args.seed)
+    embedder = load_embedder(args.embedder, nir_view=args.nir_view)
+    check_reference(args.refs, embedder.spec, k=cfg.k_or_default)
+    bank = build_centroid_bank(args.refs, embedder, k=cfg.k_or_default, seed=args.seed)
     bank.save(args.out)
     if not args.quiet:
         print(f"{bank.k} centroids from {int(bank.class_counts.sum())} images of {len(bank.classes)} classes "
@@ -227,21 +237,21 @@ def _cmd_centroids(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .pipeline import RunConfig, TileConfig, run_pipeline
+    from .config import RunConfig
+    from .pipeline import run_pipeline
 
-    tile_cfg = TileConfig(tile_size=args.tile_size, stride=args.stride, partial=args.partial, mask=args.mask,
-                          min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
-                          entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
+    tile_cfg = _tile_config(args)
     run_cfg = RunConfig(budget=args.budget, budget_count=args.budget_count, k=args.k, embedder=args.embedder,
                         nir_view=args.nir_view, method=args.method, seed=args.seed, chunk=args.chunk,
                         export_tiles=args.export_tiles)
     catalog, counts = run_pipeline(args.inputs, args.out, args.reference, tile_cfg, run_cfg, scheduler=args.scheduler,
                                    progress=not args.quiet)
     if not args.quiet:
-        why = catalog["pruned_by"].value_counts()
+        from .status import pruned_counts
+
         print(f"{counts['tiles']} tiles → {args.out}/catalog.parquet ({args.method}):")
-        for stage in ("nodata", "mask", "entropy", "selection"):
-            print(f"  pruned by {stage:<9} {int(why.get(stage, 0)):>8}")
+        for stage, n in pruned_counts(catalog).items():
+            print(f"  pruned by {stage:<9} {n:>8}")
         print(f"  kept               {counts['selected']:>8}")
     return 0
 
@@ -250,6 +260,7 @@ def _cmd_map(args) -> int:
     from pathlib import Path
 
     from .catalog import read_catalog
+    from .tile_table import require_tile_table
     from .viz import write_map_html
 
     src = Path(args.run_dir)
@@ -257,6 +268,7 @@ def _cmd_map(args) -> int:
     if not src.exists():
         raise RSGeoPruneError(f"{src}: no catalog here; give a run directory made by `rsgeo-prune run`")
     catalog = read_catalog(src)
+    require_tile_table(catalog, str(src))
     write_map_html(catalog, args.out, color_by=args.color_by, title=f"rsgeo_prune: {src}")
     placed = int(catalog.geometry.notna().sum())
     unplaced = f" ({len(catalog) - placed} without a location left out)" if placed < len(catalog) else ""
@@ -286,13 +298,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
+                "map": _cmd_map, "report": _cmd_report}
     try:
-        commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
-                    "map": _cmd_map, "report": _cmd_report}
         return commands[args.command](args)
+    except InvalidOption as exc:  # the library names the value; the CLI adds its flag
+        print(f"rsgeo-prune: error: {exc.with_flag('--' + exc.option.replace('_', '-'))}", file=sys.stderr)
+        return 2
     except RSGeoPruneError as exc:
         print(f"rsgeo-prune: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # every output is written atomically: what finished is kept, and a rerun resumes from it
+        print("rsgeo-prune: interrupted; finished stages are kept, rerun the same command to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,21 +13,26 @@ from pathlib import Path
 import pandas as pd
 
 from .catalog import read_catalog, write_geoparquet
-from .pipeline import RunConfig, TileConfig, run_pipeline, tiles_stage
+from .config import RunConfig, TileConfig
+from .pipeline import run_pipeline
+from .status import pruned_counts, summary_line
 from .synth import write_reference_set, write_scene
+from .tile_table import tiles_stage
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default="catalogs/demo", help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene")
+    parser.add_argument("--rows", type=int, default=12, help="tile rows of the synthetic scene")
+    parser.add_argument("--cols", type=int, default=16, help="tile columns of the synthetic scene")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     inputs = out / "inputs"
 
     print(f"1. Synthetic inputs → {inputs}/")
-    scene = write_scene(inputs / "synth_naip.tif", rows=12, cols=16, seed=args.seed, rare_tiles=3,
+    scene = write_scene(inputs / "synth_naip.tif", rows=args.rows, cols=args.cols, seed=args.seed, rare_tiles=3,
                         nodata_rows=1, extra_px=(120, 70))
     ref = write_reference_set(inputs / "reference", seed=args.seed + 1)
     print(f"   {scene.path.name}: 4-band uint8 NAIP-like scene (R,G,B,NIR), 1 m, {scene.crs}, nodata 0")
@@ -44,11 +49,8 @@ def main(argv=None) -> int:
     for name, cfg in runs.items():
         table = tiles_stage([scene.path], cfg, progress=False)
         write_geoparquet(table, out / name)
-        why = table["pruned_by"].value_counts()
         opts = {k: v for k, v in cfg.as_dict().items() if k in ("min_urban", "entropy_keep", "entropy_min") and v is not None}
-        print(f"   {out / name}  {opts or ''}\n      {len(table)} tiles: {int(why.get('nodata', 0))} pruned by nodata "
-              f"(>50 % nodata), {int(why.get('mask', 0))} by mask, {int(why.get('entropy', 0))} by entropy, "
-              f"{int(table['kept'].sum())} kept")
+        print(f"   {out / name}  {opts or ''}\n      {len(table)} tiles: {summary_line(table)}")
         if name == "stage1.parquet":
             stage1 = table
 
@@ -66,11 +68,10 @@ def main(argv=None) -> int:
     for method in ("rs-prune", "random"):
         catalog, counts = run_pipeline([scene.path], runs_dir / method, [ref], TileConfig(entropy_keep=0.7),
                                        RunConfig(budget=0.15, k=7, method=method, seed=args.seed), progress=False)
-        why = catalog["pruned_by"].value_counts()
         kept = catalog.merge(labels[["tile_id", "class"]], on="tile_id")
         kept = kept.loc[kept["kept"], "class"].value_counts()
         print(f"   {runs_dir / method / 'catalog.parquet'} ({method}): {counts['tiles']} tiles → "
-              + ", ".join(f"{int(why.get(k, 0))} pruned by {k}" for k in ("nodata", "mask", "entropy", "selection"))
+              + ", ".join(f"{n} pruned by {k}" for k, n in pruned_counts(catalog).items())
               + f", {counts['selected']} kept")
         print("      kept classes: " + ", ".join(f"{c} {n}" for c, n in kept.items()))
     print(f"   {runs_dir / 'rs-prune'}/: also bank.npz (the centroid bank), embeddings.parquet, stac/ (STAC catalog "

@@ -14,6 +14,9 @@ Every ordering breaks ties by ``tile_id``, so a selection is a pure function of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from .errors import RSGeoPruneError
@@ -228,7 +231,84 @@ def select_full_kmeans(embeddings, tile_id, budget: int, k: int, *, seed: int = 
     return select_quota(cluster, similarity, tile_id, budget, len(centroids)), cluster, similarity
 
 
-METHODS = ("rs-prune", "water-filling", "random", "entropy", "moderate", "cluster-nearest", "full-kmeans")
+# ---------------------------------------------------------------------------------------------
+# The registry of selection methods: drives the CLI choices, the config check and the dispatch
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SelectionInputs:
+    """What a selection method may use, for the ``N`` candidate tiles.
+
+    ``cluster``/``similarity`` are the assignment to the reference bank's ``k`` centroids (None
+    without a bank); ``chunk`` is the partition size of the map-reduce.
+    """
+
+    embeddings: np.ndarray
+    tile_id: np.ndarray
+    entropy: np.ndarray
+    budget: int
+    seed: int = 0
+    k: int = 200
+    chunk: int = 4096
+    cluster: np.ndarray | None = None
+    similarity: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen candidates ``(N,)`` bool, and the cluster/similarity the catalog records."""
+
+    chosen: np.ndarray
+    cluster: np.ndarray | None
+    similarity: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Method:
+    """A selection method: its name, a one-line description, and whether it needs reference centroids."""
+
+    name: str
+    summary: str
+    needs_reference: bool
+    choose: Callable[[SelectionInputs], Selection]
+
+
+def _with_bank(chosen: np.ndarray, p: SelectionInputs) -> Selection:
+    return Selection(chosen, p.cluster, p.similarity)
+
+
+def _full_kmeans(p: SelectionInputs) -> Selection:
+    return Selection(*select_full_kmeans(p.embeddings, p.tile_id, p.budget, p.k, seed=p.seed))
+
+
+_METHOD_LIST = (
+    Method("rs-prune", "RS-Prune: quota per reference centroid, nearest first, then the global remainder", True,
+           lambda p: _with_bank(select_in_tasks(p.cluster, p.similarity, tie_ranks(p.tile_id), p.budget, p.k,
+                                                p.chunk), p)),
+    Method("water-filling", "water-filling allocation over the reference centroids", True,
+           lambda p: _with_bank(select_water_filling(p.cluster, p.similarity, p.tile_id, p.budget), p)),
+    Method("random", "uniform random subset (seeded)", False,
+           lambda p: _with_bank(select_random(len(p.tile_id), p.budget, seed=p.seed), p)),
+    Method("entropy", "the highest-entropy tiles", False,
+           lambda p: _with_bank(select_top_entropy(p.entropy, p.tile_id, p.budget), p)),
+    Method("moderate", "Moderate-DS: distance to the centroid closest to the median", True,
+           lambda p: _with_bank(select_moderate(p.similarity, p.tile_id, p.budget), p)),
+    Method("cluster-nearest", "k-means with B clusters on the candidates, nearest tile of each", False,
+           lambda p: _with_bank(select_cluster_nearest(p.embeddings, p.tile_id, p.budget, seed=p.seed), p)),
+    Method("full-kmeans", "RS-Prune with centroids fitted on all candidates (the costly variant)", False,
+           _full_kmeans),
+)
+METHODS: dict[str, Method] = {m.name: m for m in _METHOD_LIST}
+
+
+def run_selection(method: str, inputs: SelectionInputs) -> Selection:
+    """Dispatch to a registered method (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise RSGeoPruneError(f"selection method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    m = METHODS[method]
+    if m.needs_reference and inputs.cluster is None:
+        raise RSGeoPruneError(f"selection method {method} needs reference centroids (reference sets or a bank .npz)")
+    return m.choose(inputs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,3 +375,26 @@ def candidate_partition(cluster, similarity, tie, offset: int = 0) -> dict:
 def tie_ranks(tile_id) -> np.ndarray:
     """Global tie ranks of tile ids (integers in [0, 2**32) that sort like the ids)."""
     return _tie_rank(tile_id)
+
+
+def select_in_tasks(cluster, similarity, tie, budget: int, k: int, chunk: int) -> np.ndarray:
+    """RS-Prune selection as the two-pass map-reduce on the current dask scheduler: pass 1 counts
+    candidates per cluster (giving ``q`` and ``r``); pass 2 reduces every partition to its possible
+    winners and merges them in a tree. Identical to :func:`select_quota`; no task holds more than
+    ``2 (q·K + r)`` candidates."""
+    import dask
+
+    n = len(cluster)
+    counts = sum(dask.compute(*[dask.delayed(np.bincount)(cluster[s:s + chunk], minlength=k)
+                                for s in range(0, n, chunk)]), np.zeros(k, np.int64))
+    q, r = quota_plan(np.asarray(counts), budget, k)
+    parts = [dask.delayed(reduce_candidates)(
+        dask.delayed(candidate_partition)(cluster[s:s + chunk], similarity[s:s + chunk], tie[s:s + chunk], s), q, r)
+        for s in range(0, n, chunk)]
+    while len(parts) > 1:
+        parts = [dask.delayed(merge_candidates)(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    chosen = np.zeros(n, bool)
+    if parts:
+        chosen[finish_selection(dask.compute(parts[0])[0], q, r)] = True
+    return chosen

@@ -25,15 +25,17 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_output
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
+from .pixels import read_tile_pixels
+from .status import ENTROPY, MASK, NODATA, SELECTION, stage_counts
 
 #: Colours of the status classes (kept, and each pruning reason), as RGB.
 STATUS_COLOURS = {
     "kept": (26, 152, 80),
-    "selection": (116, 173, 209),
-    "entropy": (253, 174, 97),
-    "mask": (171, 130, 200),
-    "nodata": (150, 150, 150),
+    SELECTION: (116, 173, 209),
+    ENTROPY: (253, 174, 97),
+    MASK: (171, 130, 200),
+    NODATA: (150, 150, 150),
 }
 KEPT_HEX = "#1a9850"
 
@@ -44,8 +46,16 @@ def status(catalog: pd.DataFrame) -> pd.Series:
     return why.where(~catalog["kept"].astype(bool), "kept")
 
 
+COLOR_BY = ("status", "cluster", "entropy")
+
+
 def _colours(catalog: pd.DataFrame, color_by: str) -> np.ndarray:
     """``(N, 3)`` uint8 colours."""
+    if color_by not in COLOR_BY:
+        raise InvalidOption("color_by", color_by, f"use {', '.join(COLOR_BY)}")
+    if color_by != "status" and color_by not in catalog:
+        raise InvalidOption("color_by", color_by, f"the table has no {color_by} column; colour by status, or "
+                            f"give a catalog that has it ({'a run' if color_by == 'cluster' else 'Stage I'} adds it)")
     if color_by == "status":
         return np.array([STATUS_COLOURS.get(s, (0, 0, 0)) for s in status(catalog)], np.uint8)
     import matplotlib
@@ -60,7 +70,6 @@ def _colours(catalog: pd.DataFrame, color_by: str) -> np.ndarray:
         cmap = matplotlib.colormaps["viridis"]
         rgb = np.array([cmap(v / 8.0)[:3] if np.isfinite(v) else (0.6, 0.6, 0.6) for v in e])
         return (rgb * 255).astype(np.uint8)
-    raise RSGeoPruneError(f"--color-by {color_by!r}: use status, cluster or entropy")
 
 
 def _tooltip_columns(catalog: pd.DataFrame) -> list[str]:
@@ -197,11 +206,11 @@ def plot_entropy(catalog, *, entropy_min: float | None = None, entropy_keep: flo
     fig, ax = _fig(ax)
     e = catalog["entropy"].astype("Float64").to_numpy(np.float64, na_value=np.nan)
     e = e[np.isfinite(e)]
-    pruned = catalog["pruned_by"].astype("string").fillna("") == "entropy"
+    pruned = catalog["pruned_by"].astype("string").fillna("") == ENTROPY
     ax.hist(e, bins=64, range=(0, 8), color="#888", label="all tiles with data")
     pe = catalog.loc[pruned, "entropy"].astype(float)
     if len(pe):
-        ax.hist(pe, bins=64, range=(0, 8), color=_hex(STATUS_COLOURS["entropy"]), label="pruned by entropy")
+        ax.hist(pe, bins=64, range=(0, 8), color=_hex(STATUS_COLOURS[ENTROPY]), label="pruned by entropy")
     cut = entropy_min
     if cut is None and len(pe):
         cut = float(pe.max())  # the top-p cut lies just above the highest pruned entropy
@@ -254,8 +263,6 @@ def contact_sheet(catalog, *, kept: bool = True, n: int = 36, false_colour: bool
     """A grid image (H, W, 3) uint8 of up to ``n`` kept (or pruned) tiles; NIR, R, G when ``false_colour``."""
     from PIL import Image
 
-    from .pipeline import read_tile_pixels
-
     sel = catalog[catalog["kept"].astype(bool) == kept]
     if len(sel) > n:
         sel = sel.sample(n, random_state=seed)
@@ -286,18 +293,6 @@ def _png(obj) -> str:
 
         plt.close(obj)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def stage_counts(catalog) -> dict:
-    """Tiles left after each stage, from the catalog's ``pruned_by`` column."""
-    why = catalog["pruned_by"].astype("string").fillna("kept").value_counts()
-    n = len(catalog)
-    out = {"tiles": n}
-    left = n
-    for stage in ("nodata", "mask", "entropy", "selection"):
-        left -= int(why.get(stage, 0))
-        out[f"after {stage}"] = left
-    return out
 
 
 def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | None = None, seed: int = 0) -> Path:
@@ -336,7 +331,7 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
         sheets["kept tiles (NIR, R, G false colour)"] = contact_sheet(catalog, kept=True, false_colour=True, seed=seed)
 
     # the same number of tiles drawn at random from the same candidates
-    cand = catalog[catalog["pruned_by"].astype("string").fillna("kept").isin(["kept", "selection"])]
+    cand = catalog[catalog["pruned_by"].astype("string").fillna("kept").isin(["kept", SELECTION])]
     n_kept = int(catalog["kept"].sum())
     rnd = cand.sample(min(n_kept, len(cand)), random_state=seed) if len(cand) else cand
     kept = catalog[catalog["kept"].astype(bool)]

@@ -74,10 +74,20 @@ def test_rerun_skips_finished_stages_and_is_identical(world, caplog):
 def test_sigkill_during_embedding_then_resume(world, caplog):
     root, a, _, ref = world
     reference = run_pipeline([a.path], root / "ref_run", [ref], progress=False, **CFG)[1]
-    code = ("from rsgeo_prune.pipeline import *; import sys\n"
+    # the fault is injected here, not in the library: the subprocess wraps the part writer so that
+    # the process kills itself with SIGKILL right after the second finished part
+    code = ("import os\nimport rsgeo_prune.embed_cache as ec\n"
+            "from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline\n"
+            "real, done = ec.write_part, []\n"
+            "def write_then_die(path, *args, **kwargs):\n"
+            "    real(path, *args, **kwargs)\n"
+            "    done.append(path)\n"
+            "    if len(done) == 2:\n"
+            "        os.kill(os.getpid(), 9)\n"
+            "ec.write_part = write_then_die\n"
             f"run_pipeline([{str(a.path)!r}], {str(root / 'killed')!r}, [{str(ref)!r}], TileConfig(entropy_keep=0.7), "
             "RunConfig(k=7, budget=0.3, chunk=8), scheduler='synchronous', progress=False)\n")
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RSGEO_PRUNE_FAULT": "embed:2"})
+    proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -9  # killed with SIGKILL in the middle of embedding
     parts = list((root / "killed" / "embed.parts").glob("part-*.parquet"))
     assert len(parts) == 2 and not (root / "killed" / "catalog.parquet").exists()

@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt
 
 import rsgeo_prune as rp
 from rsgeo_prune import synth, viz
-from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline
+from rsgeo_prune.config import RunConfig, TileConfig
+from rsgeo_prune.pipeline import run_pipeline
 
 # Everything this notebook writes goes here (the tests point RSGEO_NB_WORK at a temporary folder).
 WORK = Path(os.environ.get("RSGEO_NB_WORK", "../catalogs/notebooks")) / "{name}"
@@ -173,27 +174,27 @@ print({k: v["key"][:12] for k, v in manifest["stages"].items()})
 print(manifest["packages"])'''))
     c.append(md("## 4. Read it back for training\n\nOnly the kept rows are needed; each row says which file and "
                 "window holds the tile. The dataset below returns float tensors `(C, H, W)` in [0, 1]."))
-    c.append(code('''import rasterio
-import torch
-from rasterio.windows import Window
+    c.append(code('''import torch
 from torch.utils.data import DataLoader, Dataset
+
+from rsgeo_prune.pixels import PixelReader
 
 
 class CatalogTiles(Dataset):
-    """Kept tiles of an rsgeo_prune catalog, read by window (any band count)."""
+    """Kept tiles of an rsgeo_prune catalog, read by window through the package's one pixel reader
+    (any band count; uint16/float rasters get the same per-scene stretch as the pipeline)."""
 
     def __init__(self, catalog_path):
         cat = gpd.read_parquet(catalog_path)
         self.rows = cat[cat["kept"]].reset_index(drop=True)
+        self.reader = PixelReader()
 
     def __len__(self):
         return len(self.rows)
 
     def __getitem__(self, i):
-        r = self.rows.iloc[i]
-        with rasterio.open(r.href) as src:
-            x = src.read(window=Window(r.col_off, r.row_off, r.width, r.height))
-        return torch.from_numpy(x.astype(np.float32) / 255.0)
+        x, valid = self.reader.read_unit(self.rows.iloc[i])  # (C, H, W) float32 in [0, 1], (H, W) bool
+        return torch.from_numpy(x)
 
 
 ds = CatalogTiles(WORK / "run" / "catalog.parquet")

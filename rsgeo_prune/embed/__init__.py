@@ -76,6 +76,21 @@ def l2_normalise(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
+def embed_table(table, embedder, *, nodata: float | None = None, progress: bool = True) -> np.ndarray:
+    """Embeddings ``(len(table), D)`` float32 of every row of a tile table (or reference catalog),
+    read through :func:`rsgeo_prune.pixels.read_tile_pixels`."""
+    from tqdm.auto import tqdm
+
+    from ..pixels import read_tile_pixels
+
+    out = np.zeros((len(table), embedder.dim), np.float32)
+    with tqdm(total=len(table), desc="embedding", unit="tile", disable=None if progress else True) as bar:
+        for pos, tiles in read_tile_pixels(table, nodata=nodata):
+            out[pos] = embedder(tiles)
+            bar.update(len(pos))
+    return out
+
+
 def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: int = 64, device: str | None = None,
                   threads: int | None = None):
     """Build an embedder from its spec (see the module docstring). ``threads`` limits the CPU
@@ -102,5 +117,5 @@ def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: 
     raise RSGeoPruneError(f"unknown embedder spec {spec!r}; use default, openclip:<arch>:<ckpt> or siglip:<dir>")
 
 
-__all__ = ["Embedder", "NIR_VIEWS", "as_unit_float", "combine_views", "l2_normalise", "load_embedder",
+__all__ = ["Embedder", "NIR_VIEWS", "as_unit_float", "combine_views", "embed_table", "l2_normalise", "load_embedder",
            "rgb_and_false_colour"]
