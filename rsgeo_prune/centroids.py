@@ -20,6 +20,7 @@ import numpy as np
 from .atomic import atomic_output
 from .embed import embed_table
 from .errors import RSGeoPruneError
+from .kmeans import spherical_kmeans  # also importable as centroids.spherical_kmeans
 from .sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -67,61 +68,6 @@ def embed_images(paths: Sequence[Path], embedder) -> np.ndarray:
 
     table = pd.DataFrame({"href": [str(p) for p in paths], "transform": [None] * len(paths)})
     return embed_table(table, embedder, progress=False)
-
-
-def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters: int = 30,
-                     tol: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
-    """k-means on the unit sphere: cosine assignment, centroids re-normalised every iteration.
-
-    Seeded k-means++ initialisation; an emptied cluster is re-seeded with the point farthest from
-    its centroid; stops after ``iters`` rounds or when at most ``tol`` of the points change cluster.
-    Runs in torch (multi-threaded matrix products).
-
-    Args:
-        x: ``(N, D)`` unit vectors.
-    Returns:
-        ``(centroids (K, D) float32, labels (N,) int64)``.
-    """
-    import torch
-
-    n = len(x)
-    if k > n:
-        raise RSGeoPruneError(f"--k {k} is larger than the {n} reference images; use --k {n} or fewer, "
-                              "or add reference images")
-    if k <= 0:
-        raise RSGeoPruneError(f"--k {k} must be >= 1")
-    if not np.isfinite(x).all():
-        raise RSGeoPruneError("reference embeddings hold NaN; check the embedder on the reference images")
-    rng = np.random.default_rng(seed)
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    # k-means++ (cosine distance 1 - s) on a seeded sample of 20 points per centroid: the same
-    # spread-out start for a fraction of the cost of a pass over all N points per centroid
-    pool = xt[np.sort(rng.choice(n, size=min(n, 20 * k), replace=False))]
-    first = int(rng.integers(len(pool)))
-    chosen = [first]
-    best = (1.0 - pool @ pool[first]).clamp_min_(0).numpy().astype(np.float64)
-    for _ in range(1, k):
-        total = best.sum()
-        nxt = int(rng.choice(len(pool), p=best / total)) if total > 0 else int(rng.integers(len(pool)))
-        chosen.append(nxt)
-        best = np.minimum(best, (1.0 - pool @ pool[nxt]).clamp_min_(0).numpy())
-    c = pool[chosen].clone()
-    labels = torch.full((n,), -1, dtype=torch.int64)
-    for _ in range(iters):
-        s, new_labels = (xt @ c.T).max(dim=1)
-        moved = int((new_labels != labels).sum())
-        labels = new_labels
-        if moved <= tol * n:  # (almost) no point changed cluster: converged
-            break
-        sums = torch.zeros_like(c).index_add_(0, labels, xt)
-        counts = torch.bincount(labels, minlength=k)
-        for e in torch.nonzero(counts == 0).flatten().tolist():  # re-seed empty clusters
-            far = int(torch.argmin(s))
-            sums[e] = xt[far]
-            s[far] = 2.0
-        c = torch.nn.functional.normalize(sums, dim=1)
-    labels = (xt @ c.T).argmax(dim=1)
-    return c.numpy().astype(np.float32), labels.numpy()
 
 
 @dataclass(frozen=True)

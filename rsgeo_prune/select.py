@@ -1,7 +1,7 @@
 """Stage II — assignment of tiles to reference centroids and budgeted selection (RS-Prune §3.3).
 
-* :func:`assign`: cluster = argmax cosine similarity to the centroids, computed in blocks so that
-  an ``N x K`` matrix never exists at once.
+* :func:`assign` (from :mod:`rsgeo_prune.kmeans`): cluster = argmax canonical cosine similarity to
+  the centroids, computed in blocks so that an ``N x K`` matrix never exists at once.
 * :func:`select_quota`: RS-Prune's selection — quota ``q = ⌊B/K⌋`` per cluster, nearest to the
   centroid first; a cluster with fewer than ``q`` candidates keeps all; the unused budget is filled
   from all not-yet-selected candidates by descending similarity. Exactly ``min(B, N)`` are kept.
@@ -20,39 +20,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import RSGeoPruneError
-
-
-def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 8_192) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid by cosine for ℓ2-normalised ``embeddings (N, D)`` and ``centroids (K, D)``.
-
-    Returns:
-        ``(cluster (N,) int32, similarity (N,) float32)``. Memory: one ``block x K`` matrix.
-    """
-    embeddings = np.asarray(embeddings, np.float32)
-    centroids = np.asarray(centroids, np.float32)
-    if embeddings.ndim != 2 or centroids.ndim != 2 or embeddings.shape[1] != centroids.shape[1]:
-        raise RSGeoPruneError(f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)")
-    if not np.isfinite(centroids).all():
-        raise RSGeoPruneError("the centroid bank holds NaN or infinite values; rebuild it with `rsgeo-prune centroids`")
-    import torch
-
-    n = len(embeddings)
-    cluster = np.empty(n, np.int32)
-    similarity = np.empty(n, np.float32)
-    ct = torch.from_numpy(np.ascontiguousarray(centroids.T))
-    with torch.inference_mode():
-        for start in range(0, n, block):
-            part = torch.from_numpy(np.ascontiguousarray(embeddings[start:start + block]))
-            # a block x K product small enough to stay in cache; max gives value and index in one pass
-            sims, idx = (part @ ct).max(dim=1)
-            cluster[start:start + block] = idx.numpy()
-            similarity[start:start + block] = sims.numpy()
-    # a NaN or infinite embedding makes its similarities NaN or infinite: one cheap check at the end
-    bad = np.flatnonzero(~np.isfinite(similarity))
-    if len(bad):
-        raise RSGeoPruneError(f"embedding row {int(bad[0])} holds NaN or infinite values; re-embed the tiles "
-                              "(check the embedder on that tile)")
-    return cluster, similarity
+from .kmeans import assign, spherical_kmeans  # also importable as select.assign
 
 
 def _check(cluster, similarity, tile_id, budget):
@@ -207,8 +175,6 @@ def select_cluster_nearest(embeddings, tile_id, budget: int, *, seed: int = 0) -
     """Cluster-nearest baseline (Briq et al.): spherical k-means with ``budget`` clusters on the
     candidates themselves, then the tile nearest to each centroid (a cluster left empty gives its
     slot to the remainder by similarity)."""
-    from .centroids import spherical_kmeans
-
     embeddings = np.asarray(embeddings, np.float32)
     n = len(embeddings)
     if budget >= n:
@@ -223,8 +189,6 @@ def select_cluster_nearest(embeddings, tile_id, budget: int, *, seed: int = 0) -
 def select_full_kmeans(embeddings, tile_id, budget: int, k: int, *, seed: int = 0):
     """RS-Prune's selection with centroids fitted on all candidates instead of reference sets (the
     costly variant the paper compares against). Returns ``(selected, cluster, similarity)``."""
-    from .centroids import spherical_kmeans
-
     embeddings = np.asarray(embeddings, np.float32)
     centroids, _ = spherical_kmeans(embeddings, min(k, len(embeddings)), seed=seed)
     cluster, similarity = assign(embeddings, centroids)
