@@ -1,11 +1,12 @@
 """Catalog files: the GeoParquet 1.1 tile table and the embeddings table (DESIGN.md "Catalog contract").
 
 * ``catalog.parquet`` — one row per tile, the DESIGN.md columns, GeoParquet 1.1 (``geo`` metadata
-  version 1.1.0, WKB geometry in EPSG:4326, a ``bbox`` covering column, zstd). Run catalogs are in a
-  spatial order: the Hilbert index (level 16, over the whole EPSG:4326 world, so that adding a scene
-  never reorders the others) of each footprint's centre, then ``tile_id``; tiles without a location
-  come last. The file metadata key ``rsgeo_prune`` holds the package version, the full config and
-  the centroid-bank digest.
+  version 1.1.0, WKB geometry in EPSG:4326 with counter-clockwise rings, a ``bbox`` covering
+  column, zstd; an empty table too). Run catalogs are in a spatial order: the Hilbert index
+  (level 16, over the whole EPSG:4326 world, so that adding a scene never reorders the others) of
+  each footprint's centre, then ``tile_id``; tiles without a location come last. The file
+  metadata key ``rsgeo_prune`` holds the package version, the full config and the centroid-bank
+  digest.
 * ``embeddings.parquet`` — ``tile_id`` and a fixed-size list of float32 per tile.
 
 Tile tables written by ``rsgeo-prune tiles``/``entropy`` keep the grid order (scene by scene,
@@ -58,20 +59,36 @@ def spatial_order(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 def write_geoparquet(table: pd.DataFrame, path: str | Path, *, metadata: dict | None = None) -> Path:
     """Write a tile table as GeoParquet 1.1 (WKB, bbox covering column, zstd), atomically.
 
-    ``metadata`` (JSON-serialisable) is stored under the file-level key ``rsgeo_prune``.
+    Polygon rings are written counter-clockwise (exterior; holes clockwise), as RFC 7946 and the
+    GeoParquet spec recommend, and the ``geo`` metadata says so (``orientation``). An empty table
+    is still GeoParquet (``geo`` metadata, WKB geometry column). ``metadata`` (JSON-serialisable)
+    is stored under the file-level key ``rsgeo_prune``.
     """
     from geopandas.io.arrow import _geopandas_to_arrow  # the table geopandas' own to_parquet writes
 
-    gdf = table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table)
+    gdf = _oriented(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
     arrow = _geopandas_to_arrow(gdf, index=False, geometry_encoding="WKB", schema_version="1.1.0",
                                 write_covering_bbox=True)
+    meta = dict(arrow.schema.metadata or {})
+    geo = json.loads(meta[b"geo"])
+    geo["columns"][geo["primary_column"]]["orientation"] = "counterclockwise"
+    meta[b"geo"] = json.dumps(geo).encode()
     if metadata is not None:
-        meta = dict(arrow.schema.metadata or {})
         meta[METADATA_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode()
-        arrow = arrow.replace_schema_metadata(meta)
+    arrow = arrow.replace_schema_metadata(meta)
     with atomic_output(path) as tmp:
         pq.write_table(arrow, tmp, compression="zstd")
     return Path(path)
+
+
+def _oriented(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """A copy with counter-clockwise exterior rings (tables read from older files may be clockwise)."""
+    import shapely
+
+    out = gdf.copy()
+    out[gdf.geometry.name] = gpd.GeoSeries(shapely.orient_polygons(gdf.geometry.to_numpy()), index=gdf.index,
+                                           crs=gdf.crs)
+    return out
 
 
 def write_catalog(table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None) -> Path:

@@ -10,8 +10,11 @@ Rules (documented once, used everywhere):
   is not used), in exact integer arithmetic on the 256 levels:
   ``gray = (77 R + 150 G + 29 B + 128) >> 8`` (weights 0.299, 0.587, 0.114 in 1/256 steps). A
   raster with fewer than three bands uses band 1 as its gray.
-* **Nodata**: a pixel that is nodata in every band (or NaN) is left out of every histogram, as in
-  :mod:`rsgeo_prune.tiling`. A tile with no valid pixel has no entropy (NaN → null).
+* **Nodata**: a pixel that is nodata in every band is left out of every histogram, a band being
+  nodata where it equals the nodata value or is NaN (NaN counts with or without a declared nodata
+  value), or, for files without a nodata value, where the per-dataset mask band says so — the rule
+  of :func:`rsgeo_prune.tiling.nodata_fraction`. A NaN in some bands only leaves the pixel valid, its
+  NaN bands at level 0. A tile with no valid pixel has no entropy (NaN → null).
 * **Levels**: uint8 is used as is. Any other dtype is mapped to 256 levels per scene with a
   2nd–98th percentile stretch per band, ``level = round(255 * clip((v - p2) / (p98 - p2), 0, 1))``,
   the percentiles taken once per scene from a decimated read (at most ~1024 px on the long side;
@@ -195,7 +198,7 @@ def stretch_levels(block: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndar
 
 
 def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``(H, W)`` uint8: 1 where at least one band holds data (not nodata, not NaN)."""
+    """``(H, W)`` uint8: 1 where at least one band holds data (not nodata, not NaN), from ``(C, H, W)``."""
     bad = np.zeros(block.shape, bool)
     if np.issubdtype(block.dtype, np.floating):
         bad |= np.isnan(block)
@@ -271,6 +274,8 @@ def _chunk_histograms(block: np.ndarray, nodata, cell: int, lo, hi, mask_href, b
         from .sources import dataset_mask_of_chunk
 
         valid = dataset_mask_of_chunk(mask_href, block_info).astype(np.uint8)
+        if np.issubdtype(block.dtype, np.floating):  # NaN is nodata, as in tiling.nodata_fraction
+            valid &= valid_pixels(block, None)
         levels = block if block.dtype == np.uint8 else stretch_levels(block, lo, hi)
         return _cell_histograms(levels, valid, True, np.uint8(0), False, cell)
     if block.dtype == np.uint8:

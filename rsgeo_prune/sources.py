@@ -77,9 +77,15 @@ class RasterScene:
         return f"EPSG:{epsg}" if epsg else self.crs.to_wkt()
 
     @property
-    def gsd(self) -> float:
-        """Ground sample distance in CRS units per pixel (square root of the pixel area)."""
+    def pixel_size(self) -> float:
+        """Pixel edge in CRS units (square root of the pixel area; degrees for a geographic CRS)."""
         return float(math.sqrt(abs(self.transform.determinant)))
+
+    @property
+    def gsd(self) -> float:
+        """Ground sample distance in metres per pixel at the scene centre (see :func:`gsd_metres`)."""
+        centre_y = (self.transform * (self.width / 2, self.height / 2))[1]
+        return float(gsd_metres(self.crs, abs(self.transform.determinant), centre_y))
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,45 @@ class ImageCollection:
 
 
 Source = RasterScene | ImageCollection
+
+
+def gsd_metres(crs: CRS, pixel_area, y) -> np.ndarray | float:
+    """Ground sample distance in metres: the square root of a pixel's area on the ground.
+
+    Args:
+        crs: the raster's CRS.
+        pixel_area: area of one pixel in squared CRS units (``|det(transform)|``).
+        y: latitude (geographic CRS units) where the pixel lies, scalar or ``(N,)``; used only for
+            geographic CRSs, whose pixels shrink in longitude towards the poles.
+    Returns:
+        metres, the shape of ``y``. Projected CRSs: the CRS unit converted to metres (grid metres,
+        as data providers state a GSD: no map scale factor). Geographic CRSs: the pixel's area on
+        the CRS's ellipsoid at latitude ``y``. NaN (with a warning) for a CRS without a known unit.
+    """
+    import pyproj
+
+    y = np.asarray(y, np.float64)
+    pcrs = pyproj.CRS.from_user_input(crs.to_wkt())
+    horizontal = pcrs.sub_crs_list[0] if pcrs.is_compound else pcrs
+    # metres per CRS unit (projected) or radians per CRS unit (geographic)
+    unit = horizontal.axis_info[0].unit_conversion_factor if horizontal.axis_info else None
+    if horizontal.is_projected and unit:
+        gsd = np.sqrt(pixel_area) * unit * np.ones_like(y)
+    elif horizontal.is_geographic and unit and horizontal.ellipsoid is not None:
+        gsd = np.sqrt(pixel_area * unit**2 * _ellipsoid_radii_product(horizontal.ellipsoid, y * unit))
+    else:
+        log.warning("CRS %s has no known linear or angular unit: gsd left null", crs.to_string())
+        gsd = np.full_like(y, np.nan)
+    return gsd if gsd.ndim else float(gsd)
+
+
+def _ellipsoid_radii_product(ellipsoid, lat: np.ndarray) -> np.ndarray:
+    # Area of a small lon/lat cell = M * N * cos(lat) * dlon * dlat (radians), M the meridional and N
+    # the prime-vertical radius of curvature: exact to first order in the cell size.
+    a = ellipsoid.semi_major_metre
+    e2 = 0.0 if not ellipsoid.inverse_flattening else (2 - 1 / ellipsoid.inverse_flattening) / ellipsoid.inverse_flattening
+    w = 1.0 - e2 * np.sin(lat) ** 2
+    return (a * (1 - e2) / w**1.5) * (a / np.sqrt(w)) * np.cos(lat)
 
 
 def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: float | None = None,
@@ -209,34 +254,87 @@ def describe_image_collection(root: str | Path, *, manifest: str | Path | None =
 
     A manifest (``manifest.csv`` / ``manifest.parquet`` in the folder, or ``manifest``) may give each
     image's location: a path column (``path``/``image``/``filename``/``file``, relative to the folder)
-    and ``lon``/``lat`` in degrees. Images missing from the manifest get no location.
-    """
-    import pandas as pd
+    and ``lon``/``lat`` in degrees (EPSG:4326). Images missing from the manifest, or with both cells
+    empty, get no location.
 
+    Raises:
+        RSGeoPruneError: no images; two images that would share a tile id (same path but for the
+            suffix); an unreadable manifest, or a location that is not a number, lies out of range
+            (lon [-180, 180], lat [-90, 90]) or gives one coordinate without the other.
+    """
     root = Path(root).resolve()
     images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise RSGeoPruneError(
             f"{root}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); point at a folder of images or at raster files")
+    _check_unique_stems(root, images)
     lon = np.full(len(images), np.nan)
     lat = np.full(len(images), np.nan)
     manifest = Path(manifest) if manifest else _find_manifest(root)
     if manifest is not None:
-        try:
-            table = pd.read_parquet(manifest) if manifest.suffix == ".parquet" else pd.read_csv(manifest)
-        except (OSError, ValueError) as exc:
-            raise RSGeoPruneError(f"{manifest}: manifest cannot be read ({exc}); write it as CSV or Parquet") from exc
-        pcol = _pick_column(table.columns, _PATH_COLUMNS, manifest, "image path")
-        xcol = _pick_column(table.columns, _LON_COLUMNS, manifest, "longitude")
-        ycol = _pick_column(table.columns, _LAT_COLUMNS, manifest, "latitude")
+        paths, xs, ys = _read_manifest(manifest)
         index = {p: i for i, p in enumerate(images)}
-        for p, x, y in zip(table[pcol].astype(str), table[xcol], table[ycol]):
-            i = index.get(Path(p).as_posix())
+        for p, x, y in zip(paths, xs, ys):
+            i = index.get(p)
             if i is not None:
-                lon[i], lat[i] = float(x), float(y)
+                lon[i], lat[i] = x, y
         log.info("%s: manifest gives locations for %d of %d images", manifest, int(np.isfinite(lon).sum()), len(images))
     return ImageCollection(collection_id=root.name, root=str(root), images=tuple(images), lon=lon, lat=lat)
+
+
+def _check_unique_stems(root: Path, images: Sequence[str]) -> None:
+    # The tile id keeps the image path without its suffix: x.jpg and x.png would share one.
+    seen: dict[str, str] = {}
+    for p in images:
+        stem = p.rsplit(".", 1)[0]
+        if stem in seen:
+            raise RSGeoPruneError(f"{root / p}: same tile id as {seen[stem]} ('{root.name}/{stem}/0_0'); "
+                                  "rename or remove one of the two images")
+        seen[stem] = p
+
+
+#: Valid range of each manifest coordinate, degrees.
+_COORD_RANGES = {"longitude": (-180.0, 180.0), "latitude": (-90.0, 90.0)}
+
+
+def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(image paths (POSIX), lon (N,), lat (N,))`` of a manifest, degrees, NaN where both are empty."""
+    import pandas as pd
+
+    try:
+        table = pd.read_parquet(manifest) if manifest.suffix == ".parquet" else pd.read_csv(manifest)
+    except (OSError, ValueError) as exc:
+        raise RSGeoPruneError(f"{manifest}: manifest cannot be read ({exc}); write it as CSV or Parquet") from exc
+    pcol = _pick_column(table.columns, _PATH_COLUMNS, manifest, "image path")
+    paths = [Path(p).as_posix() for p in table[pcol].astype(str)]
+    coords = {what: _coordinate_column(table[_pick_column(table.columns, names, manifest, what)], what, manifest, paths)
+              for what, names in (("longitude", _LON_COLUMNS), ("latitude", _LAT_COLUMNS))}
+    lon, lat = coords["longitude"], coords["latitude"]
+    half = np.isnan(lon) != np.isnan(lat)
+    if half.any():
+        i = int(np.flatnonzero(half)[0])
+        raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}) gives {'latitude' if np.isnan(lon[i]) else 'longitude'}"
+                              " without the other; give both coordinates or leave both empty")
+    return paths, lon, lat
+
+
+def _coordinate_column(column, what: str, manifest: Path, paths: Sequence[str]) -> np.ndarray:
+    """One manifest coordinate column as float64 degrees; empty cells NaN; anything else is an error."""
+    import pandas as pd
+
+    values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    lo, hi = _COORD_RANGES[what]
+    empty = column.isna().to_numpy() | column.astype(str).str.strip().eq("").to_numpy()
+    bad = ~empty & ~((values >= lo) & (values <= hi))  # also catches text (NaN) and ±inf
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raw = column.iloc[i]
+        shown = repr(raw) if isinstance(raw, str) else format(float(raw), "g")
+        problem = "is not a number" if np.isnan(values[i]) else "is out of range"
+        raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}): {what} {shown} {problem}; "
+                              f"give degrees in [{lo:g}, {hi:g}] (EPSG:4326), or leave the cell empty")
+    return np.where(empty, np.nan, values)
 
 
 _GLOB_CHARS = set("*?[")
@@ -246,35 +344,65 @@ def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None) 
     """Turn command-line inputs into sources.
 
     Each spec is a raster file, a glob of raster files, a STAC Item ``.json``, or a folder (an image
-    collection). Scene ids must be unique across the inputs.
+    collection). Every file must be given once (a path and an overlapping glob, two STAC Items of
+    one raster or nested image folders are errors: their tiles would be duplicates), and scene ids
+    must be unique: two files with one stem in different folders would share tile ids, which are
+    ``<scene_id>/<row>_<col>``, so they are an error too rather than silently renamed (a tile id
+    must not depend on which other files a run holds).
     """
     if not specs:
         raise RSGeoPruneError("no input given; name raster files, a glob, a STAC Item or an image folder")
-    sources: list[Source] = []
-    for spec in specs:
-        spec = str(spec)
-        if _GLOB_CHARS & set(spec):
-            matches = sorted(glob.glob(spec, recursive=True))
-            if not matches:
-                raise RSGeoPruneError(f"{spec}: glob matched no files; check the pattern")
-            paths = [Path(m) for m in matches if Path(m).is_file()]
+    given = [(str(spec), path) for spec in specs for path in _expand(str(spec))]
+    sources = [(spec, _describe(path, nodata)) for spec, path in given]
+    _check_each_file_once(sources)
+    _check_unique_scene_ids([s for _, s in sources])
+    return [s for _, s in sources]
+
+
+def _expand(spec: str) -> list[Path]:
+    """The paths one input spec names: the files a glob matches (sorted), or the path itself."""
+    if not _GLOB_CHARS & set(spec):
+        return [Path(spec)]
+    matches = sorted(glob.glob(spec, recursive=True))
+    if not matches:
+        raise RSGeoPruneError(f"{spec}: glob matched no files; check the pattern")
+    return [Path(m) for m in matches if Path(m).is_file()]
+
+
+def _describe(path: Path, nodata: float | None) -> Source:
+    if path.is_dir():
+        return describe_image_collection(path)
+    if path.suffix.lower() == ".json":
+        return describe_stac_item(path, nodata=nodata)
+    return describe_raster(path, nodata=nodata)
+
+
+def _check_each_file_once(sources: Sequence[tuple[str, Source]]) -> None:
+    """Raise when two inputs resolve to one file (absolute path, symlinks resolved)."""
+    seen: dict[str, str] = {}
+    for spec, src in sources:
+        if isinstance(src, RasterScene):
+            files, what = [str(Path(src.href).resolve())], "raster"
+        elif len(sources) > 1:  # a lone folder cannot overlap anything
+            files, what = [str(Path(src.root, p).resolve()) for p in src.images], "image folder"
         else:
-            paths = [Path(spec)]
-        for path in paths:
-            if path.is_dir():
-                sources.append(describe_image_collection(path))
-            elif path.suffix.lower() == ".json":
-                sources.append(describe_stac_item(path, nodata=nodata))
-            else:
-                sources.append(describe_raster(path, nodata=nodata))
+            continue
+        for f in files:
+            if f in seen:
+                raise RSGeoPruneError(f"{f}: given twice (as {seen[f]!r} and {spec!r}); pass each {what} once")
+            seen[f] = spec
+
+
+def _check_unique_scene_ids(sources: Sequence[Source]) -> None:
     seen: dict[str, str] = {}
     for s in sources:
         sid = s.scene_id if isinstance(s, RasterScene) else s.collection_id
         where = s.href if isinstance(s, RasterScene) else s.root
-        if sid in seen and seen[sid] != where:
-            raise RSGeoPruneError(f"{where}: scene id {sid!r} is also used by {seen[sid]}; rename one of the files")
+        if sid in seen:
+            raise RSGeoPruneError(
+                f"{where}: scene id {sid!r} is also used by {seen[sid]}, so their tile ids would collide; "
+                "rename one of the files")
         seen[sid] = where
-    return sources
 
 
 def aligned_chunk(tile: int, block: int, extent: int, target: int = TARGET_CHUNK) -> int:

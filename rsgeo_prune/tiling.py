@@ -19,7 +19,7 @@ import shapely
 from pyproj import Transformer
 
 from .errors import RSGeoPruneError
-from .sources import RasterScene, dataset_mask_of_chunk, decode_errors, open_raster
+from .sources import RasterScene, dataset_mask_of_chunk, decode_errors, gsd_metres, open_raster
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def tile_polygons(scene: RasterScene, row_off, col_off, height, width) -> np.nda
     rows = np.stack([row_off, row_off, row_off + height, row_off + height, row_off], axis=1).astype(float)
     x = t.a * cols + t.b * rows + t.c
     y = t.d * cols + t.e * rows + t.f
-    return shapely.polygons(np.stack([x, y], axis=-1))
+    # Corners in pixel order run clockwise on a north-up grid; RFC 7946 and GeoParquet want
+    # counter-clockwise exterior rings (and a flipped or rotated grid may give either).
+    return shapely.orient_polygons(shapely.polygons(np.stack([x, y], axis=-1)))
 
 
 def to_wgs84(polygons: np.ndarray, crs, segment_length: float) -> np.ndarray:
@@ -90,7 +92,8 @@ def to_wgs84(polygons: np.ndarray, crs, segment_length: float) -> np.ndarray:
     """
     dense = shapely.segmentize(polygons, segment_length)
     transformer = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    return shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+    wgs84 = shapely.transform(dense, lambda xy: np.column_stack(transformer.transform(xy[:, 0], xy[:, 1])))
+    return shapely.orient_polygons(wgs84)  # a CRS with a flipped axis would turn the rings around
 
 
 def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
@@ -99,12 +102,13 @@ def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = Non
 
     Returns:
         ``(table, native)``: a DataFrame with the catalog columns ``tile_id, scene_id, href, row_off,
-        col_off, height, width, crs, transform, gsd, bands, dtype, geometry`` (geometry in EPSG:4326)
-        and the tile polygons in the raster CRS (shapely array, same order) for area work.
+        col_off, height, width, crs, transform, gsd, bands, dtype, geometry`` (geometry in EPSG:4326,
+        counter-clockwise rings; ``gsd`` in metres, see :func:`tile_gsd`) and the tile polygons in
+        the raster CRS (shapely array, same order) for area work.
     """
     r, c, h, w = tile_offsets(scene, tile_size, stride, partial)
     native = tile_polygons(scene, r, c, h, w)
-    geometry = to_wgs84(native, scene.crs, scene.gsd * tile_size / DENSIFY_SEGMENTS)
+    geometry = to_wgs84(native, scene.crs, scene.pixel_size * tile_size / DENSIFY_SEGMENTS)
     table = pd.DataFrame({
         "tile_id": [f"{scene.scene_id}/{a}_{b}" for a, b in zip(r.tolist(), c.tolist())],
         "scene_id": scene.scene_id,
@@ -115,12 +119,24 @@ def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = Non
         "width": w.astype(np.int64),
         "crs": scene.crs_string,
         "transform": list(tile_transforms(scene, r, c)),
-        "gsd": scene.gsd,
+        "gsd": tile_gsd(scene, native),
         "bands": scene.count,
         "dtype": scene.dtype,
         "geometry": geometry,
     })
     return table, native
+
+
+def tile_gsd(scene: RasterScene, native: np.ndarray) -> np.ndarray:
+    """Ground sample distance of each tile in metres, ``(N,)`` float64.
+
+    Projected CRSs: the pixel size converted from the CRS unit (feet, metres) to metres, the same
+    for every tile. Geographic CRSs: the pixel's ground area at the tile's centre latitude, so tiles
+    nearer a pole get their own, smaller value. See :func:`rsgeo_prune.sources.gsd_metres`.
+    """
+    b = shapely.bounds(native)
+    return np.asarray(gsd_metres(scene.crs, abs(scene.transform.determinant), (b[:, 1] + b[:, 3]) / 2),
+                      np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -162,17 +178,24 @@ def _sum_cells(bad: np.ndarray, cell: int) -> np.ndarray:
     return np.add.reduceat(np.add.reduceat(bad, rs, axis=0), cs, axis=1)
 
 
-def _mask_cell_counts(_band: np.ndarray, href: str, cell: int, block_info=None) -> np.ndarray:
-    """Like :func:`_cell_counts` but from the file's per-dataset mask band (0 = nodata)."""
-    return _sum_cells(~dataset_mask_of_chunk(href, block_info), cell)
+def _mask_cell_counts(block: np.ndarray, href: str, cell: int, block_info=None) -> np.ndarray:
+    """Like :func:`_cell_counts` but from the file's per-dataset mask band (0 = nodata); a float
+    pixel that is NaN in every band is nodata too (GDAL's mask does not see NaN without a nodata)."""
+    bad = ~dataset_mask_of_chunk(href, block_info)
+    if np.issubdtype(block.dtype, np.floating):
+        bad |= np.isnan(block).all(axis=0)
+    return _sum_cells(bad, cell)
 
 
 def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile_size: int = 256,
                     stride: int | None = None) -> np.ndarray:
     """Fraction of each tile's pixels that are nodata, ``(N,)`` float64 in [0, 1].
 
-    A pixel is nodata when every band equals the nodata value (or is NaN), or, for files without a
-    nodata value, when the per-dataset mask band says so; with neither, every tile is 0.
+    A pixel is nodata when every band is nodata, a band being nodata where it equals the nodata
+    value or is NaN (so a float pixel that is NaN in every band is nodata with or without a
+    declared nodata value, and one that is NaN in some bands only is not); for files without a
+    nodata value, also where the per-dataset mask band says so. Integer rasters with neither have
+    no nodata. The same rule as :func:`rsgeo_prune.entropy.valid_pixels`.
 
     Exact for any stride: chunks hold whole tiles, so each chunk is reduced to invalid-pixel counts
     on a grid of ``g x g`` cells with ``g = gcd(tile_size, stride)`` (tile origins and edges fall on
@@ -180,18 +203,20 @@ def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile
     (1/g² of the pixels) is ever in memory.
     """
     n = len(row_off)
-    if scene.nodata is None and not scene.has_mask:
+    floating = np.issubdtype(np.dtype(scene.dtype), np.floating)
+    if scene.nodata is None and not scene.has_mask and not floating:
         return np.zeros(n)
     stride = tile_size if stride is None else stride
     cell = math.gcd(tile_size, stride)
     da = open_raster(scene, tile_size)
     data = da.data
     out_chunks = tuple(tuple(math.ceil(c / cell) for c in ch) for ch in data.chunks[1:])
-    if scene.nodata is not None:
+    if scene.nodata is None and scene.has_mask:
+        counts = dsa.map_blocks(_mask_cell_counts, data, scene.href, cell, drop_axis=0, chunks=out_chunks,
+                                dtype=np.int32)
+    else:  # a nodata value, or NaN alone (float rasters without one)
         counts = dsa.map_blocks(_cell_counts, data, scene.nodata, cell, drop_axis=0, chunks=out_chunks,
                                 dtype=np.int32)
-    else:
-        counts = dsa.map_blocks(_mask_cell_counts, data[0], scene.href, cell, chunks=out_chunks, dtype=np.int32)
     with decode_errors(scene.href):
         cells = counts.compute()
     return window_sums(cells, cell, row_off, col_off, height, width) / (height * width).astype(np.float64)
