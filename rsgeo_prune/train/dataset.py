@@ -1,0 +1,279 @@
+"""Catalog rows → torch samples: ``image (C, H, W)`` float32 in [-1, 1], ``valid (H, W)``, ``tile_id``.
+
+Pixels are read through :class:`rsgeo_prune.pixels.PixelReader`, so the scaling is the catalog's
+documented rule (uint8 ``/ 255``; uint16 and float stretched per band between the scene's 2nd and 98th
+percentiles) and nodata pixels (every band equal to nodata, NaN, or masked) come back in ``valid``.
+The reader keeps one rasterio handle per raster *per process* and pickles without them, so each
+DataLoader worker opens its own handles and no lock is shared between workers.
+
+Randomness (crop position, dihedral transform) is a pure function of ``(seed, epoch, index)``: a
+resumed run sees the same samples as an uninterrupted one, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import RSGeoPruneError
+from ..pixels import PixelReader, is_image_row
+
+#: Band names (descriptions or colour interpretations, lower case) that make the NAIP default order.
+_RGBN_NAMES = (("red",), ("green",), ("blue",), ("nir", "near-infrared", "near infrared", "nir08"))
+
+Selection = str | Sequence[str] | None
+
+
+def load_table(catalog: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A catalog (GeoParquet path or table) as a plain DataFrame; a clear error if it can't be read."""
+    if isinstance(catalog, pd.DataFrame):
+        return pd.DataFrame(catalog)
+    path = Path(catalog)
+    if not path.exists():
+        raise RSGeoPruneError(f"{path}: catalog not found; give a tiles.parquet or catalog.parquet path")
+    from ..catalog import read_catalog
+
+    try:
+        return pd.DataFrame(read_catalog(path))
+    except Exception as exc:
+        raise RSGeoPruneError(f"{path}: not a readable catalog ({exc}); give a GeoParquet written by rsgeo-prune") from exc
+
+
+def select_rows(table: pd.DataFrame, select: Selection = "kept", *, source: str = "catalog") -> pd.DataFrame:
+    """The rows to train on.
+
+    Args:
+        select: ``"kept"`` (default: the kept tiles), ``"all"`` or None (every row), any other string
+            is a :meth:`pandas.DataFrame.query` (``"kept and entropy > 5"``), a sequence is tile_ids
+            (in the given order).
+    """
+    for col in ("tile_id", "href"):
+        if col not in table:
+            raise RSGeoPruneError(f"{source}: has no {col!r} column; give a tile table or catalog written by rsgeo-prune")
+    if select is None or (isinstance(select, str) and select == "all"):
+        rows = table
+    elif isinstance(select, str) and select == "kept":
+        if "kept" not in table:
+            raise RSGeoPruneError(f"{source}: has no 'kept' column; select tiles with a query or tile ids")
+        rows = table[table["kept"].fillna(False).astype(bool)]
+        if not len(rows):
+            raise RSGeoPruneError(f"{source}: no kept tiles (all {len(table)} pruned); choose another catalog "
+                                  "or select tiles with a query")
+    elif isinstance(select, str):
+        try:
+            rows = table.query(select)
+        except Exception as exc:
+            raise RSGeoPruneError(f"select {select!r}: not a valid query on {source} ({exc})") from exc
+    else:
+        ids = [str(t) for t in select]
+        pos = pd.Series(np.arange(len(table)), index=table["tile_id"].astype(str))
+        missing = [t for t in ids if t not in pos.index]
+        if missing:
+            raise RSGeoPruneError(f"tile_id {missing[0]!r}: not in {source} ({len(missing)} of {len(ids)} missing)")
+        rows = table.iloc[pos.loc[ids].to_numpy()]
+    if not len(rows):
+        raise RSGeoPruneError(f"select {select!r}: no tiles of {source} match; loosen the selection")
+    return rows.reset_index(drop=True)
+
+
+def hash_split(tile_ids: Sequence[str], val_fraction: float, *, salt: str = "rsgeo-val") -> np.ndarray:
+    """``True`` for the validation tiles: ``sha1(salt + tile_id)`` below ``val_fraction`` of its range.
+
+    The split of a tile never depends on which other tiles are in the catalog, so adding tiles or
+    pruning differently keeps the validation tiles that remain.
+    """
+    h = np.array([int.from_bytes(hashlib.sha1(f"{salt}{t}".encode()).digest()[:8], "big") for t in tile_ids],
+                 dtype=np.float64)
+    return h / 2.0**64 < float(val_fraction)
+
+
+def check_hrefs(hrefs: Sequence[str], source: str = "catalog") -> None:
+    """Fail on the first local file that does not exist (remote and GDAL virtual paths are not checked)."""
+    uniq = list(dict.fromkeys(str(h) for h in hrefs))
+    missing = [h for h in uniq if "://" not in h and not h.startswith("/vsi") and not Path(h).exists()]
+    if missing:
+        raise RSGeoPruneError(f"{missing[0]}: raster not found ({len(missing)} of {len(uniq)} files of the {source} "
+                              "are missing); the catalog's hrefs no longer resolve: restore the files or rebuild the catalog")
+
+
+def default_bands(href: str) -> list[int] | None:
+    """R, G, B, NIR band indexes (1-based) of a raster whose band descriptions or colour
+    interpretations name them; None (all bands) otherwise."""
+    import rasterio
+
+    try:
+        with rasterio.open(href) as src:
+            names = [(d or "").strip().lower() for d in src.descriptions]
+            interp = [c.name.lower() for c in src.colorinterp]
+    except Exception:
+        return None  # not a raster GDAL opens by name (an image of a collection): all bands
+    found = []
+    for aliases in _RGBN_NAMES:
+        hit = [k for k in range(len(names)) if names[k] in aliases or (not names[k] and interp[k] in aliases)]
+        if not hit:
+            return None
+        found.append(hit[0] + 1)
+    return found
+
+
+class CatalogDataset(torch.utils.data.Dataset):
+    """Tiles of a catalog as training samples.
+
+    Args:
+        catalog: GeoParquet path or table (one row per tile: ``tile_id, href, row_off, col_off,
+            height, width, transform, bands, kept``; rows without ``transform`` are collection images).
+        select: which rows (see :func:`select_rows`); default the kept tiles.
+        bands: 1-based band indexes; default R, G, B, NIR when the first raster names them (NAIP),
+            else all bands.
+        crop: side in pixels of a crop smaller than the tile (random with ``random_crop``, else centred);
+            default the whole tile (all selected tiles must then have one size).
+        dihedral: apply one of the 8 rotations/flips of the square, drawn per sample (nadir imagery
+            has no "up").
+        nodata: nodata value for rasters that declare none (NAIP quarter-quads: 0).
+        fill: value of nodata pixels in the [-1, 1] image (default -1, the file's 0 scaled).
+        seed: seed of the crop and dihedral draws; see :meth:`set_epoch`.
+        check_files: fail at construction, naming the first missing raster, when hrefs no longer resolve.
+
+    A sample is ``{"image": float32 (C, H, W) in [-1, 1], "valid": bool (H, W), "tile_id": str,
+    "index": int}``.
+    """
+
+    def __init__(self, catalog: str | Path | pd.DataFrame, *, select: Selection = "kept",
+                 bands: Sequence[int] | None = None, crop: int | None = None, random_crop: bool = True,
+                 dihedral: bool = False, nodata: float | None = None, fill: float = -1.0, seed: int = 0,
+                 check_files: bool = True):
+        source = str(catalog) if not isinstance(catalog, pd.DataFrame) else "catalog"
+        table = select_rows(load_table(catalog), select, source=source)
+        if check_files:
+            check_hrefs(table["href"], source)
+        self.tile_ids = table["tile_id"].astype(str).tolist()
+        self._rows = _row_records(table)
+        self.bands = self._resolve_bands(table, bands, source)
+        self.crop = None if crop is None else int(crop)
+        self.random_crop = bool(random_crop)
+        self.dihedral = bool(dihedral)
+        self.fill = float(fill)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.reader = PixelReader(nodata=nodata, bands=self.bands)
+        self._check_sizes(source)
+
+    # -- torch Dataset -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self._rows[index]
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        x, valid = self._read(row, rng)
+        x = x * np.float32(2.0) - np.float32(1.0)  # [0, 1] → [-1, 1]; nodata was 0 → -1
+        if self.fill != -1.0:
+            x[:, ~valid] = self.fill
+        if self.dihedral:
+            k = int(rng.integers(8))
+            x, valid = dihedral(x, k), dihedral(valid, k)
+        return {"image": torch.from_numpy(np.ascontiguousarray(x)), "valid": torch.from_numpy(np.ascontiguousarray(valid)),
+                "tile_id": self.tile_ids[index], "index": int(index)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw crops and transforms of ``epoch`` (call before creating the epoch's DataLoader
+        iterator: workers receive a pickled copy of the dataset)."""
+        self.epoch = int(epoch)
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+    def digest(self) -> str:
+        """sha256 of what the samples are made of: tile ids, hrefs, windows, bands and crop."""
+        h = hashlib.sha256()
+        h.update(repr((self.bands, self.crop, self.random_crop, self.dihedral, self.fill, self.reader.nodata)).encode())
+        for tid, r in zip(self.tile_ids, self._rows):
+            h.update(f"{tid}|{r['href']}|{r.get('row_off')}|{r.get('col_off')}|{r.get('height')}|{r.get('width')}\n".encode())
+        return h.hexdigest()
+
+    # -- named steps ---------------------------------------------------------------------------
+    def _read(self, row: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(float32 (C, h, w) in [0, 1], valid (h, w))``; a raster crop reads only its window."""
+        if self.crop is None:
+            return self.reader.read_unit(row)
+        if not is_image_row(row):
+            dy, dx = self._offset(int(row["height"]), int(row["width"]), rng)
+            window = dict(row, row_off=int(row["row_off"]) + dy, col_off=int(row["col_off"]) + dx,
+                          height=self.crop, width=self.crop)
+            return self.reader.read_unit(window)
+        x, valid = self.reader.read_unit(row)
+        if min(x.shape[1:]) < self.crop:
+            raise RSGeoPruneError(f"{row['href']}: image {x.shape[1]}x{x.shape[2]} is smaller than crop {self.crop}; "
+                                  "choose a smaller --crop")
+        dy, dx = self._offset(x.shape[1], x.shape[2], rng)
+        return x[:, dy:dy + self.crop, dx:dx + self.crop], valid[dy:dy + self.crop, dx:dx + self.crop]
+
+    def _offset(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
+        if self.random_crop:
+            return int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
+        return (h - self.crop) // 2, (w - self.crop) // 2
+
+    def _resolve_bands(self, table: pd.DataFrame, bands, source: str) -> list[int]:
+        counts = table["bands"].dropna().astype(int).unique() if "bands" in table else np.array([], int)
+        if bands is not None:
+            bands = [int(b) for b in bands]
+            if not bands:
+                raise RSGeoPruneError("bands: empty selection; give 1-based band indexes such as 1,2,3,4")
+            low = int(counts.min()) if len(counts) else None
+            bad = [b for b in bands if b < 1 or (low is not None and b > low)]
+            if bad:
+                raise RSGeoPruneError(f"band {bad[0]}: out of range; the tiles of {source} have bands 1..{low}")
+            return bands
+        if len(counts) > 1:
+            raise RSGeoPruneError(f"{source}: tiles have {sorted(counts.tolist())} bands; choose a common band "
+                                  "selection with --bands")
+        first = self._rows[0]
+        named = None if is_image_row(first) else default_bands(first["href"])
+        if named is not None:
+            return named
+        if len(counts):
+            return list(range(1, int(counts[0]) + 1))
+        return list(range(1, PixelReader().read(first, with_valid=False).data.shape[0] + 1))
+
+    def _check_sizes(self, source: str) -> None:
+        raster = [r for r in self._rows if not is_image_row(r)]
+        sizes = {(int(r["height"]), int(r["width"])) for r in raster}
+        if self.crop is not None:
+            if self.crop < 1:
+                raise RSGeoPruneError(f"crop {self.crop}: must be a positive number of pixels")
+            small = [s for s in sizes if min(s) < self.crop]
+            if small:
+                raise RSGeoPruneError(f"crop {self.crop}: larger than the {small[0][0]}x{small[0][1]} tiles of {source}; "
+                                      "choose a smaller --crop")
+        elif len(sizes) > 1:
+            raise RSGeoPruneError(f"{source}: tiles of {len(sizes)} sizes ({sorted(sizes)[:3]} ...); give --crop to "
+                                  "train on one size")
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """Element ``k`` (0..7) of the dihedral group of the square on the last two axes:
+    ``k % 4`` quarter turns, then a left-right flip when ``k >= 4``. Keeps every pixel value."""
+    a = np.rot90(a, k % 4, axes=(-2, -1))
+    return a[..., ::-1] if k >= 4 else a
+
+
+def _row_records(table: pd.DataFrame) -> list[dict]:
+    """Plain dicts of the columns the reader needs (cheap to index and to pickle to workers)."""
+    cols = [c for c in ("href", "row_off", "col_off", "height", "width", "transform") if c in table]
+    recs = table[cols].to_dict("records")
+    for r in recs:
+        t = r.get("transform")  # absent column: a table of collection images
+        if t is None or (isinstance(t, float) and np.isnan(t)):
+            r["transform"] = None
+        else:
+            r["transform"] = True  # only its presence matters: the row is a raster window
+    return recs
+
+
+__all__ = ["CatalogDataset", "check_hrefs", "default_bands", "dihedral", "hash_split", "load_table", "select_rows"]

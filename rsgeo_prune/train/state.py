@@ -1,0 +1,228 @@
+"""Training state shared by every trainer of the wing (VAE now, DiT later).
+
+* **device and precision** — :func:`choose_device` (CUDA, then MPS, then CPU; ``--device`` overrides)
+  and :func:`autocast` (bf16 on CUDA, fp32 elsewhere: fp16 autocast gives NaNs in diffusion training
+  and CPU bf16 is slower than fp32 on most CPUs);
+* **data order** — :func:`epoch_order` / :class:`EpochSampler`: the order of an epoch is a pure function
+  of ``(seed, epoch)``, so a resumed run continues the same sequence from its saved position;
+* **checkpoints** — :func:`save_state` / :func:`load_state`: model, optimiser, RNG states (torch, numpy,
+  python, CUDA), step, epoch and data position in one file, written atomically and read back with
+  ``torch.load(weights_only=True)`` (nothing but tensors and plain containers is unpickled);
+* **logging** — :class:`MetricsLog`, one JSON object per line, flushed per record.
+
+On CPU with a fixed thread count, a run stopped at step k and resumed ends with the same weights,
+bit for bit, as an uninterrupted one (tested in ``tests/train/test_state.py`` and ``test_vae.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_output
+from ..errors import RSGeoPruneError
+
+#: Format tag of the state files; bumped when the layout changes.
+STATE_FORMAT = "rsgeo-train-state/1"
+
+
+# -- device and precision -------------------------------------------------------------------------
+def choose_device(name: str | None = None) -> torch.device:
+    """The device to train on: ``name`` when given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``),
+    else CUDA when present, else MPS, else CPU."""
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise RSGeoPruneError(f"device {name!r}: not a torch device name; use cpu, cuda, cuda:N or mps") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RSGeoPruneError(f"device {name!r}: CUDA is not available here; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RSGeoPruneError(f"device {name!r}: MPS is not available here; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; a no-op (fp32) elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -- data order -----------------------------------------------------------------------------------
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of ``range(n)`` used in ``epoch``: a pure function of ``(seed, epoch)``."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(int(n))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Indices of one epoch in :func:`epoch_order`, starting at ``start`` (the resume position).
+
+    Example::
+
+        for epoch in range(first_epoch, epochs):
+            sampler = EpochSampler(len(ds), seed, epoch, start=position if epoch == first_epoch else 0)
+            loader = DataLoader(ds, batch_size=b, sampler=sampler, drop_last=True)
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
+        self.order = epoch_order(n, seed, epoch)[int(start):]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order.tolist())
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The RNG states of torch (CPU and CUDA), numpy and python as tensors and plain containers
+    (so :func:`torch.load` with ``weights_only=True`` reads them back)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def save_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+               step: int, epoch: int, position: int, extra: dict | None = None) -> Path:
+    """Write the full training state to ``path`` atomically (a temporary file renamed on success).
+
+    Args:
+        step: optimiser steps done.
+        epoch, position: where the data order stands: the next batch starts at sample ``position``
+            of epoch ``epoch``'s :func:`epoch_order`.
+        extra: plain values (numbers, strings, lists, dicts, tensors) the trainer wants back,
+            e.g. the best validation loss so far or an EMA's weights.
+    """
+    state = {
+        "format": STATE_FORMAT,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "rng": rng_state(),
+        "step": int(step), "epoch": int(epoch), "position": int(position),
+        "extra": extra or {},
+    }
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+               map_location: str | torch.device = "cpu", restore_rng: bool = True) -> dict:
+    """Load a :func:`save_state` file (``weights_only=True``) into ``model`` and ``optimizer`` and
+    restore the RNG states; returns ``{"step", "epoch", "position", "extra"}``."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError as exc:
+        raise RSGeoPruneError(f"{path}: no training state to resume from; drop --resume or give the run's --out") from exc
+    except Exception as exc:  # a truncated or foreign file
+        raise RSGeoPruneError(f"{path}: not a readable training state ({exc}); delete it or start a new --out") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise RSGeoPruneError(f"{path}: not an rsgeo-prune training state; start a new --out")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise RSGeoPruneError(f"{path}: its weights do not fit this model (another preset?); "
+                              "resume with the run's own settings") from exc
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return {k: state[k] for k in ("step", "epoch", "position", "extra")}
+
+
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, unit: str = "step"):
+    """A tqdm bar over optimiser steps (shown on a terminal only, so captured logs stay clean)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, disable=None if enabled else True)
+
+
+# -- logging --------------------------------------------------------------------------------------
+class MetricsLog:
+    """Append-only JSONL metrics log: ``log(step=..., loss=...)`` writes one line, flushed at once,
+    with the wall-clock time; a resumed run appends to the same file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def log(self, **record: Any) -> None:
+        record = {"time": round(time.time(), 3), **{k: _plain(v) for k, v in record.items()}}
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a :class:`MetricsLog` file."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _plain(v):
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+__all__ = ["EpochSampler", "MetricsLog", "STATE_FORMAT", "autocast", "choose_device", "epoch_order",
+           "load_state", "progress_bar", "read_metrics", "rng_state", "save_state", "seed_everything", "set_rng_state"]
