@@ -10,9 +10,9 @@ import logging
 import sys
 from typing import Sequence
 
-from . import __version__
 from .errors import InvalidOption, RSGeoPruneError
 from .select import METHODS
+from .rundir import package_version
 from .status import ENTROPY, PRE_FILTERS, summary_line
 from .viz import COLOR_BY
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Curate remote-sensing tile corpora for diffusion training (RS-Prune).\n\n"
                     "Stages: tiles (grid, nodata and urban fractions, pre-filters) → entropy (Stage I) → "
                     "embed/assign/select (Stage II) → catalog (GeoParquet + STAC).")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     tiles = sub.add_parser(

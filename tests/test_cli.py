@@ -1,6 +1,7 @@
 """The `rsgeo-prune tiles` command end to end, and its bad-input contract (exit 2, one line, no output)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,11 @@ def test_help_lists_every_option_with_its_default():
         assert opt in out
     assert "(default: 256)" in out and "(default: 0.5)" in out
     top = subprocess.run([sys.executable, "-m", "rsgeo_prune.cli", "--help"], capture_output=True, text=True).stdout
-    assert "tiles" in top
+    listed = {m.group(1) for m in re.finditer(r"^    ([a-z][a-z-]+)\s{2,}\S", top, re.M)}  # the COMMAND table
+    from rsgeo_prune.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)
+    assert commands <= listed and {"tiles", "entropy", "centroids", "run", "map", "report"} <= commands
 
 
 def _expect_error(args, capsys, out, *needles):
@@ -128,3 +133,94 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([exe, "tiles", str(tmp_path / "missing.tif"), "--out", str(tmp_path / "o.parquet")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "missing.tif: no such file" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad options and inputs of the run, entropy, map and centroids commands: one line, exit 2,
+# nothing written (a table: every case failed with a traceback or silently before issue 11)
+# ---------------------------------------------------------------------------------------------
+
+def _bad_cases(world, small_run):
+    run_dir = small_run[0]
+    a, ref = str(world.a.path), str(world.ref)
+    run = ["run", a, "--reference", ref, "--k", "7", "--quiet"]
+    return {
+        "chunk negative": (run + ["--chunk", "-5"], ["--chunk -5", "positive"]),
+        "chunk zero": (run + ["--chunk", "0"], ["--chunk 0", "positive"]),
+        "seed negative": (run + ["--seed", "-1"], ["--seed -1", "whole number"]),
+        "reference missing": (["run", a, "--reference", str(world.root / "nope"), "--quiet"], ["nope", "reference not found"]),
+        "entropy-min nan": (run + ["--entropy-min", "nan"], ["--entropy-min nan", "[0, 8]"]),
+        "entropy-min above 8 bits": (run + ["--entropy-min", "9"], ["--entropy-min 9.0", "[0, 8]"]),
+        "k with a bank of another K": (["run", a, "--reference", str(run_dir / "bank.npz"), "--k", "5", "--quiet"],
+                                       ["--k 5", "has 7 centroids"]),
+        "bad embedder before tiling": (run + ["--embedder", "openclip:ViT-B-32:" + str(world.root / "missing.pt")],
+                                       ["missing.pt"]),
+        "bad scheduler before tiling": (run + ["--scheduler", "bogus"], ["--scheduler 'bogus'", "tcp://"]),
+        "entropy on STAC items": (["entropy", str(run_dir / "items.parquet"), "--entropy-min", "1"],
+                                  ["items.parquet", "not an rsgeo_prune tile table"]),
+        "map of STAC items": (["map", str(run_dir / "items.parquet")], ["items.parquet", "not an rsgeo_prune tile table"]),
+        "map by cluster of a tile table": (["map", str(run_dir / "tiles.parquet"), "--color-by", "cluster"],
+                                           ["--color-by 'cluster'", "no cluster column"]),
+        "centroids seed negative": (["centroids", ref, "--seed", "-1"], ["--seed -1"]),
+        "centroids k above the images": (["centroids", ref, "--k", "100000"], ["k 100000", "reference images"]),
+    }
+
+
+CASES = ["chunk negative", "chunk zero", "seed negative", "reference missing", "entropy-min nan",
+         "entropy-min above 8 bits", "k with a bank of another K", "bad embedder before tiling",
+         "bad scheduler before tiling", "entropy on STAC items", "map of STAC items", "map by cluster of a tile table",
+         "centroids seed negative", "centroids k above the images"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_run_options_give_one_line(case, world, small_run, tmp_path, capsys):
+    args, needles = _bad_cases(world, small_run)[case]
+    out = tmp_path / ("out.npz" if args[0] == "centroids" else "out.html" if args[0] == "map" else "out")
+    code, _, err = run([*args, "--out", out], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("rsgeo-prune: error: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert not out.exists() or not any(out.iterdir())  # nothing written: no stage ran
+
+
+def test_the_case_table_is_complete(world, small_run):
+    assert sorted(CASES) == sorted(_bad_cases(world, small_run))
+
+
+def test_ctrl_c_prints_one_line_and_the_run_resumes(world, small_run, tmp_path):
+    """A real SIGINT in the middle of embedding: exit 130, one line, and a rerun gives the same bytes."""
+    import hashlib
+
+    out = tmp_path / "run"
+    args = ["run", str(world.a.path), "--reference", str(world.ref), "--k", "7", "--entropy-keep", "0.7",
+            "--budget", "0.3", "--chunk", "8", "--scheduler", "synchronous", "--quiet", "--out", str(out)]
+    code = ("import os, signal, sys\nimport rsgeo_prune.embed_cache as ec\nfrom rsgeo_prune.cli import main\n"
+            "real = ec.write_part\n"
+            "def write_then_interrupt(path, *a, **k):\n"
+            "    real(path, *a, **k)\n"
+            "    if 'part-' in str(path):\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "ec.write_part = write_then_interrupt\n"
+            f"sys.exit(main({args!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1 and "interrupted" in lines[0] and "resume" in lines[0], proc.stderr
+    assert not (out / "catalog.parquet").exists() and list((out / "embed.parts").glob("part-*.parquet"))
+    assert main(args) == 0
+    digest = [hashlib.sha256((d / "catalog.parquet").read_bytes()).hexdigest() for d in (out, small_run[0])]
+    assert digest[0] == digest[1]
+
+
+def test_entropy_recomputes_stage_one_from_the_pre_filters(world, tmp_path, capsys):
+    """`entropy --entropy-min 0` on a table an earlier filter pruned gives back every tile with data."""
+    import geopandas as gpd
+
+    filtered = tmp_path / "filtered.parquet"
+    assert run(["tiles", world.a.path, "--entropy-keep", "0.5", "--out", filtered], capsys)[0] == 0
+    assert (gpd.read_parquet(filtered)["pruned_by"] == "entropy").sum() > 0
+    again = tmp_path / "again.parquet"
+    assert run(["entropy", filtered, "--entropy-min", "0", "--out", again], capsys)[0] == 0
+    table = gpd.read_parquet(again)
+    assert (table["pruned_by"] == "entropy").sum() == 0
+    assert table["kept"].sum() == (~table["pruned_by"].isin(["nodata", "mask"])).sum()

@@ -84,8 +84,8 @@ TINY_CLIP = {"embed_dim": 16,
 
 
 def test_openclip_from_a_local_checkpoint(tmp_path):
-    open_clip = pytest.importorskip("open_clip")
-    torch = pytest.importorskip("torch")
+    import open_clip
+    import torch
     (tmp_path / "TinyRS.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "TinyRS.json")
     torch.manual_seed(0)
@@ -112,8 +112,8 @@ def test_openclip_from_a_local_checkpoint(tmp_path):
 
 
 def test_siglip_from_a_local_folder(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    import torch
+    import transformers
     cfg = transformers.SiglipConfig(
         text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                      "vocab_size": 64, "max_position_embeddings": 8, "bos_token_id": 1, "eos_token_id": 2,
@@ -132,7 +132,6 @@ def test_siglip_from_a_local_folder(tmp_path):
 
 
 def test_openclip_wrong_file_is_a_clear_error(tmp_path):
-    pytest.importorskip("open_clip")
     bad = tmp_path / "not_a_model.pt"
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(RSGeoPruneError, match="not_a_model.pt: cannot load as an open_clip ViT-B-32 checkpoint"):

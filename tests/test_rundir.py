@@ -12,23 +12,14 @@ import pytest
 from rsgeo_prune import RSGeoPruneError
 from rsgeo_prune.catalog import catalog_metadata, read_embeddings
 from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline
-from rsgeo_prune.synth import write_reference_set, write_scene
+from tests.conftest import small_run_configs
 
 
 def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rundir")
-    a = write_scene(root / "a.tif", rows=6, cols=8, rare_tiles=1, seed=11)
-    b = write_scene(root / "b.tif", rows=4, cols=5, rare_tiles=1, seed=12, origin=(610_000.0, 5_200_000.0))
-    ref = write_reference_set(root / "ref", per_class=6, seed=13)
-    return root, a, b, ref
-
-
-CFG = dict(tile_cfg=TileConfig(entropy_keep=0.7), run_cfg=RunConfig(k=7, budget=0.3, chunk=8))
+CFG = small_run_configs()
 
 
 def test_catalog_metadata_and_embeddings(world):
@@ -59,10 +50,11 @@ def test_catalog_metadata_and_embeddings(world):
     assert set(manifest["stages"]) == {"tiles", "centroids", "embed", "select", "stac"} and manifest["packages"]["numpy"]
 
 
-def test_rerun_skips_finished_stages_and_is_identical(world, caplog):
+def test_rerun_skips_finished_stages_and_is_identical(world, small_run, caplog):
     root, a, _, ref = world
+    first = sha(small_run[0] / "catalog.parquet")
     run_pipeline([a.path], root / "r1", [ref], progress=False, **CFG)
-    first = sha(root / "r1" / "catalog.parquet")
+    assert sha(root / "r1" / "catalog.parquet") == first
     caplog.set_level("INFO")
     _, counts = run_pipeline([a.path], root / "r1", [ref], progress=False, **CFG)
     assert counts["embedded"] == 0 and "unchanged" in caplog.text
@@ -109,7 +101,8 @@ def test_adding_a_scene_embeds_only_its_tiles(world):
 
 
 def test_local_cluster_gives_the_same_bytes(world):
-    distributed = pytest.importorskip("distributed")
+    import distributed
+
     root, a, _, ref = world
     run_pipeline([a.path], root / "threads", [ref], progress=False, **CFG)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -183,3 +176,41 @@ def test_globs_and_stac_items_are_inputs_too(world, tmp_path):
     _, counts = run_pipeline([str(root / "[ab].tif")], tmp_path / "glob", [ref], progress=False, **CFG)
     _, both = run_pipeline([a.path, b.path], tmp_path / "list", [ref], progress=False, **CFG)
     assert counts == both
+
+
+def test_another_tile_size_never_reuses_old_embeddings(world, small_run, tmp_path):
+    """Tile ids do not say the window size: a rerun with 128-px tiles must embed every tile anew and
+    give the same catalog as a fresh 128-px run (85 of 352 tiles reused old vectors before)."""
+    import shutil
+
+    root, a, _, ref = world
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run[0], run_dir)
+    cfg = dict(tile_cfg=TileConfig(tile_size=128, entropy_keep=0.7), run_cfg=CFG["run_cfg"])
+    _, counts = run_pipeline([a.path], run_dir, [ref], progress=False, **cfg)
+    assert counts["embedded"] == counts["after entropy"]
+    run_pipeline([a.path], tmp_path / "fresh", [ref], progress=False, **cfg)
+    assert sha(run_dir / "catalog.parquet") == sha(tmp_path / "fresh" / "catalog.parquet")
+
+
+def test_zero_embeddings_are_never_reused(world, small_run, tmp_path):
+    """An embeddings file of all-zero vectors (what `--chunk -5` once wrote) is recomputed, not trusted."""
+    import shutil
+
+    import numpy as np
+
+    from rsgeo_prune.embed_cache import EMBEDDER_KEY, write_part
+    import pyarrow.parquet as pq
+
+    root, a, _, ref = world
+    run_dir = tmp_path / "run"
+    shutil.copytree(small_run[0], run_dir)
+    emb = run_dir / "embeddings.parquet"
+    ids, z = read_embeddings(emb)
+    keys = pq.read_table(emb, columns=["source"]).column("source").to_pylist()
+    embedder_id = pq.read_schema(emb).metadata[EMBEDDER_KEY].decode()
+    write_part(emb, ids, keys, np.zeros_like(z), embedder_id)
+    (run_dir / "catalog.parquet").unlink()
+    _, counts = run_pipeline([a.path], run_dir, [ref], progress=False, **CFG)
+    assert counts["embedded"] == len(ids)
+    assert sha(run_dir / "catalog.parquet") == sha(small_run[0] / "catalog.parquet")

@@ -9,19 +9,15 @@ import numpy as np
 import pytest
 
 from rsgeo_prune.cli import main
-from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline
-from rsgeo_prune.synth import write_reference_set, write_scene
-from rsgeo_prune.viz import STATUS_COLOURS, interactive_map, stage_counts
+from rsgeo_prune.status import stage_counts
+from rsgeo_prune.viz import STATUS_COLOURS, interactive_map
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("viz")
-    scene = write_scene(root / "scene.tif", rows=6, cols=8, rare_tiles=1, seed=21)
-    ref = write_reference_set(root / "ref", per_class=6, seed=22)
-    catalog, _ = run_pipeline([scene.path], root / "run", [ref], TileConfig(entropy_keep=0.7),
-                              RunConfig(k=7, budget=0.3), progress=False)
-    return root, scene, catalog
+def run(world, small_run):
+    """``(folder holding the run directory "run", the scene, the catalog)``."""
+    run_dir, catalog, _ = small_run
+    return run_dir.parent, world.a, catalog
 
 
 def _chromium():
@@ -79,7 +75,6 @@ def test_report_has_every_plot_and_matching_counts(run, tmp_path):
 
 
 def test_interactive_map_for_notebooks(run):
-    pytest.importorskip("lonboard")
     _, _, catalog = run
     m = interactive_map(catalog, color_by="cluster")
     assert len(m.layers) == 1 and m.layers[0].table.num_rows == len(catalog)
