@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InvalidOption, RSGeoPruneError
-from .select import assign  # TODO kmeans
+from .kmeans import assign
 
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous")
 
