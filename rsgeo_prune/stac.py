@@ -6,8 +6,14 @@
   ``rsgeo:entropy``, ``rsgeo:cluster``, ``rsgeo:similarity``, ``rsgeo:rank`` in its properties, and
   a ``data`` asset pointing at the source raster by a relative href (or at the tile's own COG with
   ``export_tiles``).
-* ``RUN_DIR/items.parquet`` — the same Items as stac-geoparquet (images without a location, which
-  STAC allows with a null geometry, are left out of this one: GeoParquet needs a geometry).
+* ``RUN_DIR/items.parquet`` — the same Items as stac-geoparquet, GeoParquet 1.1, zstd (images
+  without a location, which STAC allows with a null geometry, are left out of this one: GeoParquet
+  needs a geometry). With no Item it is still GeoParquet: the columns, no rows.
+* ``RUN_DIR/tiles/`` — with ``export_tiles``, one COG per kept tile, listed in
+  ``tiles/.rsgeo_prune-export.json``. A later write removes the listed COGs its Items no longer
+  use (written without ``export_tiles``, or a tile no longer kept), and nothing else in the folder.
+
+Geometries have counter-clockwise exterior rings (RFC 7946).
 
 An Item's ``datetime`` is the source file's modification time (UTC): rasters seldom carry their
 acquisition time in a standard place, and this keeps reruns identical.
@@ -16,6 +22,7 @@ acquisition time in a standard place, and this keeps reruns identical.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from pathlib import Path
@@ -24,10 +31,14 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_output
+from .errors import RSGeoPruneError
 
 PROJECTION_V2 = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 EO_V2 = "https://stac-extensions.github.io/eo/v2.0.0/schema.json"
 COMMON_NAMES = {3: ["red", "green", "blue"], 4: ["red", "green", "blue", "nir"]}
+TILES_DIR = "tiles"
+#: The COGs a write exported, in ``TILES_DIR``: a later write removes those and only those.
+EXPORT_RECORD = ".rsgeo_prune-export.json"
 
 
 def item_id(tile_id: str) -> str:
@@ -51,7 +62,7 @@ def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geot
     import pystac
     import shapely
 
-    geom = row.geometry
+    geom = shapely.orient_polygons(row.geometry) if row.geometry is not None else None  # CCW (RFC 7946)
     mtime = dt.datetime.fromtimestamp(os.stat(row.href).st_mtime, tz=dt.timezone.utc).replace(microsecond=0)
     props = {
         "proj:code": row.crs,
@@ -97,22 +108,52 @@ def export_tile_cog(row, path: Path) -> Path:
 
 def write_stac(catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool = False,
                title: str = "rsgeo_prune kept tiles") -> tuple[Path, Path]:
-    """Write ``run_dir/stac/`` (self-contained static catalog) and ``run_dir/items.parquet``."""
-    import pystac
-    import stac_geoparquet.arrow as sga
+    """Write ``run_dir/stac/`` (self-contained static catalog) and ``run_dir/items.parquet``.
 
+    With ``export_tiles`` each kept tile is also written to ``run_dir/tiles/<item id>.tif`` (COG)
+    and its Item points there. COGs an earlier write exported that these Items no longer use are
+    removed once the new STAC is in place.
+
+    Raises:
+        RSGeoPruneError: a ``tile_id`` that appears more than once among the kept tiles.
+    """
     run_dir = Path(run_dir)
+    kept = _kept_tiles(catalog)
+    tiles_dir = run_dir / TILES_DIR
+    previous = _previous_exports(run_dir)
+    exported = {f"{item_id(t)}.tif" for t, tr in zip(kept["tile_id"], kept["transform"]) if tr is not None} \
+        if export_tiles else set()
+    if exported:  # listed before writing, so that a crash midway leaves no COG unaccounted for
+        _record_exports(tiles_dir, previous | exported)
+    items = _write_static_catalog(kept, run_dir, export_tiles=export_tiles, title=title)
+    parquet = _write_items_parquet(items, run_dir)
+    _remove_stale_exports(tiles_dir, previous - exported, exported)
+    return run_dir / "stac", parquet
+
+
+def _kept_tiles(catalog: pd.DataFrame) -> pd.DataFrame:
+    kept = catalog[catalog["kept"].astype(bool)]
+    dup = kept["tile_id"][kept["tile_id"].duplicated()]
+    if len(dup):
+        raise RSGeoPruneError(f"tile_id {dup.iloc[0]!r} appears more than once in the catalog; each tile must "
+                              "appear once (was one raster given twice?), so rebuild the tile table")
+    return kept
+
+
+def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bool, title: str) -> list:
+    """Build every Item (exporting COGs if asked), save the catalog beside ``stac/``, swap it in."""
+    import pystac
+
     stac_dir = run_dir / "stac"
     tmp_dir = run_dir / "stac_partial"  # renamed to stac/ once complete
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    kept = catalog[catalog["kept"].astype(bool)]
     root = pystac.Catalog(id="rsgeo-prune", description=f"{title}: {len(kept)} tiles selected by rsgeo_prune",
                           title=title)
     items = []
     for row in kept.itertuples(index=False):
         iid = item_id(row.tile_id)
         if export_tiles and row.transform is not None:
-            cog = export_tile_cog(row, run_dir / "tiles" / f"{iid}.tif")
+            cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif")
             href = os.path.relpath(cog, stac_dir / iid)
             media = pystac.MediaType.COG
         else:
@@ -125,6 +166,12 @@ def write_stac(catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool
     root.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
     shutil.rmtree(stac_dir, ignore_errors=True)
     os.replace(tmp_dir, stac_dir)
+    return items
+
+
+def _write_items_parquet(items: list, run_dir: Path) -> Path:
+    """``run_dir/items.parquet``: the placed Items as stac-geoparquet (GeoParquet 1.1, zstd)."""
+    import stac_geoparquet.arrow as sga
 
     dicts = []
     for it in items:
@@ -134,10 +181,70 @@ def write_stac(catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool
         d["links"] = []
         d["assets"]["data"]["href"] = os.path.normpath(os.path.join("stac", it.id, d["assets"]["data"]["href"]))
         dicts.append(d)
+    # No Item: the schema of a stand-in Item with no rows, so the file is still GeoParquet.
+    table = sga.parse_stac_items_to_arrow(dicts) if dicts else \
+        sga.parse_stac_items_to_arrow([_STAND_IN_ITEM]).read_all().slice(0, 0)
     parquet = run_dir / "items.parquet"
     with atomic_output(parquet) as tmp:
-        if dicts:
-            sga.to_parquet(sga.parse_stac_items_to_arrow(dicts), tmp)
-        else:
-            pd.DataFrame({"id": pd.Series([], dtype=str)}).to_parquet(tmp)
-    return stac_dir, parquet
+        sga.to_parquet(table, tmp, schema_version="1.1.0", compression="zstd")
+    return parquet
+
+
+_STAND_IN_ITEM = {
+    "type": "Feature", "stac_version": "1.1.0", "stac_extensions": [PROJECTION_V2, EO_V2], "id": "",
+    "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
+    "bbox": [0.0, 0.0, 1.0, 1.0], "links": [],
+    "properties": {"datetime": "2000-01-01T00:00:00Z", "proj:code": "EPSG:4326", "rsgeo:tile_id": ""},
+    "assets": {"data": {"href": "", "type": "image/tiff; application=geotiff", "roles": ["data"]}},
+}
+
+
+def _previous_exports(run_dir: Path) -> set[str]:
+    """File names (in ``tiles/``) of the COGs earlier writes exported: the export record, or for a
+    run directory from before the record, the ``tiles/`` hrefs of its ``items.parquet``."""
+    record = run_dir / TILES_DIR / EXPORT_RECORD
+    if record.exists():
+        try:
+            names = json.loads(record.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            names = []
+    else:
+        names = _legacy_exports(run_dir / "items.parquet")
+    # only plain .tif names: the record must never reach outside the tiles folder
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n.endswith(".tif")}
+
+
+def _legacy_exports(items_parquet: Path) -> list[str]:
+    if not items_parquet.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(items_parquet, columns=["id", "assets"]).to_pydict()
+    except Exception:  # not a file this package wrote (or no such columns): nothing is ours
+        return []
+    names = []
+    for iid, assets in zip(table["id"], table["assets"]):
+        data = (assets or {}).get("data") or {}
+        href = Path(data.get("href") or "")
+        # an exported COG, not a source raster that happens to lie in tiles/: <item id>.tif, COG type
+        if href.parent == Path(TILES_DIR) and href.name == f"{iid}.tif" and "cloud-optimized" in (data.get("type") or ""):
+            names.append(href.name)
+    return names
+
+
+def _record_exports(tiles_dir: Path, names: set[str]) -> None:
+    with atomic_output(tiles_dir / EXPORT_RECORD) as tmp:
+        tmp.write_text(json.dumps({"files": sorted(names)}, indent=0))
+
+
+def _remove_stale_exports(tiles_dir: Path, stale: set[str], exported: set[str]) -> None:
+    """Delete the COGs of earlier exports that the new Items do not use; keep the record current."""
+    for name in stale:
+        (tiles_dir / name).unlink(missing_ok=True)
+    if exported:
+        _record_exports(tiles_dir, exported)
+        return
+    (tiles_dir / EXPORT_RECORD).unlink(missing_ok=True)
+    if tiles_dir.is_dir() and not any(tiles_dir.iterdir()):
+        tiles_dir.rmdir()  # the package's own folder, now empty

@@ -53,12 +53,17 @@ def test_all_256_levels_equally_give_eight_bits():
 def test_nodata_pixels_do_not_count():
     t = np.zeros((1, 3, 32, 32), np.uint8)  # nodata 0 everywhere ...
     t[0, :, :16, :] = 50  # ... except half the tile, constant
-    t[0, :, 16:, :8] = (1, 0, 0)[0]  # band 1 = 1, bands 2-3 = 0: not nodata in every band
-    t[0, 0, 16:, :8] = 1
+    t[0, 0, 16:, :8] = 200  # band 1 = 200, bands 2-3 = 0 (nodata) here: not nodata in every band
+    assert (t[0, 1:, 16:, :8] == 0).all() and (t[0, 0, 16:, :8] != 0).all()  # the bands really differ
     gray, bands = tile_entropy(t, nodata=0)
     g_ref, b_ref = reference_entropy(t[0], nodata=0)
     assert gray[0] == pytest.approx(g_ref, abs=1e-12) and bands[0].tolist() == pytest.approx(b_ref, abs=1e-12)
-    assert 0 < gray[0] < 1  # 512 px of one value vs 128 of another
+    # 512 valid px at 50 and 128 at (200, 0, 0): an "any band is nodata" rule would drop the 128
+    # and give 0 bits everywhere; counting nodata pixels would add a third value.
+    assert tile_histograms(t, nodata=0)[0].sum(axis=1).tolist() == [640] * 4
+    assert 0 < gray[0] < 1 and (0 < bands[0]).all() and (bands[0] < 1).all()
+    p = np.array([512, 128]) / 640
+    assert bands[0, 1] == pytest.approx(-(p * np.log2(p)).sum(), abs=1e-12)  # band 2 counts its zeros
     empty = np.zeros((1, 4, 8, 8), np.uint8)
     g, b = tile_entropy(empty, nodata=0)
     assert np.isnan(g[0]) and np.isnan(b[0]).all()  # no data, no entropy

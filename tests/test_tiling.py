@@ -145,3 +145,13 @@ def test_mask_band_marks_nodata_when_there_is_no_nodata_value(tmp_path):
     assert table["nodata_frac"].tolist() == [0.5, 0.5]
     assert table["entropy"].iloc[1] == 0.0  # only the constant, valid half counts
     assert table["entropy"].iloc[0] > 7
+
+
+def test_footprints_are_counter_clockwise(scene):
+    # RFC 7946 / GeoParquet: exterior rings counter-clockwise, in the raster CRS and in EPSG:4326
+    import shapely
+
+    table, native = tile_grid(describe_raster(scene.path))
+    assert shapely.is_ccw(shapely.get_exterior_ring(native)).all()
+    assert shapely.is_ccw(shapely.get_exterior_ring(table["geometry"].to_numpy())).all()
+    assert np.allclose(shapely.area(native), 256.0 * 256.0)  # same squares, turned around only
