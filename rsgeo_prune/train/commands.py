@@ -1,0 +1,147 @@
+"""Front-end glue of the training wing: argparse registration and run functions for the
+``train-vae`` and ``encode`` sub-commands (the CLI wires them; they raise
+:class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input, which the CLI prints as one line, exit 2).
+
+Also runnable on its own: ``python -m rsgeo_prune.train.commands train-vae CATALOG --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import RSGeoPruneError
+
+
+def _bands(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",") if b.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1-based band indexes such as 1,2,3,4") from exc
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("catalog", help="tiles.parquet or catalog.parquet (one row per tile)")
+    p.add_argument("--select", default="kept",
+                   help="which tiles: 'kept' (default), 'all', or a pandas query such as \"kept and entropy > 5\"")
+    p.add_argument("--tile-ids", default=None, help="a text file of tile_ids, one per line (overrides --select)")
+    p.add_argument("--bands", type=_bands, default=None,
+                   help="1-based bands, e.g. 1,2,3,4 (default: R,G,B,NIR when the raster names them, else all)")
+    p.add_argument("--crop", type=int, default=None, help="train on crops of this many pixels (default: whole tiles)")
+    p.add_argument("--nodata", type=float, default=None, help="nodata value for rasters that declare none")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``rsgeo-prune train-vae CATALOG --out DIR``."""
+    from .vae import PRESETS, VAETrainConfig
+
+    d = VAETrainConfig()
+    _add_data_arguments(p)
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS), help=f"model size (default {d.preset})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps (default {d.steps})")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the state is saved when it runs out")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--kl-weight", type=float, default=d.kl_weight)
+    p.add_argument("--ssim-weight", type=float, default=d.ssim_weight)
+    p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file (nothing is downloaded)")
+    p.add_argument("--lpips-weight", type=float, default=0.0)
+    p.add_argument("--val-fraction", type=float, default=0.05, help="share of tiles (by tile_id hash) for validation")
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--no-dihedral", action="store_true", help="no random rotations and flips")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def add_encode_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``rsgeo-prune encode CATALOG --vae DIR --out DIR``."""
+    _add_data_arguments(p)
+    p.add_argument("--vae", required=True, help="the --out of train-vae (or its vae/ folder)")
+    p.add_argument("--shard-size", type=int, default=1024, help="tiles per shard")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _selection(args):
+    if args.tile_ids:
+        path = Path(args.tile_ids)
+        if not path.exists():
+            raise RSGeoPruneError(f"{path}: tile-id list not found")
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return args.select
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and value <= 0:
+        raise RSGeoPruneError(f"{name} {value}: must be positive")
+
+
+def run_train_vae(args) -> dict:
+    """Train the VAE; returns (and prints) a summary with the validation metrics."""
+    from .dataset import CatalogDataset, hash_split, load_table, select_rows
+    from .vae import VAETrainConfig, train_vae
+
+    for name in ("steps", "batch_size", "val_every", "save_every", "crop", "minutes"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    if not 0 < args.val_fraction < 1:
+        raise RSGeoPruneError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+    table = select_rows(load_table(args.catalog), _selection(args), source=str(args.catalog))
+    is_val = hash_split(table["tile_id"].astype(str), args.val_fraction)
+    if is_val.all() or not is_val.any():
+        raise RSGeoPruneError(f"{args.catalog}: {len(table)} tiles give an empty training or validation split; "
+                              "select more tiles or change --val-fraction")
+    common = dict(bands=args.bands, crop=args.crop, nodata=args.nodata, seed=args.seed)
+    train_ds = CatalogDataset(table[~is_val], select="all", dihedral=not args.no_dihedral, **common)
+    val_ds = CatalogDataset(table[is_val], select="all", random_crop=False, **common)
+    cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
+                         ssim_weight=args.ssim_weight, lpips=args.lpips, lpips_weight=args.lpips_weight,
+                         steps=args.steps, minutes=args.minutes, val_every=args.val_every,
+                         save_every=args.save_every, num_workers=args.workers, seed=args.seed, device=args.device)
+    res = train_vae(train_ds, val_ds, args.out, cfg, resume=args.resume, progress=not args.quiet)
+    summary = {"out": str(args.out), "step": res.step, "best_step": res.best_step, "best_val_loss": res.best_val,
+               "train_tiles": len(train_ds), "val_tiles": len(val_ds), **res.metrics}
+    print(json.dumps(summary))
+    return summary
+
+
+def run_encode(args) -> dict:
+    """Encode the selected tiles to latent shards; returns (and prints) the index."""
+    from .dataset import CatalogDataset
+    from .latents import encode_catalog
+
+    for name in ("shard_size", "batch_size", "crop"):
+        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    ds = CatalogDataset(args.catalog, select=_selection(args), bands=args.bands, crop=args.crop, random_crop=False,
+                        nodata=args.nodata)
+    index = encode_catalog(ds, args.vae, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
+                           device=args.device, num_workers=args.workers, progress=not args.quiet)
+    print(json.dumps({"out": str(args.out), "tiles": index["tiles"], "shards": len(index["shards"]),
+                      "latent_shape": index["latent_shape"]}))
+    return index
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rsgeo_prune.train.commands")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_train_vae_arguments(sub.add_parser("train-vae", help="train the 4-channel VAE from scratch"))
+    add_encode_arguments(sub.add_parser("encode", help="encode tiles to latent shards"))
+    args = ap.parse_args(argv)
+    try:
+        (run_train_vae if args.command == "train-vae" else run_encode)(args)
+    except RSGeoPruneError as exc:
+        print(f"rsgeo-prune {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Latent shards: every selected tile encoded once, so the DiT reads latents, never pixels.
+
+``encode_catalog`` writes ``out/shard-00000.safetensors, ...``: tensors ``mean`` and ``logvar``
+``(n, 4, H/8, W/8)`` float16 (the posterior ``q(z|x) = N(mean, exp(logvar))``), and in the
+safetensors metadata the shard's ``tile_ids`` (JSON list, row order), the VAE digest, the catalog
+digest and the latent scale. ``out/index.json`` (written last) lists the shards.
+
+Shard ``k`` always holds tiles ``[k·shard_size, (k+1)·shard_size)`` of the dataset's order, and each
+is written to a temporary name and renamed, so a killed run leaves only whole shards: rerunning the
+command keeps those that match (same VAE, same catalog digest, same tiles) and encodes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_output, check_writable
+from ..errors import RSGeoPruneError
+from .state import autocast, choose_device, progress_bar
+from .vae import latent_scale, load_vae, vae_digest
+
+INDEX_FILE = "index.json"
+FORMAT = "rsgeo-latents/1"
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.safetensors"
+
+
+def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int = 1024, batch_size: int = 32,
+                   device: str | None = None, num_workers: int = 0, progress: bool = True) -> dict:
+    """Encode every tile of ``ds`` to its posterior mean and log-variance, in resumable shards.
+
+    Args:
+        ds: a :class:`~rsgeo_prune.train.dataset.CatalogDataset` (no random crop, no dihedral: a tile's
+            latent must not depend on a draw).
+        vae_dir: the ``--out`` of ``train-vae`` (or its ``vae/`` folder).
+        out: shard folder; created if needed.
+        shard_size: tiles per shard.
+    Returns:
+        the index (also written to ``out/index.json``).
+    """
+    if getattr(ds, "random_crop", False) and getattr(ds, "crop", None) is not None or getattr(ds, "dihedral", False):
+        raise RSGeoPruneError("encode: the dataset draws random crops or flips; encode with a centred crop and no dihedral")
+    out = Path(out)
+    check_writable(out / INDEX_FILE)
+    _remove_temporaries(out)
+    dev = choose_device(device)
+    vae = load_vae(vae_dir, dev)
+    if vae.config.in_channels != ds.channels:
+        raise RSGeoPruneError(f"{vae_dir}: VAE takes {vae.config.in_channels} bands, the selection has {ds.channels}; "
+                              "select the bands the VAE was trained on (--bands)")
+    meta = {"format": FORMAT, "vae_digest": vae_digest(vae_dir), "catalog_digest": ds.digest(),
+            "latents_mean": json.dumps(latent_scale(vae)[0].flatten().tolist()),
+            "latents_std": json.dumps(latent_scale(vae)[1].flatten().tolist()),
+            "bands": json.dumps(list(ds.bands)), "shard_size": str(shard_size)}
+    n_shards = (len(ds) + shard_size - 1) // shard_size
+    done = [k for k in range(n_shards) if _shard_matches(out / shard_name(k), meta, ds.tile_ids[k * shard_size:(k + 1) * shard_size])]
+    todo = [k for k in range(n_shards) if k not in set(done)]
+    bar = progress_bar(len(ds), sum(min(shard_size, len(ds) - k * shard_size) for k in done), progress, unit="tile")
+    try:
+        for k in todo:
+            lo, hi = k * shard_size, min((k + 1) * shard_size, len(ds))
+            mean, logvar = _encode_range(vae, ds, lo, hi, batch_size, dev, num_workers, bar)
+            write_shard(out / shard_name(k), mean, logvar, ds.tile_ids[lo:hi], {**meta, "shard": str(k)})
+    finally:
+        bar.close()
+    index = {"format": FORMAT, "tiles": len(ds), "shards": [shard_name(k) for k in range(n_shards)],
+             "shard_size": shard_size, "latent_shape": list(_shard_shape(out / shard_name(0))),
+             **{k: (json.loads(v) if k in ("latents_mean", "latents_std", "bands") else v) for k, v in meta.items()
+                if k != "shard_size"}}
+    with atomic_output(out / INDEX_FILE) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
+    return index
+
+
+@torch.no_grad()
+def _encode_range(vae, ds, lo: int, hi: int, batch_size: int, device, num_workers: int, bar):
+    sub = torch.utils.data.Subset(ds, range(lo, hi))
+    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(0))
+    means, logvars = [], []
+    for batch in loader:
+        with autocast(device):
+            post = vae.encode(batch["image"].to(device)).latent_dist
+        means.append(post.mean.float().cpu().half())
+        logvars.append(post.logvar.float().cpu().half())
+        bar.update(batch["image"].shape[0])
+    return torch.cat(means), torch.cat(logvars)
+
+
+def write_shard(path: Path, mean: torch.Tensor, logvar: torch.Tensor, tile_ids, meta: dict) -> Path:
+    """One safetensors shard, written to a temporary name and renamed."""
+    from safetensors.torch import save_file
+
+    if len(tile_ids) != mean.shape[0]:
+        raise ValueError("one tile_id per latent")
+    with atomic_output(path) as tmp:
+        save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp),
+                  metadata={**meta, "tile_ids": json.dumps(list(tile_ids))})
+    return path
+
+
+def read_shard(path: str | Path) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:
+    """``(tile_ids, mean (n, C, h, w) fp16, logvar fp16, metadata)`` of one shard."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        mean, logvar = f.get_tensor("mean"), f.get_tensor("logvar")
+    return json.loads(meta.pop("tile_ids")), mean, logvar, meta
+
+
+def _shard_matches(path: Path, meta: dict, tile_ids) -> bool:
+    """A finished shard of this very encoding (same VAE, catalog, tiles); one of another encoding is an error."""
+    if not path.exists():
+        return False
+    try:
+        ids, mean, _, got = read_shard(path)
+    except Exception:
+        path.unlink()  # unreadable: encode it again
+        return False
+    for key in ("vae_digest", "catalog_digest"):
+        if got.get(key) != meta[key]:
+            raise RSGeoPruneError(f"{path}: a shard of another {key.split('_')[0]} ({key} differs); "
+                                  "encode into a new --out or delete the old shards")
+    return ids == list(tile_ids) and mean.shape[0] == len(tile_ids)
+
+
+def _shard_shape(path: Path) -> tuple:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return tuple(f.get_slice("mean").get_shape()[1:])
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Temporary shards of a killed run (``atomic_output`` names them ``.<stem>.tmp-<pid>.safetensors``)."""
+    for tmp in out.glob(".shard-*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+class LatentShards(torch.utils.data.Dataset):
+    """The latents of an ``encode`` folder, all in memory (4x32x32 fp16 latents of a 256-px tile take
+    8 KiB each: a million tiles in 16 GiB for mean and logvar).
+
+    A sample is ``{"mean", "logvar": fp16 (C, h, w), "tile_id"}``; :meth:`sample` draws
+    ``z ~ q(z|x)`` and :meth:`normalise` applies the VAE's measured scale.
+    """
+
+    def __init__(self, root: str | Path):
+        root = Path(root)
+        index_path = root / INDEX_FILE
+        if not index_path.exists():
+            raise RSGeoPruneError(f"{root}: no {INDEX_FILE} (encoding unfinished or not an encode folder); "
+                                  "run rsgeo-prune encode again with this --out")
+        self.index = json.loads(index_path.read_text())
+        ids, means, logvars = [], [], []
+        for name in self.index["shards"]:
+            t, m, lv, meta = read_shard(root / name)
+            if meta.get("vae_digest") != self.index["vae_digest"]:
+                raise RSGeoPruneError(f"{root / name}: shard of another VAE than {INDEX_FILE}; encode again")
+            ids += t
+            means.append(m)
+            logvars.append(lv)
+        self.tile_ids = ids
+        self.mean, self.logvar = torch.cat(means), torch.cat(logvars)
+        c = self.mean.shape[1]
+        self.latents_mean = torch.tensor(self.index["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
+        self.latents_std = torch.tensor(self.index["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.tile_ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"mean": self.mean[i], "logvar": self.logvar[i], "tile_id": self.tile_ids[i]}
+
+    def sample(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``z = mean + exp(logvar / 2) · ε`` in float32, ``(N, C, h, w)``."""
+        mean, logvar = mean.float(), logvar.float()
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    def normalise(self, z: torch.Tensor) -> torch.Tensor:
+        """``(z - latents_mean) / latents_std``: unit-scale latents for the diffusion model."""
+        return (z - self.latents_mean.to(z.device)) / self.latents_std.to(z.device)
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
+
+
+__all__ = ["LatentShards", "encode_catalog", "read_shard", "shard_name", "write_shard"]
