@@ -46,6 +46,8 @@ import math
 import numba
 import numpy as np
 
+from ._parallel import map_slices
+
 U64 = 2.0 ** -53  # unit roundoff of float64
 U32 = 2.0 ** -24  # unit roundoff of float32
 
@@ -87,11 +89,12 @@ def canonical_pair_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np
     cols = np.ascontiguousarray(cols, np.int64)
     norm_a = row_norms(a) if norm_a is None else norm_a
     norm_b = row_norms(b) if norm_b is None else norm_b
-    v = _pair_dots_kernel(a, b, rows, cols)
+    v = np.concatenate(map_slices(lambda i, j: _pair_dots_kernel(a, b, rows[i:j], cols[i:j]), len(rows),
+                                  _threads(), min_per_thread=4096)) if len(rows) else np.zeros(0)
     bound = _error_bound(a.shape[1], norm_a[rows], norm_b[cols])
     unsure = np.flatnonzero(~_certain(v, bound))
     out = v.astype(np.float32)
-    out[unsure] = _fsum_pairs(a.astype(np.float64), b.astype(np.float64), rows[unsure], cols[unsure])
+    out[unsure] = _fsum_pairs(a, b, rows[unsure], cols[unsure])
     return out
 
 
@@ -100,7 +103,9 @@ def row_norms(x: np.ndarray) -> np.ndarray:
     only for error bounds, which carry a factor 2 of safety)."""
     x = np.asarray(x)
     if x.dtype == np.float32:
-        return np.sqrt(_squares_kernel(np.ascontiguousarray(x)))
+        x = np.ascontiguousarray(x)
+        parts = map_slices(lambda i, j: _squares_kernel(x[i:j]), len(x), _threads(), min_per_thread=4096)
+        return np.sqrt(np.concatenate(parts)) if len(x) else np.zeros(0)
     return np.sqrt(np.einsum("ij,ij->i", x, x))
 
 
@@ -161,11 +166,18 @@ def _certain(v: np.ndarray, bound: np.ndarray) -> np.ndarray:
     return (lo == hi) | ~np.isfinite(v)
 
 
-def _fsum_pairs(a64: np.ndarray, b64_rows: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Correctly rounded float64 sums of the exact products of ``a64[r]`` and ``b64_rows[c]``, as float32."""
+def _threads() -> int:
+    """Threads for the pair kernels: as many as torch may use (the pipeline's tasks set 1)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _fsum_pairs(a: np.ndarray, b_rows: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Correctly rounded float64 sums of the exact products of ``a[r]`` and ``b_rows[c]``, as float32."""
     out = np.empty(len(rows), np.float32)
     for p, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
-        terms = a64[r] * b64_rows[c]  # exact products
+        terms = np.asarray(a[r], np.float64) * np.asarray(b_rows[c], np.float64)  # exact products
         out[p] = math.fsum(terms[terms != 0].tolist())
     return out
 

@@ -39,16 +39,21 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 8_192)
         raise RSGeoPruneError(f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)")
     if not np.isfinite(centroids).all():
         raise RSGeoPruneError("the centroid bank holds NaN or infinite values; rebuild it with `rsgeo-prune centroids`")
+    return _assign(embeddings, np.ascontiguousarray(centroids), block)
+
+
+def _assign(embeddings: np.ndarray, centroids: np.ndarray, block: int,
+            norm_e_all: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign` on checked float32 inputs; ``norm_e_all (N,)``: the rows' norms if known."""
     n = len(embeddings)
     cluster = np.empty(n, np.int32)
     similarity = np.empty(n, np.float32)
     if n == 0 or len(centroids) == 0:
         return cluster, similarity
-    centroids = np.ascontiguousarray(centroids)
     norm_c = row_norms(centroids)
     for start in range(0, n, max(1, block)):
         part = np.ascontiguousarray(embeddings[start:start + block])
-        norm_e = row_norms(part)
+        norm_e = row_norms(part) if norm_e_all is None else norm_e_all[start:start + len(part)]
         _check_finite_rows(norm_e, start)
         rows, cols = _screen(part, centroids, norm_e, float(norm_c.max()))
         sims = canonical_pair_dots(part, centroids, rows, cols, norm_a=norm_e, norm_b=norm_c)
@@ -82,10 +87,11 @@ def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters:
         raise RSGeoPruneError("reference embeddings hold NaN; check the embedder on the reference images")
     x = np.ascontiguousarray(x, np.float32)
     c = _seed_kmeanspp(x, k, np.random.default_rng(seed))
+    norms = row_norms(x)  # once: every round's assignment needs them
     labels = np.full(n, -1, np.int64)
     stale = True  # c changed since labels were computed
     for _ in range(iters):
-        new_labels, s = assign(x, c)
+        new_labels, s = _assign(x, c, 8_192, norms)
         moved = int((new_labels != labels).sum())
         labels, stale = new_labels.astype(np.int64), False
         if moved <= tol * n:  # (almost) no point changed cluster: converged
@@ -94,7 +100,7 @@ def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters:
         _repair_empty_clusters(sums, counts, x, s)
         c, stale = unit_rows(sums.astype(np.float32)), True
     if stale:
-        labels = assign(x, c)[0].astype(np.int64)
+        labels = _assign(x, c, 8_192, norms)[0].astype(np.int64)
     return c, labels
 
 
@@ -116,20 +122,45 @@ def _screen(part: np.ndarray, centroids: np.ndarray, norm_e: np.ndarray, max_nor
     The float32 product ``S`` is off by at most ``E = γ_D(2^-24)·‖e‖·max‖c‖`` (any summation order,
     FMA or not; plus ``D·2^-125`` for products that underflow), and a canonical value is within
     ``δ = 2^-23·‖e‖·‖c‖`` of the exact one. The canonical nearest ``j*`` therefore has
-    ``S_j* ≥ max S - 2E - 2δ``; both margins are doubled again for safety. A row whose product
-    overflowed is kept whole.
+    ``S_j* ≥ max S - 2E - 2δ``; the margin is doubled again for safety. A row whose product
+    overflowed keeps every centroid.
     """
     import torch
 
     d = part.shape[1]
     with torch.inference_mode():
-        s = torch.from_numpy(part) @ torch.from_numpy(centroids).T
-        top = s.max(dim=1).values
-        margin = 2.0 * (2.0 * (gamma(d, U32) + 2.0 * U32) * norm_e * max_norm_c + d * 2.0 ** -125)
-        floor = top.double() - torch.from_numpy(margin)
-        floor[~torch.isfinite(top)] = -math.inf  # overflow: every centroid is a candidate
-        rows, cols = torch.nonzero(s.double() >= floor[:, None], as_tuple=True)
-    return rows.numpy(), cols.numpy()
+        s = (torch.from_numpy(part) @ torch.from_numpy(centroids).T).numpy()
+    margin = 2.0 * (2.0 * (gamma(d, U32) + 2.0 * U32) * norm_e * max_norm_c + d * 2.0 ** -125)
+    return _candidates(s, margin)
+
+
+@numba.njit(cache=True, nogil=True)
+def _candidates(s, margin):  # pragma: no cover - compiled
+    # per row: the screened maximum, then every column within ``margin`` of it (float64 compare)
+    b, k = s.shape
+    floor = np.empty(b, np.float64)
+    count = 0
+    for i in range(b):
+        top = -np.inf
+        finite = True
+        for j in range(k):
+            v = np.float64(s[i, j])
+            finite = finite and np.isfinite(v)
+            top = max(top, v)
+        floor[i] = top - margin[i] if finite else np.nan  # NaN floor: overflow, keep every column
+        for j in range(k):
+            if not np.float64(s[i, j]) < floor[i]:
+                count += 1
+    rows = np.empty(count, np.int64)
+    cols = np.empty(count, np.int64)
+    p = 0
+    for i in range(b):
+        for j in range(k):
+            if not np.float64(s[i, j]) < floor[i]:
+                rows[p] = i
+                cols[p] = j
+                p += 1
+    return rows, cols
 
 
 def _best_per_row(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
