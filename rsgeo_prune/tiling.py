@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 #: Footprint edges are split into this many segments before reprojection to EPSG:4326.
 DENSIFY_SEGMENTS = 16
+#: Version of the values this module puts in a tile table for a given input. Bumped when they
+#: change (2: NaN is nodata without a declared nodata value, ``gsd`` in metres, counter-clockwise
+#: footprints), so that a run directory's cached tile table can be keyed on it.
+TILE_TABLE_VERSION = 2
 
 
 def tile_offsets(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
