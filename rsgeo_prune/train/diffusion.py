@@ -47,7 +47,12 @@ class Diffusion(ABC):
 
     @abstractmethod
     def loss(
-        self, model: Model, x0: torch.Tensor, *, generator: torch.Generator | None = None, model_kwargs: dict | None = None
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        model_kwargs: dict | None = None,
     ) -> torch.Tensor:
         """Mean-squared error of the model's prediction on x0 (N, C, H, W) noised at random times; a scalar."""
 
@@ -211,7 +216,9 @@ class RectifiedFlow(Diffusion):
         return F.mse_loss(pred.float(), (noise - x0).float())
 
     @torch.no_grad()
-    def sample(self, model, shape, *, steps: int = 50, generator=None, device=None, dtype=torch.float32, model_kwargs=None):
+    def sample(
+        self, model, shape, *, steps: int = 50, generator=None, device=None, dtype=torch.float32, model_kwargs=None
+    ):
         """Euler from τ = 1 (noise) to τ = 0 on the uniform grid linspace(1, 0, steps + 1); one draw (x_1)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")

@@ -122,7 +122,8 @@ def test_losses_of_the_zero_model():
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
     x0 = 2.0 * torch.ones(512, 4, 4, 4)
     assert DDPM().loss(zero, x0, generator=_gen(0)).item() == pytest.approx(1.0, abs=0.02)
-    assert RectifiedFlow().loss(zero, x0, generator=_gen(0)).item() == pytest.approx(5.0, abs=0.1)  # σ of this mean ≈ 0.023
+    # σ of this mean ≈ 0.023
+    assert RectifiedFlow().loss(zero, x0, generator=_gen(0)).item() == pytest.approx(5.0, abs=0.1)
 
 
 def test_loss_calls_model_with_documented_time_scale():
