@@ -93,11 +93,19 @@ def _oriented(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 def write_catalog(table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None) -> Path:
     """The run catalog: spatial row order and file metadata (version, config, bank digest)."""
-    from . import __version__
-
     gdf = spatial_order(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
-    return write_geoparquet(gdf, path, metadata={"version": __version__, "config": config,
+    return write_geoparquet(gdf, path, metadata={"version": _package_version(), "config": config,
                                                  "centroid_bank_digest": bank_digest})
+
+
+def _package_version() -> str:
+    # As rsgeo_prune.__version__, without importing the package root (which imports every stage).
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rsgeo_prune")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def read_catalog(path: str | Path) -> gpd.GeoDataFrame:
