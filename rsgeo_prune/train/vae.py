@@ -114,7 +114,11 @@ def vae_digest(path: str | Path) -> str:
         if f.name == REPORT_FILE:
             continue  # the report changes with evaluation, the model does not
         h.update(f.name.encode())
-        h.update(f.read_bytes())
+        if f.suffix == ".json":  # the config without the folder it was loaded from
+            cfg = {k: v for k, v in json.loads(f.read_text()).items() if k != "_name_or_path"}
+            h.update(json.dumps(cfg, sort_keys=True).encode())
+        else:
+            h.update(f.read_bytes())
     return h.hexdigest()
 
 
@@ -461,7 +465,7 @@ def evaluate(vae, ds, cfg: VAETrainConfig | None = None, device="cpu", *, baseli
     n = 0
     for batch in _plain_loader(ds, batch_size, limit):
         x = batch["image"].to(device)
-        with autocast(torch.device(device) if isinstance(device, str) else device):
+        with autocast(device):
             y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float()
         x01 = (x.float() + 1) / 2
         m_vae.update((y + 1) / 2, x01)

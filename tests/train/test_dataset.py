@@ -1,0 +1,141 @@
+"""CatalogDataset: windows equal direct rasterio reads, nodata mask, dihedral flips, workers, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from rsgeo_prune import TileConfig, tiles_stage
+from rsgeo_prune.entropy import scene_percentiles
+from rsgeo_prune.errors import RSGeoPruneError
+from rsgeo_prune.train.dataset import CatalogDataset, dihedral, hash_split
+
+torch.set_num_threads(1)
+
+
+def _raster(path, dtype, bands, nodata, seed=0, size=(96, 128)):
+    rng = np.random.default_rng(seed)
+    hi = 255 if dtype == "uint8" else 4000
+    data = rng.integers(1, hi, (bands, *size)).astype(dtype)
+    data[:, :10, :20] = nodata  # a nodata corner, in every band
+    data[0, 50, 50] = nodata  # nodata in one band only: still a valid pixel
+    with rasterio.open(path, "w", driver="GTiff", width=size[1], height=size[0], count=bands, dtype=dtype,
+                       crs="EPSG:32614", transform=from_origin(500000, 5000000, 1, 1), nodata=nodata,
+                       tiled=True, blockxsize=32, blockysize=32) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.mark.parametrize("dtype,bands", [("uint8", 3), ("uint8", 4), ("uint16", 3), ("uint16", 4)])
+def test_windows_equal_direct_rasterio_reads(tmp_path, dtype, bands):
+    path = _raster(tmp_path / f"r_{dtype}_{bands}.tif", dtype, bands, nodata=0 if dtype == "uint8" else 9999)
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    ds = CatalogDataset(table)
+    assert len(ds) == 12 and ds.bands == list(range(1, bands + 1))
+    with rasterio.open(path) as src:
+        nodata = src.nodata
+        lo, hi = scene_percentiles(str(path), nodata) if dtype != "uint8" else (None, None)
+        for i in range(len(ds)):
+            r = table.iloc[i]
+            raw = src.read(window=Window(r.col_off, r.row_off, r.width, r.height)).astype(np.float64)
+            valid = ~(raw == nodata).all(axis=0)
+            if dtype == "uint8":
+                unit = raw / 255.0
+            else:
+                unit = np.clip((raw - np.reshape(lo, (-1, 1, 1))) / (np.reshape(hi, (-1, 1, 1)) - np.reshape(lo, (-1, 1, 1))), 0, 1)
+            expected = np.where(valid, unit * 2 - 1, -1.0)
+            s = ds[i]
+            assert s["tile_id"] == r.tile_id
+            assert s["image"].dtype == torch.float32 and s["image"].shape == (bands, 32, 32)
+            np.testing.assert_array_equal(s["valid"].numpy(), valid)
+            np.testing.assert_allclose(s["image"].numpy(), expected, atol=2e-6)
+    first = ds[0]
+    assert not first["valid"][:10, :20].any() and first["valid"][10:, 20:].all()
+    assert (first["image"][:, :10, :20] == -1).all()
+
+
+def test_band_selection_and_fill(tmp_path):
+    path = _raster(tmp_path / "r.tif", "uint8", 4, nodata=0)
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    ds = CatalogDataset(table, bands=[4, 1], fill=0.0)
+    with rasterio.open(path) as src:
+        raw = src.read([4, 1], window=Window(0, 0, 32, 32)).astype(np.float32)
+    s = ds[0]["image"].numpy()
+    np.testing.assert_allclose(s[:, 10:, 20:], raw[:, 10:, 20:] / 255 * 2 - 1, atol=2e-6)
+    assert (s[:, :10, :20] == 0).all()
+
+
+def test_naip_default_band_order_from_descriptions(scene):
+    table = tiles_stage([scene.path], TileConfig(), progress=False)
+    ds = CatalogDataset(table)
+    assert ds.bands == [1, 2, 3, 4]  # synth names its bands red, green, blue, nir
+
+
+def test_dihedral_keeps_the_pixel_multiset_and_forms_the_group():
+    a = np.arange(2 * 5 * 5).reshape(2, 5, 5)
+    outs = [dihedral(a, k) for k in range(8)]
+    for o in outs:
+        assert sorted(o.ravel()) == sorted(a.ravel())
+    assert len({o.tobytes() for o in outs}) == 8  # all eight are distinct on an asymmetric array
+    np.testing.assert_array_equal(dihedral(a, 1), np.rot90(a, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(dihedral(a, 4), a[:, :, ::-1])
+
+
+def test_dihedral_and_crop_samples_are_pure_functions_of_seed_epoch_index(scene):
+    table = tiles_stage([scene.path], TileConfig(), progress=False)
+    ds = CatalogDataset(table, crop=64, dihedral=True, seed=3)
+    plain = CatalogDataset(table, seed=3)
+    a, b = ds[5]["image"], ds[5]["image"]
+    assert torch.equal(a, b) and a.shape == (4, 64, 64)
+    full = plain[5]["image"].numpy()
+    # the crop is a window of the tile, up to one of the eight transforms
+    sub = a.numpy()
+    found = any((dihedral(sub, k)[..., :, :] == full[:, y:y + 64, x:x + 64]).all()
+                for k in range(8) for y in range(0, 193) for x in range(0, 193)
+                if np.isclose(dihedral(sub, k)[0, 0, 0], full[0, y, x]))
+    assert found
+    ds.set_epoch(1)
+    assert not torch.equal(ds[5]["image"], a)  # a new epoch draws anew
+
+
+def test_two_worker_loader_returns_the_same_tiles(scene):
+    table = tiles_stage([scene.path], TileConfig(), progress=False)
+    ds = CatalogDataset(table, crop=32)
+    one = [t for b in torch.utils.data.DataLoader(ds, batch_size=4) for t in b["tile_id"]]
+    two = [t for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2) for t in b["tile_id"]]
+    assert sorted(one) == sorted(two) == sorted(ds.tile_ids) and len(set(one)) == len(ds)
+
+
+def test_selection_by_query_and_tile_ids(scene):
+    table = tiles_stage([scene.path], TileConfig(), progress=False)
+    ids = table["tile_id"].tolist()[:3][::-1]
+    assert CatalogDataset(table, select=ids).tile_ids == ids
+    assert len(CatalogDataset(table, select="all")) == len(table)
+    assert len(CatalogDataset(table, select="row_off == 0")) == 8
+    with pytest.raises(RSGeoPruneError, match="not in catalog"):
+        CatalogDataset(table, select=["nope/0_0"])
+
+
+def test_hash_split_is_per_tile_and_near_the_fraction():
+    ids = [f"s/{i}_{j}" for i in range(40) for j in range(50)]
+    v = hash_split(ids, 0.1)
+    assert 0.08 < v.mean() < 0.12
+    np.testing.assert_array_equal(hash_split(ids[::7], 0.1), v[::7])  # independent of the other tiles
+
+
+def test_bad_input_gives_one_clear_error(tmp_path, scene):
+    table = pd.DataFrame(tiles_stage([scene.path], TileConfig(), progress=False))
+    moved = table.assign(href=str(tmp_path / "gone.tif"))
+    with pytest.raises(RSGeoPruneError, match="gone.tif: raster not found"):
+        CatalogDataset(moved)
+    with pytest.raises(RSGeoPruneError, match="no kept tiles"):
+        CatalogDataset(table.assign(kept=False))
+    with pytest.raises(RSGeoPruneError, match="band 5: out of range"):
+        CatalogDataset(table, bands=[1, 5])
+    with pytest.raises(RSGeoPruneError, match="crop 300: larger"):
+        CatalogDataset(table, crop=300)

@@ -1,0 +1,123 @@
+"""The 4-channel VAE: shapes, learning, exact resume, saved format, metrics with known answers, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from rsgeo_prune import TileConfig, synth, tiles_stage
+from rsgeo_prune.errors import RSGeoPruneError
+from rsgeo_prune.train.dataset import CatalogDataset
+from rsgeo_prune.train.state import load_state, read_metrics, seed_everything
+from rsgeo_prune.train.vae import (PRESETS, ReconMetrics, VAETrainConfig, bicubic_x8, build_vae, load_vae, train_vae,
+                                   validation_loss, vae_digest)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae")
+    sc = synth.write_scene(root / "s.tif", rows=4, cols=4, tile_size=64, seed=2, nodata_rows=0)
+    return tiles_stage([sc.path], TileConfig(tile_size=64), progress=False)
+
+
+def _cfg(**kw):
+    base = dict(preset="tiny", batch_size=4, steps=8, val_every=4, save_every=4, log_every=2, val_tiles=8)
+    return VAETrainConfig(**{**base, **kw})
+
+
+def test_presets_map_64px_tiles_to_4x8x8_latents_and_back():
+    for name in ("tiny", "small"):
+        vae = build_vae(name).eval()
+        x = torch.rand(2, 4, 64, 64) * 2 - 1
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+            y = vae.decode(z).sample
+        assert z.shape == (2, 4, 8, 8) and y.shape == (2, 4, 64, 64)
+    assert vae.config.scaling_factor == 1.0  # not Stable Diffusion's 0.18215
+    assert build_vae("tiny", downsample=4).encode(torch.zeros(1, 4, 64, 64)).latent_dist.mean.shape == (1, 4, 16, 16)
+    assert set(PRESETS) >= {"tiny", "small", "sd"}
+    with pytest.raises(RSGeoPruneError, match="preset 'huge'"):
+        build_vae("huge")
+
+
+def test_thirty_steps_lower_the_reconstruction_loss(tiles, tmp_path):
+    ds = CatalogDataset(tiles)
+    cfg = _cfg(steps=30, val_every=30, save_every=30, val_tiles=16, lr=2e-3)
+    seed_everything(cfg.seed)
+    before = validation_loss(build_vae("tiny"), ds, cfg, "cpu")  # the same initial weights train_vae draws
+    res = train_vae(ds, ds, tmp_path / "run", cfg, progress=False)
+    assert res.step == 30 and res.best_val < 0.85 * before
+    l1 = [r["l1"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "l1" in r]
+    assert len(l1) == 15 and all(v > 0 for v in l1)  # one record per log_every=2 steps
+
+
+def test_killed_then_resumed_run_ends_with_the_same_weights(tiles, tmp_path):
+    ds = CatalogDataset(tiles, crop=32, dihedral=True)
+    train_vae(ds, ds, tmp_path / "a", _cfg(), progress=False)
+    killed = train_vae(ds, ds, tmp_path / "b", _cfg(stop_at=6), progress=False)  # state saved at step 4
+    assert killed.step == 6 and not (tmp_path / "b" / "recon.png").exists()
+    with pytest.raises(RSGeoPruneError, match="pass --resume"):
+        train_vae(ds, ds, tmp_path / "b", _cfg(), progress=False)
+    train_vae(ds, ds, tmp_path / "b", _cfg(), resume=True, progress=False)
+    a, b = build_vae("tiny"), build_vae("tiny")
+    sa = load_state(tmp_path / "a" / "state.pt", model=a)
+    sb = load_state(tmp_path / "b" / "state.pt", model=b)
+    assert sa["step"] == sb["step"] == 8
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert vae_digest(tmp_path / "a") == vae_digest(tmp_path / "b")
+
+
+def test_saved_vae_loads_in_diffusers_with_its_latent_scale_and_report(tiles, tmp_path):
+    from diffusers import AutoencoderKL
+
+    ds = CatalogDataset(tiles)
+    train_vae(ds, ds, tmp_path / "run", _cfg(), progress=False)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "run" / "vae")
+    assert len(vae.config.latents_mean) == 4 and all(s > 0 for s in vae.config.latents_std)
+    assert (tmp_path / "run" / "vae" / "diffusion_pytorch_model.safetensors").exists()
+    report = json.loads((tmp_path / "run" / "vae" / "rsgeo_vae.json").read_text())
+    assert len(report["validation"]["vae"]["psnr_band"]) == 4 and "bicubic_x8" in report["validation"]
+    assert report["best_step"] in (4, 8) and report["bands"] == [1, 2, 3, 4]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "run" / "recon.png").size == (8 * 64, 4 * 64)  # 8 tiles; RGB and NIR-R-G rows
+    assert load_vae(tmp_path / "run").config.in_channels == 4
+
+
+def test_metrics_known_answers():
+    x = torch.rand(3, 4, 32, 32) * 0.8 + 0.1
+    m = ReconMetrics(4)
+    m.update(x, x)
+    r = m.compute()
+    assert r["psnr"] == 100.0 and r["sam_deg"] < 0.1 and min(r["ssim_band"]) > 0.999
+    m = ReconMetrics(4)
+    m.update((x + 0.1).clamp(0, 1), x)  # MSE 0.01 → 20 dB
+    assert abs(m.compute()["psnr_band"][0] - 20.0) < 0.01
+    m = ReconMetrics(4)
+    m.update(x * 0.5, x)  # the same spectrum, darker: no spectral angle
+    assert m.compute()["sam_deg"] < 0.1
+    flat = torch.full((1, 4, 64, 64), 0.3)
+    assert torch.allclose(bicubic_x8(flat), flat, atol=1e-6)
+
+
+def test_bad_output_folder_leaves_nothing(tiles, tmp_path):
+    ds = CatalogDataset(tiles)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+        with pytest.raises(RSGeoPruneError, match="not writable"):
+            train_vae(ds, ds, ro / "run", _cfg(), progress=False)
+    finally:
+        os.chmod(ro, 0o700)
+    with pytest.raises(RSGeoPruneError, match="fewer than one batch"):
+        train_vae(CatalogDataset(tiles, select=tiles["tile_id"][:2].tolist()), ds, tmp_path / "x", _cfg(), progress=False)
+    assert not (tmp_path / "x" / "state.pt").exists() and not (tmp_path / "x" / "vae").exists()
