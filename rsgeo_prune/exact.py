@@ -23,11 +23,18 @@ How it is computed fast (the rounding argument)
 3. **Certify, else recompute.** With ``e = (2·γ_m + 4u)·‖a_i‖·‖b_j‖`` (a factor 2 of safety for
    the norms' own rounding, and ``4u`` to cover the rounding of ``v ± e``), the exact ``x`` and
    hence ``f64(x)`` lie in ``[v - e, v + e]``. Rounding to float32 is monotone, so when
-   ``f32(v - e) == f32(v + e)`` that float32 *is* ``f32(f64(x))``. The other entries (a rate of
-   about 1e-4 to 1e-2 in practice, see the tests and benchmarks) are recomputed with
-   :func:`math.fsum` of the exact products, which is correctly rounded: ``f64(x)`` exactly.
+   ``f32(v - e) == f32(v + e)`` that float32 *is* ``f32(f64(x))``: ``f64(x)`` lies between
+   the two float64 endpoints too, as rounding to float64 is monotone and they are float64 numbers.
+4. **The few others are recomputed twice as precisely** (a rate of about 1e-3 for unit vectors,
+   see the benchmarks): a compensated sum (Ogita, Rump & Oishi 2005, *Sum2*: Knuth's error-free
+   TwoSum, no multiply to fuse) gives ``r`` with ``|r - x| ≤ u·|x| + γ_m²·Σ|a_ik b_kj|``, and the
+   same certificate is applied with that bound (doubled, plus ``4u·|r|`` for the endpoints'
+   rounding). Only entries within a few float64 ulps of a float32 rounding boundary remain; they
+   get :func:`math.fsum`, correctly rounded: ``f64(x)`` exactly.
 
-Both branches give ``f32(f64(x))``, so the result never depends on which branch ran.
+Every branch gives ``f32(f64(x))``, so the result never depends on which branch ran. An exact
+zero is returned as ``+0.0`` (a BLAS may produce ``-0.0``), and the certificate compares bit
+patterns, so ``±0.0`` is never mistaken for one value.
 The rest of a canonical pipeline is elementwise IEEE arithmetic (``+ - * / sqrt`` are correctly
 rounded on every IEEE-754 machine).
 
@@ -61,18 +68,20 @@ def gamma(m, u: float = U64):
 def canonical_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``f32(f64(exact a @ b))`` for float32 ``a (M, n)`` and ``b (n, K)``: float32 ``(M, K)``.
 
-    One float64 BLAS product, a certified-rounding check per entry, and :func:`math.fsum` for the
-    few entries the check cannot certify (see the module docstring).
+    One float64 BLAS product, a certified-rounding check per entry, and a recomputation of the few
+    entries the check cannot certify (see the module docstring). A Fortran-ordered ``b`` (the
+    transpose of a row-major ``(K, n)`` array) avoids one copy of ``b``.
     """
-    a64, b64 = _as_float32_valued(a, 2), _as_float32_valued(b, 2)
-    if a64.shape[1] != b64.shape[0]:
-        raise ValueError(f"inner dimensions differ: {a64.shape} @ {b64.shape}")
-    v = _float64_product(a64, b64)
-    bound = _error_bound(np.count_nonzero(a64, axis=1)[:, None], row_norms(a64)[:, None], row_norms(b64.T)[None, :])
+    a, b = _as_float32(a), _as_float32(b)
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"inner dimensions differ: {a.shape} @ {b.shape}")
+    v = _float64_product(a, b)
+    bound = _error_bound(np.count_nonzero(a, axis=1)[:, None], row_norms(a)[:, None], row_norms(b.T)[None, :])
     rows, cols = np.nonzero(~_certain(v, bound))
     out = v.astype(np.float32)
-    out[rows, cols] = _fsum_pairs(a64, b64.T, rows, cols)
-    return out
+    # b's columns as rows for the recomputation: free when b is Fortran-ordered (a transposed view)
+    out[rows, cols] = _recompute(a, np.ascontiguousarray(b.T), rows, cols)
+    return _plus_zero(out)
 
 
 def canonical_pair_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, *,
@@ -94,8 +103,8 @@ def canonical_pair_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np
     bound = _error_bound(a.shape[1], norm_a[rows], norm_b[cols])
     unsure = np.flatnonzero(~_certain(v, bound))
     out = v.astype(np.float32)
-    out[unsure] = _fsum_pairs(a, b, rows[unsure], cols[unsure])
-    return out
+    out[unsure] = _recompute(a, b, rows[unsure], cols[unsure])
+    return _plus_zero(out)
 
 
 def row_norms(x: np.ndarray) -> np.ndarray:
@@ -131,25 +140,23 @@ def unit_rows(z: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 # Steps
 # ---------------------------------------------------------------------------------------------
 
-def _as_float32_valued(x: np.ndarray, ndim: int) -> np.ndarray:
-    """float64 copy of ``x`` whose every value is a float32 (so that products are exact)."""
+def _as_float32(x: np.ndarray) -> np.ndarray:
+    """``x`` as a 2-d float32 array; float64 input must hold float32 values (products stay exact)."""
     x = np.asarray(x)
-    if x.ndim != ndim:
-        raise ValueError(f"expected a {ndim}-d array, got shape {x.shape}")
-    if x.dtype == np.float32:
-        return x.astype(np.float64)
-    x64 = np.asarray(x, np.float64)
-    if not np.array_equal(x64.astype(np.float32).astype(np.float64), x64, equal_nan=True):
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-d array, got shape {x.shape}")
+    x32 = np.asarray(x, np.float32)  # C or Fortran order kept (see canonical_matmul)
+    if x.dtype != np.float32 and not np.array_equal(x32.astype(x.dtype), x, equal_nan=True):
         raise ValueError("canonical products need float32 values; round the input to float32 first")
-    return x64
+    return x32
 
 
-def _float64_product(a64: np.ndarray, b64: np.ndarray) -> np.ndarray:
-    """``a64 @ b64`` by torch's float64 BLAS (any thread count: the result is only certified, not trusted)."""
+def _float64_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float64 by torch's float64 BLAS (any thread count: the result is only certified, not trusted)."""
     import torch
 
     with torch.inference_mode():
-        return (torch.from_numpy(np.ascontiguousarray(a64)) @ torch.from_numpy(np.ascontiguousarray(b64))).numpy()
+        return (torch.from_numpy(a).double() @ torch.from_numpy(b).double()).numpy()
 
 
 def _error_bound(m, norm_a, norm_b) -> np.ndarray:
@@ -162,8 +169,27 @@ def _certain(v: np.ndarray, bound: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):
         lo = (v - bound).astype(np.float32)
         hi = (v + bound).astype(np.float32)
-    # non-finite v: no recomputation (fsum would raise on inf - inf); it stays non-finite
-    return (lo == hi) | ~np.isfinite(v)
+    # bits, not ==: -0.0 and +0.0 are different results. Non-finite v: no recomputation (fsum
+    # would raise on inf - inf); it stays non-finite
+    return (lo.view(np.uint32) == hi.view(np.uint32)) | ~np.isfinite(v)
+
+
+def _plus_zero(x: np.ndarray) -> np.ndarray:
+    x[x == 0] = 0.0  # -0.0 → +0.0: the canonical zero
+    return x
+
+
+def _recompute(a: np.ndarray, b_rows: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Canonical ``a[rows[p]] · b_rows[cols[p]]`` (float32 ``(P,)``) for entries the float64 product
+    could not certify: a certified compensated sum, else :func:`math.fsum` (docstring, point 4)."""
+    if not len(rows):
+        return np.zeros(0, np.float32)
+    r, abs_sum = _compensated_kernel(a, b_rows, np.asarray(rows, np.int64), np.asarray(cols, np.int64))
+    bound = 2.0 * (U64 * np.abs(r) + gamma(a.shape[1]) ** 2 * abs_sum) + 4.0 * U64 * np.abs(r)
+    out = r.astype(np.float32)
+    unsure = np.flatnonzero(~_certain(r, bound))
+    out[unsure] = _fsum_pairs(a, b_rows, rows[unsure], cols[unsure])
+    return out
 
 
 def _threads() -> int:
@@ -201,6 +227,31 @@ def _pair_dots_kernel(a, b, rows, cols):  # pragma: no cover - compiled
             s0 += np.float64(a[r, k]) * np.float64(b[c, k])
         out[p] = (s0 + s1) + (s2 + s3)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _compensated_kernel(a, b, rows, cols):  # pragma: no cover - compiled
+    # Sum2 of the exact float64 products: TwoSum carries every addition's rounding error into c
+    # (adds and subtracts only, in this order: nothing for a compiler to fuse or reassociate
+    # without fastmath); also the sum of |products| for the error bound
+    out = np.empty(rows.shape[0], np.float64)
+    abs_sum = np.empty(rows.shape[0], np.float64)
+    for p in range(rows.shape[0]):
+        ar = a[rows[p]]
+        bc = b[cols[p]]
+        s = 0.0
+        c = 0.0
+        t = 0.0
+        for k in range(ar.shape[0]):
+            x = np.float64(ar[k]) * np.float64(bc[k])
+            y = s + x
+            z = y - s
+            c += (s - (y - z)) + (x - z)
+            s = y
+            t += abs(x)
+        out[p] = s + c
+        abs_sum[p] = t
+    return out, abs_sum
 
 
 @numba.njit(cache=True, nogil=True)

@@ -14,6 +14,12 @@ For a tile ``(C, H, W)`` in [0, 1], pooled by an integer factor so that its side
 
 Each block is ℓ2-normalised and weighted (1, 0.5, 0.5) before the whole vector is normalised.
 Leave-one-out 1-NN accuracy on the 120 real AID samples: about 0.64 (chance 0.03).
+
+**Same bits for a tile alone or in any batch, on any thread count or CPU.** The statistics are
+computed per tile by serial kernels (no fastmath, so no reassociation or FMA contraction; gradient
+bins by exact comparisons with powers of two rather than a libm ``log2``); the projection is
+:func:`rsgeo_prune.exact.canonical_matmul` and every normalisation is
+:func:`rsgeo_prune.exact.unit_rows`, which are canonical (independent of BLAS blocking).
 """
 
 from __future__ import annotations
@@ -22,13 +28,22 @@ import numba
 import numpy as np
 
 from .._parallel import map_slices
-from . import as_unit_float, l2_normalise
+from ..exact import canonical_matmul, unit_rows
+from . import as_unit_float
 
+# The kernels read these module globals, which numba freezes as compile-time constants.
 COLOR_LEVELS = 16
+COLOR_BINS = COLOR_LEVELS ** 3
 COLOR_DIM = 1024
 GRAD_BINS = 8
+GRAD_OCTAVES = 8  # gradient magnitudes from 2^-GRAD_OCTAVES to 1
 GRAD_SCALES = 3
+# lower edges of gradient bins 1.. (bin 0 is below the first): exact powers of two while GRAD_BINS
+# divides GRAD_OCTAVES·k, so binning is exact comparison, not a libm log2 that may differ by an ulp
+GRAD_FLOOR = 2.0 ** -GRAD_OCTAVES  # added to the magnitude, so that log2 starts at -GRAD_OCTAVES
+GRAD_EDGES = tuple(2.0 ** (GRAD_OCTAVES * k / GRAD_BINS - GRAD_OCTAVES) for k in range(1, GRAD_BINS))
 NDVI_BINS = 16
+LUMA = (0.299, 0.587, 0.114)  # BT.601 weights of R, G, B
 BLOCK_WEIGHTS = (1.0, 0.5, 0.5)
 PROJECTION_SEED = 20261122
 TARGET_SIDE = 128
@@ -59,12 +74,14 @@ def _grad_hist(gray, out, offset):  # pragma: no cover - compiled
         for x in range(1, w - 1):
             gx = 0.5 * (gray[y, x + 1] - gray[y, x - 1])
             gy = 0.5 * (gray[y + 1, x] - gray[y - 1, x])
-            m = np.sqrt(gx * gx + gy * gy)
-            b = int((np.log2(m + 1.0 / 256.0) + 8.0) * (8 / 8.0))
-            b = min(max(b, 0), 7)
+            v = np.sqrt(gx * gx + gy * gy) + GRAD_FLOOR
+            b = 0  # the bin of log2(v): how many edges v reaches
+            for edge in GRAD_EDGES:
+                if v >= edge:
+                    b += 1
             out[offset + b] += 1.0
             n += 1
-    for k in range(8):
+    for k in range(GRAD_BINS):
         out[offset + k] /= max(n, 1)
 
 
@@ -81,9 +98,10 @@ def _halve(gray):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _statistics(tiles, target, scale):  # pragma: no cover - compiled
     n, c, h, w = tiles.shape
-    colour = np.zeros((n, 4096), np.float32)
-    grad = np.zeros((n, 24), np.float32)
-    ndvi = np.zeros((n, 16), np.float32)
+    colour = np.zeros((n, COLOR_BINS), np.float32)
+    grad = np.zeros((n, GRAD_BINS * GRAD_SCALES), np.float32)
+    ndvi = np.zeros((n, NDVI_BINS), np.float32)
+    top = COLOR_LEVELS - 1
     f = max(1, min(h, w) // target)
     for i in range(n):
         img = _pool(tiles[i], f, scale)
@@ -95,26 +113,26 @@ def _statistics(tiles, target, scale):  # pragma: no cover - compiled
                 r = img[0, y, x]
                 g = img[1, y, x] if c >= 3 else r
                 b = img[2, y, x] if c >= 3 else r
-                qr = min(int(r * 16), 15)
-                qg = min(int(g * 16), 15)
-                qb = min(int(b * 16), 15)
-                colour[i, qr * 256 + qg * 16 + qb] += 1.0
-                gray[y, x] = 0.299 * r + 0.587 * g + 0.114 * b
+                qr = min(int(r * COLOR_LEVELS), top)
+                qg = min(int(g * COLOR_LEVELS), top)
+                qb = min(int(b * COLOR_LEVELS), top)
+                colour[i, (qr * COLOR_LEVELS + qg) * COLOR_LEVELS + qb] += 1.0
+                gray[y, x] = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
                 if c >= 4:
                     nir = img[3, y, x]
                     v = (nir - r) / (nir + r + 1e-6)
-                    k = min(max(int((v + 1.0) * 8.0), 0), 15)
+                    k = min(max(int((v + 1.0) * (NDVI_BINS / 2)), 0), NDVI_BINS - 1)
                     ndvi[i, k] += 1.0
                 cnt += 1
-        for k in range(4096):
+        for k in range(COLOR_BINS):
             colour[i, k] /= cnt
         if c >= 4:
-            for k in range(16):
+            for k in range(NDVI_BINS):
                 ndvi[i, k] /= cnt
         level = gray
-        for s in range(3):
-            _grad_hist(level, grad[i], 8 * s)
-            if s < 2:
+        for s in range(GRAD_SCALES):
+            _grad_hist(level, grad[i], GRAD_BINS * s)
+            if s < GRAD_SCALES - 1:
                 level = _halve(level)
     return colour, grad, ndvi
 
@@ -130,7 +148,9 @@ class DefaultEmbedder:
         tasks use 1, as dask already runs them in parallel)."""
         self.threads = threads
         rng = np.random.default_rng(PROJECTION_SEED)
-        self.projection = (rng.standard_normal((COLOR_LEVELS ** 3, COLOR_DIM)) / np.sqrt(COLOR_DIM)).astype(np.float32)
+        projection = (rng.standard_normal((COLOR_BINS, COLOR_DIM)) / np.sqrt(COLOR_DIM)).astype(np.float32)
+        # Fortran order: its columns are contiguous, as canonical_matmul's recomputation reads them
+        self.projection = np.asfortranarray(projection)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         tiles = np.asarray(tiles)
@@ -142,8 +162,9 @@ class DefaultEmbedder:
         x = np.ascontiguousarray(x)
         parts = map_slices(lambda a, b: _statistics(x[a:b], TARGET_SIDE, scale), len(x), self.threads)
         colour, grad, ndvi = (np.concatenate([p[j] for p in parts]) for j in range(3))
-        colour = l2_normalise(l2_normalise(np.sqrt(np.sqrt(colour))) @ self.projection)
-        blocks = [colour, l2_normalise(np.sqrt(grad)), l2_normalise(np.sqrt(ndvi))]
-        blocks[2][ndvi.sum(axis=1) == 0] = 0.0  # RGB input: no vegetation block
-        z = np.concatenate([w * b for w, b in zip(BLOCK_WEIGHTS, blocks)], axis=1)
-        return l2_normalise(z)
+        # canonical product and norms: a tile's bits never depend on its batch or the BLAS blocking
+        colour = unit_rows(canonical_matmul(unit_rows(np.sqrt(np.sqrt(colour))), self.projection))
+        blocks = [colour, unit_rows(np.sqrt(grad)), unit_rows(np.sqrt(ndvi))]
+        blocks[2][(ndvi == 0).all(axis=1)] = 0.0  # RGB input: no vegetation block
+        z = np.concatenate([np.float32(w) * b for w, b in zip(BLOCK_WEIGHTS, blocks)], axis=1)
+        return unit_rows(z)
