@@ -143,7 +143,8 @@ def _ellipsoid_radii_product(ellipsoid, lat: np.ndarray) -> np.ndarray:
     # Area of a small lon/lat cell = M * N * cos(lat) * dlon * dlat (radians), M the meridional and N
     # the prime-vertical radius of curvature: exact to first order in the cell size.
     a = ellipsoid.semi_major_metre
-    e2 = 0.0 if not ellipsoid.inverse_flattening else (2 - 1 / ellipsoid.inverse_flattening) / ellipsoid.inverse_flattening
+    f = 1.0 / ellipsoid.inverse_flattening if ellipsoid.inverse_flattening else 0.0  # 0: a sphere
+    e2 = f * (2.0 - f)
     w = 1.0 - e2 * np.sin(lat) ** 2
     return (a * (1 - e2) / w**1.5) * (a / np.sqrt(w)) * np.cos(lat)
 
@@ -314,8 +315,9 @@ def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     half = np.isnan(lon) != np.isnan(lat)
     if half.any():
         i = int(np.flatnonzero(half)[0])
-        raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}) gives {'latitude' if np.isnan(lon[i]) else 'longitude'}"
-                              " without the other; give both coordinates or leave both empty")
+        given = "latitude" if np.isnan(lon[i]) else "longitude"
+        raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}) gives {given} without the other; "
+                              "give both coordinates or leave both empty")
     return paths, lon, lat
 
 

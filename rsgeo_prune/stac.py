@@ -228,7 +228,8 @@ def _legacy_exports(items_parquet: Path) -> list[str]:
         data = (assets or {}).get("data") or {}
         href = Path(data.get("href") or "")
         # an exported COG, not a source raster that happens to lie in tiles/: <item id>.tif, COG type
-        if href.parent == Path(TILES_DIR) and href.name == f"{iid}.tif" and "cloud-optimized" in (data.get("type") or ""):
+        cog = "cloud-optimized" in (data.get("type") or "")
+        if cog and href.parent == Path(TILES_DIR) and href.name == f"{iid}.tif":
             names.append(href.name)
     return names
 

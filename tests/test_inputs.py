@@ -114,7 +114,8 @@ def folder(tmp_path, monkeypatch):
 
 DUPLICATES = [
     # (inputs, error pattern)
-    (["data/a.tif", "data/a.tif"], r"data/a\.tif: given twice \(as 'data/a\.tif' and 'data/a\.tif'\); pass each raster once"),
+    (["data/a.tif", "data/a.tif"],
+     r"data/a\.tif: given twice \(as 'data/a\.tif' and 'data/a\.tif'\); pass each raster once"),
     (["data/a.tif", "data/*.tif"], r"data/a\.tif: given twice \(as 'data/a\.tif' and 'data/\*\.tif'\)"),
     (["data/*.tif", "*/b.tif"], r"data/b\.tif: given twice \(as 'data/\*\.tif' and '\*/b\.tif'\)"),
     (["item.json", "data/a.tif"], r"data/a\.tif: given twice \(as 'item\.json' and 'data/a\.tif'\)"),
@@ -149,7 +150,8 @@ MANIFESTS = [
     # (lon, lat, error pattern or None)
     (["1.5", "abc"], ["2", "3"], r"manifest\.csv: row 2 \('y\.png'\): longitude 'abc' is not a number; "
                                  r"give degrees in \[-180, 180\]"),
-    ([1.5, 2.0], [2.0, 999.0], r"manifest\.csv: row 2 \('y\.png'\): latitude 999 is out of range; give degrees in \[-90, 90\]"),
+    ([1.5, 2.0], [2.0, 999.0],
+     r"manifest\.csv: row 2 \('y\.png'\): latitude 999 is out of range; give degrees in \[-90, 90\]"),
     ([-180.5, 2.0], [2.0, 3.0], r"row 1 \('x\.png'\): longitude -180\.5 is out of range"),
     (["inf", 2.0], [2.0, 3.0], r"row 1 \('x\.png'\): longitude '?inf'? is out of range"),
     ([1.5, None], [2.0, 3.0], r"row 2 \('y\.png'\) gives latitude without the other"),
@@ -197,6 +199,7 @@ GSD = [
 
 @pytest.mark.parametrize("crs, size, origin, want, tol", GSD, ids=[f"{g[0]} {g[3]}" for g in GSD])
 def test_gsd_is_in_metres(tmp_path, crs, size, origin, want, tol):
-    path = _raster(tmp_path / "g.tif", np.ones((1, T, T), np.uint8), crs=crs, transform=from_origin(*origin, size, size))
+    path = _raster(tmp_path / "g.tif", np.ones((1, T, T), np.uint8), crs=crs,
+                   transform=from_origin(*origin, size, size))
     table, _ = tile_grid(describe_raster(path), T)
     assert table["gsd"].iloc[0] == pytest.approx(want, rel=tol, abs=0)
