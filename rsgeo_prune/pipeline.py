@@ -31,6 +31,7 @@ from .sources import RasterScene, resolve_inputs
 from .stac import write_stac
 from .status import PRE_FILTERS, SELECTION
 from .tile_table import entropy_stage, tiles_stage
+from .tiling import TILE_TABLE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def _stage_keys(plan: RunPlan) -> dict[str, str]:
     # the tiles depend on every raster or image folder the inputs (globs, STAC Items) resolve to
     resolved = [s.href if isinstance(s, RasterScene) else s.root for s in plan.sources]
     ids_in = input_identities(resolved + ([tile_cfg.mask] if tile_cfg.mask else []))
-    tiles = digest([ids_in, tile_cfg.as_dict(), package_version()])
+    tiles = digest([ids_in, tile_cfg.as_dict(), TILE_TABLE_VERSION, package_version()])
     bank = digest([input_identities(plan.reference), plan.embedder_id, run_cfg.k, run_cfg.seed])
     embed = digest([tiles, plan.embedder_id])
     selection = {k: v for k, v in run_cfg.as_dict().items() if k != "export_tiles"}

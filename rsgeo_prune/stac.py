@@ -32,6 +32,7 @@ import pandas as pd
 
 from .atomic import atomic_output
 from .errors import RSGeoPruneError
+from .pixels import PixelReader
 
 PROJECTION_V2 = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 EO_V2 = "https://stac-extensions.github.io/eo/v2.0.0/schema.json"
@@ -88,17 +89,18 @@ def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geot
     return item
 
 
-def export_tile_cog(row, path: Path) -> Path:
-    """Write one tile's window of its source raster as a Cloud-Optimised GeoTIFF (atomically)."""
+def export_tile_cog(row, path: Path, reader: PixelReader | None = None) -> Path:
+    """Write one tile's window of its source raster, raw values, as a Cloud-Optimised GeoTIFF
+    (atomically), read through :class:`~rsgeo_prune.pixels.PixelReader` (pass one to reuse its handles)."""
     import rasterio
     from affine import Affine
-    from rasterio.windows import Window
 
-    with rasterio.open(row.href) as src:
-        data = src.read(window=Window(int(row.col_off), int(row.row_off), int(row.width), int(row.height)))
-        profile = dict(driver="COG", width=int(row.width), height=int(row.height), count=src.count,
-                       dtype=src.dtypes[0], crs=src.crs, transform=Affine(*row.transform), nodata=src.nodata,
-                       compress="deflate")
+    reader = PixelReader() if reader is None else reader
+    data = reader.read(row, with_valid=False).data
+    facts = reader.profile(row)
+    profile = dict(driver="COG", width=int(row.width), height=int(row.height), count=facts["count"],
+                   dtype=facts["dtype"], crs=facts["crs"], transform=Affine(*row.transform), nodata=facts["nodata"],
+                   compress="deflate")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
@@ -150,10 +152,11 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
     root = pystac.Catalog(id="rsgeo-prune", description=f"{title}: {len(kept)} tiles selected by rsgeo_prune",
                           title=title)
     items = []
+    reader = PixelReader()
     for row in kept.itertuples(index=False):
         iid = item_id(row.tile_id)
         if export_tiles and row.transform is not None:
-            cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif")
+            cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif", reader)
             href = os.path.relpath(cog, stac_dir / iid)
             media = pystac.MediaType.COG
         else:

@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 #: Per notebook, patterns its printed output must contain (a cell that fails raises before this).
 EXPECTED = {
     "01_regional_curation.ipynb": [r"STAC items in the region: \[", r"'selected': \d+", r"\d+ catalog rows; \d+ STAC items"],
-    "02_training_catalog.ipynb": [r"rsgeo_prune \d", r"\d+ training tiles; a batch: \(8, 4, 256, 256\) torch\.float32"],
+    "02_training_catalog.ipynb": [r"rsgeo_prune \d", r"\d+ training tiles; a batch: \(8, 4, \d+, \d+\) torch\.float32"],
 }
 
 
