@@ -1,0 +1,132 @@
+"""Front-end glue of the DiT: argparse registration and run functions for ``train-dit`` and ``sample``
+(the CLI wires them; they raise :class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input, which the CLI
+prints as one line, exit 2).
+
+Runnable on its own, which is also how torchrun starts it::
+
+    python -m rsgeo_prune.train.dit_commands train-dit LATENTS --out RUN --model DiT-B/2
+    torchrun --nproc_per_node 4 -m rsgeo_prune.train.dit_commands train-dit LATENTS --out RUN --model DiT-XL/2
+    python -m rsgeo_prune.train.dit_commands sample RUN/state.pt --vae VAE --n 64 --out SAMPLES
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import RSGeoPruneError
+
+
+def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``rsgeo-prune train-dit LATENTS --out DIR``."""
+    from .diffusion import DIFFUSIONS
+    from .dit import DIT_CONFIGS
+    from .trainer import DiTTrainConfig
+
+    d = DiTTrainConfig()
+    p.add_argument("latents", help="the --out folder of rsgeo-prune encode (latent shards + index.json)")
+    p.add_argument("--out", required=True, help="run folder (state.pt, metrics.jsonl, samples/)")
+    p.add_argument("--model", default=d.model, choices=sorted(DIT_CONFIGS), help=f"DiT config (default {d.model})")
+    p.add_argument("--diffusion", default=d.diffusion, choices=sorted(DIFFUSIONS),
+                   help="ddpm (noise prediction, the paper's) or flow (rectified flow, velocity)")
+    p.add_argument("--time-sampling", default=d.time_sampling, choices=("uniform", "logit_normal"),
+                   help="flow only: distribution of the path time")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps in all (default {d.steps})")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the state is saved when it runs out")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"GLOBAL batch, split evenly over the torchrun processes (default {d.batch_size}, the paper's)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay after the warm-up")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: no clipping)")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--save-every", type=int, default=d.save_every, help="write state.pt every this many steps")
+    p.add_argument("--keep-every", type=int, default=d.keep_every,
+                   help="also keep checkpoints/step-N.pt every this many steps (0: never)")
+    p.add_argument("--sample-every", type=int, default=d.sample_every,
+                   help="EMA sample grid (and FD with --vae) every this many steps (0: never)")
+    p.add_argument("--sample-n", type=int, default=d.sample_n, help="tiles in the sample grid")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampler steps for grids and FD")
+    p.add_argument("--fd-n", type=int, default=d.fd_n, help="samples for the Fréchet distance (0: none)")
+    p.add_argument("--vae", default=None, help="the VAE that encoded LATENTS: grids decoded to tiles, FD")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available; "
+                                                  "under torchrun cuda:LOCAL_RANK or cpu)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # test hooks, not shown in --help
+    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--digest-file", default=os.environ.get("RSGEO_DIT_DIGEST_FILE"), help=argparse.SUPPRESS)
+    return p
+
+
+def run_train_dit(args) -> dict:
+    """Train the DiT; returns (and prints, on rank 0) a one-line JSON summary."""
+    from .trainer import DiTTrainConfig, train_dit
+
+    cfg = DiTTrainConfig(model=args.model, diffusion=args.diffusion, time_sampling=args.time_sampling,
+                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         ema_decay=args.ema_decay, grad_clip=args.grad_clip, steps=args.steps, minutes=args.minutes,
+                         log_every=args.log_every, save_every=args.save_every, keep_every=args.keep_every,
+                         sample_every=args.sample_every, sample_n=args.sample_n, sample_steps=args.sample_steps,
+                         fd_n=args.fd_n, compile=args.compile, grad_checkpointing=args.grad_checkpointing,
+                         seed=args.seed, device=args.device, stop_at=args.stop_at, digest_file=args.digest_file)
+    res = train_dit(args.latents, args.out, cfg, vae_dir=args.vae, resume=args.resume, progress=not args.quiet)
+    summary = {"out": str(res.out), "step": res.step, "loss": res.loss, "model": cfg.model, "params": res.params,
+               "world_size": res.world_size, "per_gpu_batch": res.per_gpu_batch, "global_batch": res.global_batch,
+               "state": str(Path(res.out) / "state.pt"), **{k: v for k, v in res.metrics.items() if k.startswith("fd")}}
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return summary
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of ``rsgeo-prune sample CHECKPOINT --vae DIR --n 64 --out DIR``."""
+    p.add_argument("checkpoint", help="a train-dit state.pt (or checkpoints/step-N.pt); its EMA weights are used")
+    p.add_argument("--vae", required=True, help="the VAE that encoded the training latents (checked by digest)")
+    p.add_argument("--n", type=int, default=64, help="tiles to generate (default 64)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sampler", default=None, choices=("ddpm", "ddim", "euler"),
+                   help="ddpm (ancestral) or ddim for a ddpm model, euler for a flow model (default: ddpm / euler)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 250 for ddpm, 50 otherwise)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--format", default="npy", choices=("npy", "tif"),
+                   help="one file per tile: npy float32 (C, H, W) in [-1, 1], or tif uint8 (not georeferenced)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
+    return p
+
+
+def run_sample(args) -> dict:
+    """Sample tiles; returns (and prints) the summary written to ``out/samples.json``."""
+    from .sampling import sample_to_folder
+
+    summary = sample_to_folder(args.checkpoint, args.vae, args.out, n=args.n, sampler=args.sampler, steps=args.steps,
+                               eta=args.eta, seed=args.seed, batch_size=args.batch_size, fmt=args.format,
+                               device=args.device)
+    print(json.dumps(summary))
+    return summary
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rsgeo_prune.train.dit_commands")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_train_dit_arguments(sub.add_parser("train-dit", help="train an unconditional DiT on latent shards"))
+    add_sample_arguments(sub.add_parser("sample", help="sample tiles from a DiT checkpoint's EMA weights"))
+    args = ap.parse_args(argv)
+    try:
+        (run_train_dit if args.command == "train-dit" else run_sample)(args)
+    except RSGeoPruneError as exc:
+        print(f"rsgeo-prune {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Sampling a trained DiT: checkpoint reading, latent generation, VAE decoding, grids and sample files.
+
+Used by the trainer (periodic EMA grids and Fréchet distance) and by ``rsgeo-prune sample``::
+
+    ckpt = read_checkpoint("run/state.pt")                      # weights_only, memory-mapped
+    model, info = ema_model(ckpt, device)                       # the EMA weights, eval mode
+    z = generate_latents(model, make_diffusion(info["diffusion"]), 16, latent_shape=(4, 32, 32),
+                         steps=250, sampler="ddpm", seed=0)     # normalised latents (16, 4, 32, 32)
+    tiles = decode_latents(vae, denormalise(z, info))           # (16, 4, 256, 256) in [-1, 1]
+    write_grids(tiles, "out", prefix="grid")                    # grid_rgb.png, grid_nirrg.png
+
+Determinism: batch ``k`` of a generation draws from a generator seeded with ``(seed, k)``, so a seed gives the same
+latents (and, on CPU, the same files) every time; the samplers draw in a fixed order (see ``diffusion.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_output, check_writable
+from ..errors import RSGeoPruneError
+from .diffusion import make_diffusion
+from .dit import DIT_CONFIGS, build_dit
+from .state import STATE_FORMAT, autocast
+
+#: ``extra["kind"]`` of a DiT training state (a VAE state has none).
+DIT_STATE_KIND = "rsgeo-dit/1"
+
+#: Samplers each diffusion accepts; the first is the default.
+SAMPLERS: dict[str, tuple[str, ...]] = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
+
+#: Band views of the grids: name → three 0-based bands shown as R, G, B.
+VIEWS: dict[str, tuple[int, int, int]] = {"rgb": (0, 1, 2), "nirrg": (3, 0, 1)}
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def read_checkpoint(path: str | Path, *, hint: str = "start a new --out") -> dict:
+    """The raw DiT training state at ``path`` (``torch.load(weights_only=True, mmap=True)``: nothing but
+    tensors and plain containers is unpickled, and tensors are paged in only when used, so peeking at
+    ``extra["config"]`` of a 10 GB XL state costs nothing).
+
+    Raises :class:`RSGeoPruneError` (one line, naming the file) when it is missing, unreadable or truncated,
+    not an rsgeo-prune training state, or the state of another trainer (e.g. the VAE's ``state.pt``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RSGeoPruneError(f"{path}: no DiT checkpoint here; give the state.pt of a train-dit --out")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # truncated zip, random bytes, a pickle with foreign objects
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RSGeoPruneError(f"{path}: not a readable checkpoint (corrupt or truncated: {first}); "
+                              f"delete it and {hint}") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise RSGeoPruneError(f"{path}: not an rsgeo-prune training state; {hint}")
+    extra = state.get("extra") or {}
+    if extra.get("kind") != DIT_STATE_KIND:
+        raise RSGeoPruneError(f"{path}: a training state of another model (not train-dit); give a train-dit state.pt")
+    return state
+
+
+def ema_model(state: dict, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The EMA DiT of a :func:`read_checkpoint` state, in eval mode on ``device``, and the run's info:
+    ``{"config": train config dict, "latents": {vae_digest, latent_shape, latents_mean, latents_std, ...},
+    "step": int}``."""
+    extra = state["extra"]
+    cfg, lat = extra["config"], extra["latents"]
+    if cfg["model"] not in DIT_CONFIGS:
+        raise RSGeoPruneError(f"checkpoint model {cfg['model']!r} is unknown to this version; use a matching rsgeo-prune")
+    c, h, w = lat["latent_shape"]
+    model = build_dit(cfg["model"], input_size=h, in_channels=c)
+    try:
+        model.load_state_dict(extra["ema"])
+    except RuntimeError as exc:
+        raise RSGeoPruneError(f"checkpoint EMA weights do not fit {cfg['model']} on {c}x{h}x{w} latents "
+                              "(a damaged or edited state); use another checkpoint") from exc
+    return model.to(device).eval().requires_grad_(False), {"config": cfg, "latents": lat, "step": int(state["step"])}
+
+
+def check_sampler(diffusion: str, sampler: str | None) -> str:
+    """The sampler to use: ``sampler`` when it fits ``diffusion``, the diffusion's default when ``None``."""
+    allowed = SAMPLERS[diffusion]
+    if sampler is None:
+        return allowed[0]
+    if sampler not in allowed:
+        raise RSGeoPruneError(f"sampler {sampler!r}: the model was trained with {diffusion}; choose {' or '.join(allowed)}")
+    return sampler
+
+
+# -- generation -----------------------------------------------------------------------------------
+def seeded_generator(device: torch.device | str, *key: int) -> torch.Generator:
+    """A generator on ``device`` whose state is a pure function of the integers ``key``."""
+    words = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed((int(words[0]) << 31) ^ int(words[1]))  # < 2**63: fits every backend's seed type
+    return g
+
+
+@torch.no_grad()
+def generate_latents(model, diffusion, n: int, *, latent_shape: tuple[int, int, int], steps: int,
+                     sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, batch_size: int = 64,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` normalised latents ``(n, C, h, w)`` float32 on the CPU from ``model`` (bf16 autocast on CUDA).
+
+    ``sampler``: ``"ddpm"`` (ancestral) or ``"ddim"`` (``eta``) for a DDPM model, ``"euler"`` for a flow model.
+    """
+    device = torch.device(device)
+    out = []
+    for k, lo in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - lo)
+        g = seeded_generator(device, seed, k)
+        kwargs = {} if diffusion.name == "flow" else {"sampler": sampler, "eta": eta}
+        with autocast(device):
+            z = diffusion.sample(model, (m, *latent_shape), steps=steps, generator=g, device=device, **kwargs)
+        out.append(z.float().cpu())
+    return torch.cat(out) if out else torch.empty(0, *latent_shape)
+
+
+def denormalise(z: torch.Tensor, latents: dict) -> torch.Tensor:
+    """Normalised latents back to the VAE's scale with the per-channel mean/std a run stored
+    (as :meth:`~rsgeo_prune.train.latents.LatentShards.denormalise`)."""
+    c = z.shape[1]
+    mean = torch.tensor(latents["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
+    std = torch.tensor(latents["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
+    return z * std.to(z.device) + mean.to(z.device)
+
+
+@torch.no_grad()
+def decode_latents(vae, z: torch.Tensor, *, batch_size: int = 16, device: torch.device | str = "cpu") -> torch.Tensor:
+    """VAE-scale latents ``(N, C, h, w)`` → tiles ``(N, bands, 8h, 8w)`` float32 on the CPU, clamped to [-1, 1]."""
+    device = torch.device(device)
+    out = []
+    for lo in range(0, z.shape[0], batch_size):
+        with autocast(device):
+            x = vae.decode(z[lo:lo + batch_size].to(device)).sample
+        out.append(x.float().clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+# -- pictures and files ---------------------------------------------------------------------------
+def grid_image(tiles: torch.Tensor, bands: tuple[int, int, int], ncol: int | None = None, gap: int = 2) -> np.ndarray:
+    """``(N, C, H, W)`` tiles in [-1, 1] → one ``(rows·(H+gap), ncol·(W+gap), 3)`` uint8 picture of the three
+    ``bands`` (bands past ``C`` fall back to band 0), ``ncol`` = ⌈√N⌉ by default, black gaps."""
+    n, c, h, w = tiles.shape
+    ncol = ncol or max(1, math.ceil(math.sqrt(n)))
+    nrow = max(1, math.ceil(n / ncol))
+    view = [b if b < c else 0 for b in bands]
+    canvas = np.zeros((nrow * (h + gap), ncol * (w + gap), 3), dtype=np.uint8)
+    levels = ((tiles[:, view].float().clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        canvas[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = levels[k].transpose(1, 2, 0)
+    return canvas
+
+
+def write_png(arr: np.ndarray, path: str | Path) -> Path:
+    from PIL import Image
+
+    with atomic_output(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return Path(path)
+
+
+def write_grids(tiles: torch.Tensor, out: str | Path, prefix: str = "grid") -> dict[str, Path]:
+    """``{prefix}_rgb.png`` (bands 1-3) and, with 4+ bands, ``{prefix}_nirrg.png`` (NIR-R-G false colour:
+    bands 4, 1, 2) of ``tiles`` in [-1, 1]; each band shown as the data is (no per-tile stretch)."""
+    out = Path(out)
+    views = {k: v for k, v in VIEWS.items() if k == "rgb" or tiles.shape[1] >= 4}
+    return {name: write_png(grid_image(tiles, bands), out / f"{prefix}_{name}.png") for name, bands in views.items()}
+
+
+def write_tiles(tiles: torch.Tensor, out: str | Path, fmt: str = "npy") -> list[Path]:
+    """One file per tile under ``out``: ``sample-00000.npy`` float32 ``(C, H, W)`` in [-1, 1], or ``.tif``: a
+    plain (not georeferenced) C-band uint8 TIFF of the levels ``round((x + 1) · 127.5)``."""
+    out = Path(out)
+    paths = []
+    for k, tile in enumerate(tiles):
+        path = out / f"sample-{k:05d}.{fmt}"
+        if fmt == "npy":
+            with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, tile.float().numpy())
+        elif fmt == "tif":
+            _write_tiff(((tile.float().clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8), path)
+        else:
+            raise RSGeoPruneError(f"format {fmt!r}: choose npy or tif")
+        paths.append(path)
+    return paths
+
+
+def _write_tiff(levels: np.ndarray, path: Path) -> None:
+    """A (C, H, W) uint8 array as a plain multi-band GeoTIFF with no CRS and no transform."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    c, h, w = levels.shape
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=c, dtype="uint8",
+                           photometric="MINISBLACK") as dst:
+            dst.write(levels)
+
+
+def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Path, *, n: int = 64,
+                     sampler: str | None = None, steps: int | None = None, eta: float = 0.0, seed: int = 0,
+                     batch_size: int = 16, fmt: str = "npy", device: str | None = None) -> dict:
+    """``rsgeo-prune sample``: ``n`` tiles from a checkpoint's EMA weights, decoded by the VAE the latents came from.
+
+    Writes under ``out``: ``tiles/sample-*.npy|tif`` (one C-band tile each), ``latents.npy`` (the denormalised
+    latents ``(n, C, h, w)`` float32, what the VAE decoded), ``grid_rgb.png`` / ``grid_nirrg.png`` (the first 64),
+    and ``samples.json`` (checkpoint, step, sampler, steps, seed, VAE digest). Returns that summary.
+    """
+    from .state import choose_device
+    from .vae import load_vae, vae_digest
+
+    if n < 1 or batch_size < 1 or (steps is not None and steps < 1):
+        raise RSGeoPruneError(f"n {n}, batch size {batch_size}, steps {steps}: must be positive")
+    if fmt not in ("npy", "tif"):
+        raise RSGeoPruneError(f"format {fmt!r}: choose npy or tif")
+    out = Path(out)
+    check_writable(out / "samples.json")
+    dev = choose_device(device)
+    state = read_checkpoint(checkpoint, hint="give another checkpoint")
+    model, info = ema_model(state, dev)
+    cfg, lat = info["config"], info["latents"]
+    digest = vae_digest(vae_dir)
+    if digest != lat["vae_digest"]:
+        raise RSGeoPruneError(f"{vae_dir}: not the VAE the model's latents were encoded with (digest {digest[:12]}…, "
+                              f"latents {lat['vae_digest'][:12]}…); give that VAE's folder")
+    sampler = check_sampler(cfg["diffusion"], sampler)
+    steps = steps or (250 if sampler == "ddpm" else 50)
+    diffusion = _diffusion_of(cfg)
+    vae = load_vae(vae_dir, dev)
+    z = generate_latents(model, diffusion, n, latent_shape=tuple(lat["latent_shape"]), steps=steps, sampler=sampler,
+                         eta=eta, seed=seed, batch_size=batch_size, device=dev)
+    z = denormalise(z, lat)
+    tiles = decode_latents(vae, z, batch_size=batch_size, device=dev)
+    with atomic_output(out / "latents.npy") as tmp, open(tmp, "wb") as fh:
+        np.save(fh, z.numpy())
+    write_tiles(tiles, out / "tiles", fmt)
+    grids = write_grids(tiles[:64], out, "grid")
+    summary = {"checkpoint": str(checkpoint), "step": info["step"], "model": cfg["model"],
+               "diffusion": cfg["diffusion"], "sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "n": n,
+               "tile_shape": list(tiles.shape[1:]), "format": fmt, "vae_digest": digest,
+               "grids": {k: str(v) for k, v in grids.items()}, "out": str(out)}
+    with atomic_output(out / "samples.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _diffusion_of(cfg: dict):
+    """The diffusion a run trained with, from its config dict."""
+    if cfg["diffusion"] == "flow":
+        return make_diffusion("flow", time_sampling=cfg.get("time_sampling", "uniform"))
+    return make_diffusion(cfg["diffusion"])
+
+
+__all__ = ["DIT_STATE_KIND", "SAMPLERS", "VIEWS", "check_sampler", "decode_latents", "denormalise", "ema_model",
+           "generate_latents", "grid_image", "read_checkpoint", "sample_to_folder", "seeded_generator",
+           "write_grids", "write_png", "write_tiles"]

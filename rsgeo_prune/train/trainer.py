@@ -1,0 +1,557 @@
+"""Training an unconditional DiT on latent shards (RS-Prune §4.2: DiT-XL/2, AdamW 1e-4, global batch 256, EMA).
+
+Data path: ``encode`` wrote the posterior (mean, log-variance) of every tile; each step draws
+``z ~ q(z|x)``, normalises it with the VAE's per-channel scale and trains the DiT on the diffusion loss::
+
+    LatentShards ──epoch_order(seed, epoch)[position : position + B]──► rank r's slice (B / world rows)
+      z = mean + exp(logvar/2)·ε;  x0 = (z − μ_c) / σ_c          (N, C, h, w) float32
+      loss = diffusion.loss(DDP(DiT), x0)  under bf16 autocast on GPU
+      backward → clip ‖g‖ → AdamW → EMA ← lerp(EMA, θ, 1 − decay(step))
+
+Run layout under ``out``: ``state.pt`` (latest full state, what ``--resume`` reads and ``sample`` samples),
+``checkpoints/step-NNNNNNN.pt`` (kept copies, with ``keep_every``), ``metrics.jsonl``, ``samples/`` (EMA grids).
+
+Choices, each with its reason:
+
+* **One checkpoint format**: :func:`~rsgeo_prune.train.state.save_state` (atomic, ``weights_only``) with, in
+  ``extra``: ``kind``, the train config, the EMA weights, the latents' identity (VAE digest, shape, scale) and
+  the world size. ``sample`` needs nothing but this file and the VAE.
+* **Exact resume**: the data order is :func:`~rsgeo_prune.train.state.epoch_order` of (seed, epoch) and the
+  state holds (epoch, position); the generator that draws step s's latent noise, timesteps and diffusion noise on
+  rank r is seeded with (seed, s, r) (:func:`~rsgeo_prune.train.sampling.seeded_generator`). Its state at any
+  step is thus a pure function of the checkpointed step: nothing per rank has to be gathered to rank 0, and a
+  run stopped at step k and resumed ends, on CPU, with the same weights bit for bit as an uninterrupted one.
+* **Global batch is the unit**: ``batch_size`` is the global batch (the paper's 256); each of the ``world``
+  processes takes its own contiguous slice of every global batch, so the data a step sees does not depend on
+  the number of GPUs (only the per-rank noise does).
+* **DDP**: ``torchrun`` (or ``accelerate launch``, which sets the same variables) → one process per GPU, the
+  device from ``LOCAL_RANK`` (multi-node safe), NCCL; on CPU gloo and no ``device_ids``. Only rank 0 writes.
+* **EMA warm-up**: decay = min(ema_decay, (1 + s)/(10 + s)), so a 1,000-step run has a usable EMA.
+* **Precision**: bf16 autocast on CUDA (fp16 gives NaNs in diffusion training), fp32 master weights, TF32
+  matmuls; fp32 on CPU. ``compile`` wraps the DDP module with ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..atomic import check_writable
+from ..errors import RSGeoPruneError
+from .diffusion import DIFFUSIONS
+from .dit import DIT_CONFIGS, build_dit, count_parameters
+from .sampling import (DIT_STATE_KIND, _diffusion_of, decode_latents, denormalise, generate_latents, read_checkpoint,
+                       seeded_generator, write_grids)
+from .state import MetricsLog, autocast, choose_device, epoch_order, load_state, progress_bar, save_state
+
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+#: Settings that must match when a run is resumed (the data order, the noise and the model depend on them).
+RESUME_KEYS = ("model", "diffusion", "time_sampling", "batch_size", "seed")
+
+
+@dataclass
+class DiTTrainConfig:
+    """Settings of :func:`train_dit` (plain values: they are stored in every checkpoint)."""
+
+    model: str = "DiT-B/2"
+    diffusion: str = "ddpm"
+    time_sampling: str = "uniform"  # flow only: "uniform" or "logit_normal"
+    batch_size: int = 256  # global batch, split evenly over the processes
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    steps: int = 100_000
+    minutes: float | None = None  # wall-clock budget; the state is saved when it runs out
+    log_every: int = 50
+    save_every: int = 5_000
+    keep_every: int = 0  # also keep checkpoints/step-N.pt every this many steps (0: only state.pt)
+    sample_every: int = 10_000  # EMA sample grid (and FD with a VAE) every this many steps (0: never)
+    sample_n: int = 16
+    sample_steps: int = 50
+    fd_n: int = 256  # samples for the Fréchet distance (0: none); needs a VAE and rsgeo_prune.train.metrics
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    device: str | None = None
+    stop_at: int | None = None  # stop (as if killed) after this step, without saving: tests of --resume
+    digest_file: str | None = None  # tests: each rank writes sha256 of its weights to this path ({rank} filled in)
+
+
+@dataclass
+class DiTTrainResult:
+    step: int
+    loss: float | None
+    out: Path
+    world_size: int = 1
+    per_gpu_batch: int = 0
+    global_batch: int = 0
+    params: int = 0
+    metrics: dict = field(default_factory=dict)
+
+
+# -- distributed setup ----------------------------------------------------------------------------
+@dataclass
+class Dist:
+    """Where this process stands in a (possibly one-process) run."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """One process, or one of ``WORLD_SIZE`` started by torchrun / accelerate launch.
+
+    Under torchrun the device is ``cuda:LOCAL_RANK`` (never ``cuda:RANK``: on node 2 of 2x8 GPUs RANK is 8..15)
+    with NCCL; with ``--device cpu`` or without CUDA, the CPU with gloo.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=choose_device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if device is not None and not device.startswith(("cuda", "cpu")):
+        raise RSGeoPruneError(f"device {device!r}: multi-process training runs on cuda (NCCL) or cpu (gloo)")
+    if use_cuda:
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        # rank 0 samples and computes FD between steps while the others wait in the next all-reduce: a long timeout
+        kwargs = {"device_id": dev} if use_cuda else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=60), **kwargs)
+    return Dist(rank=rank, local_rank=local_rank, world=world, device=dev)
+
+
+def _barrier(d: Dist) -> None:
+    if d.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _enable_tf32() -> None:
+    """TF32 for fp32 matmuls and convolutions on GPU (what is left outside bf16 autocast)."""
+    torch.set_float32_matmul_precision("high")
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cudnn.allow_tf32 = True
+
+
+# -- the named steps ------------------------------------------------------------------------------
+def check_config(cfg: DiTTrainConfig) -> None:
+    """Option values in range (one clear error each)."""
+    if cfg.model not in DIT_CONFIGS:
+        raise RSGeoPruneError(f"model {cfg.model!r}: unknown; choose one of {', '.join(sorted(DIT_CONFIGS))}")
+    if cfg.diffusion not in DIFFUSIONS:
+        raise RSGeoPruneError(f"diffusion {cfg.diffusion!r}: choose one of {', '.join(sorted(DIFFUSIONS))}")
+    if cfg.time_sampling not in ("uniform", "logit_normal"):
+        raise RSGeoPruneError(f"time sampling {cfg.time_sampling!r}: choose uniform or logit_normal")
+    for name in ("batch_size", "steps", "log_every", "save_every", "sample_n", "sample_steps"):
+        if getattr(cfg, name) <= 0:
+            raise RSGeoPruneError(f"{name.replace('_', ' ')} {getattr(cfg, name)}: must be positive")
+    for name in ("lr", "weight_decay", "grad_clip", "keep_every", "sample_every", "fd_n"):
+        if getattr(cfg, name) < 0:
+            raise RSGeoPruneError(f"{name.replace('_', ' ')} {getattr(cfg, name)}: must not be negative")
+    if not 0 <= cfg.ema_decay < 1:
+        raise RSGeoPruneError(f"ema decay {cfg.ema_decay}: must be in [0, 1)")
+    if cfg.minutes is not None and cfg.minutes <= 0:
+        raise RSGeoPruneError(f"minutes {cfg.minutes}: must be positive")
+
+
+def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str | Path | None):
+    """The :class:`~rsgeo_prune.train.latents.LatentShards` of ``root``, checked against the batch split and the VAE."""
+    from .latents import LatentShards
+
+    ds = LatentShards(root)
+    if len(ds) < cfg.batch_size:
+        raise RSGeoPruneError(f"{root}: {len(ds)} latents, fewer than one global batch of {cfg.batch_size}; "
+                              "lower --batch-size or encode more tiles")
+    if cfg.batch_size % world:
+        raise RSGeoPruneError(f"batch size {cfg.batch_size}: not divisible by the {world} processes; "
+                              f"use a multiple of {world}")
+    _, _, h, w = ds.mean.shape
+    patch = DIT_CONFIGS[cfg.model].patch_size
+    if h != w or h % patch:
+        raise RSGeoPruneError(f"{root}: latents {h}x{w} do not fit {cfg.model} (square, a multiple of patch {patch})")
+    if vae_dir is not None:
+        from .vae import vae_digest
+
+        digest = vae_digest(vae_dir)
+        if digest != ds.index["vae_digest"]:
+            raise RSGeoPruneError(f"{vae_dir}: not the VAE that encoded {root} (digest {digest[:12]}…, latents "
+                                  f"{str(ds.index['vae_digest'])[:12]}…); give that VAE or encode again")
+    return ds
+
+
+def latents_info(ds, root) -> dict:
+    """What a checkpoint records about its latents (``sample`` denormalises and checks the VAE with it)."""
+    return {"root": str(root), "vae_digest": ds.index["vae_digest"], "tiles": len(ds),
+            "latent_shape": list(ds.mean.shape[1:]), "latents_mean": ds.latents_mean.flatten().tolist(),
+            "latents_std": ds.latents_std.flatten().tolist()}
+
+
+def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
+    """A resumed run must be the same run: same model, diffusion, global batch, seed and latents (VAE, count)."""
+    extra = read_checkpoint(path, hint="start a new --out")["extra"]
+    saved, lat = extra["config"], extra["latents"]
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {saved.get(key)}, not "
+                                  f"{getattr(cfg, key)}); resume with {flag} {saved.get(key)} or start a new --out")
+    if lat["vae_digest"] != info["vae_digest"]:
+        raise RSGeoPruneError(f"{info['root']}: latents from another VAE than the run's (digest "
+                              f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
+                              f"{lat['root']} or start a new --out")
+    if lat["tiles"] != info["tiles"] or lat["latent_shape"] != info["latent_shape"]:
+        raise RSGeoPruneError(f"{info['root']}: {info['tiles']} latents {info['latent_shape']}, the run had "
+                              f"{lat['tiles']} {lat['latent_shape']}; resume with {lat['root']} or start a new --out")
+
+
+def ema_decay(cfg: DiTTrainConfig, step: int) -> float:
+    """Decay of the EMA update that follows ``step`` completed updates: a warm-up to ``cfg.ema_decay``."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← ema + (1 − decay)·(θ − ema), all parameters in one fused call."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+
+
+def next_batch(n: int, batch: int, seed: int, epoch: int, position: int, cache: dict) -> tuple[np.ndarray, int, int]:
+    """The indices of the next global batch and the (epoch, position) after it. An epoch's tail shorter than
+    a batch is skipped (drop-last), so every batch is full and a step's data is a function of (seed, step)."""
+    if position + batch > n:
+        epoch, position = epoch + 1, 0
+    if cache.get("epoch") != epoch:
+        cache.update(epoch=epoch, order=epoch_order(n, seed, epoch))
+    return cache["order"][position:position + batch], epoch, position + batch
+
+
+class TrainStep:
+    """One optimiser step on one rank: draw z ~ q(z|x), normalise, diffusion loss, backward, clip, AdamW, EMA.
+
+    ``train_model`` is what runs forward (the DDP and/or compiled wrapper); ``model`` the bare DiT whose
+    parameters the optimiser and the EMA hold. Returns the loss and the gradient norm as device tensors
+    (reading them synchronises a GPU: the loop does so only on log steps).
+    """
+
+    def __init__(self, train_model, model, ema, opt, diffusion, ds, cfg: DiTTrainConfig, device: torch.device):
+        self.train_model, self.model, self.ema, self.opt = train_model, model, ema, opt
+        self.diffusion, self.ds, self.cfg, self.device = diffusion, ds, cfg, device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __call__(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator, step: int):
+        """mean, logvar: (b, C, h, w) fp16 on the device; ``step``: updates done before this one."""
+        x0 = self.ds.normalise(self.ds.sample(mean, logvar, generator))  # (b, C, h, w) float32
+        with autocast(self.device):
+            loss = self.diffusion.loss(self.train_model, x0, generator=generator)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        else:
+            gnorm = torch.zeros((), device=self.device)
+        self.opt.step()
+        update_ema(self.ema, self.model, ema_decay(self.cfg, step))
+        return loss.detach(), gnorm.detach()
+
+
+def build_training(cfg: DiTTrainConfig, latent_shape, device: torch.device):
+    """Model (seeded init: the same on every rank), its EMA copy and AdamW (fused on CUDA)."""
+    c, h, _ = latent_shape
+    torch.manual_seed(cfg.seed)
+    model = build_dit(cfg.model, input_size=h, in_channels=c, grad_checkpointing=cfg.grad_checkpointing).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    return model, ema, opt
+
+
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """sha256 over the state dicts of ``modules`` (names, dtypes, shapes and bytes)."""
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in m.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class Evaluator:
+    """Rank 0's periodic look at the EMA: a sample grid (decoded by the VAE when given) and, with the VAE and
+    :func:`rsgeo_prune.train.metrics.compare_sets`, the Fréchet distance between ``fd_n`` decoded EMA samples and
+    ``fd_n`` decoded training latents (posterior means: the reference shares the VAE's reconstruction error, so FD
+    measures the DiT alone). Samples use a fixed seed, so grids of successive steps show the same noise."""
+
+    def __init__(self, cfg: DiTTrainConfig, ds, vae, out: Path, device: torch.device):
+        self.cfg, self.ds, self.vae, self.out, self.device = cfg, ds, vae, out, device
+        self.diffusion = _diffusion_of(asdict(cfg))
+        self.sampler = "euler" if cfg.diffusion == "flow" else "ddpm"
+        self.latent_shape = tuple(ds.mean.shape[1:])
+        self.compare_sets = _find_compare_sets() if vae is not None and cfg.fd_n > 0 else None
+        self._reference = None
+
+    def __call__(self, ema: torch.nn.Module, step: int) -> dict:
+        record = {}
+        n = max(self.cfg.sample_n, self.cfg.fd_n if self.compare_sets else 0)
+        z = generate_latents(ema, self.diffusion, n, latent_shape=self.latent_shape, steps=self.cfg.sample_steps,
+                             sampler=self.sampler, seed=self.cfg.seed + 1, batch_size=64, device=self.device)
+        if self.vae is not None:
+            tiles = decode_latents(self.vae, self.ds.denormalise(z), device=self.device)
+        else:  # no VAE: show the normalised latents themselves, ±3σ → [-1, 1]
+            tiles = (z / 3).clamp(-1, 1)
+        kind = "tiles" if self.vae is not None else "latents"
+        write_grids(tiles[:self.cfg.sample_n], self.out / "samples", f"step-{step:07d}-{kind}")
+        if self.compare_sets is not None:
+            record.update(self._fd(tiles[:self.cfg.fd_n]))
+        return record
+
+    def _fd(self, tiles: torch.Tensor) -> dict:
+        if self._reference is None:
+            idx = np.linspace(0, len(self.ds) - 1, min(self.cfg.fd_n, len(self.ds))).round().astype(np.int64)
+            self._reference = decode_latents(self.vae, self.ds.mean[idx].float(), device=self.device)
+        try:
+            report = self.compare_sets(tiles, self._reference)
+        except Exception as exc:  # the metric is a guest here: a failure must not end a training run
+            return {"fd_error": f"{type(exc).__name__}: {exc}"}
+        return {f"fd_{k}" if not k.startswith("fd") else k: v for k, v in _report_dict(report).items()}
+
+
+def _find_compare_sets():
+    """``rsgeo_prune.train.metrics.compare_sets`` when that module exists (another engineer's), else None."""
+    try:
+        from .metrics import compare_sets
+    except ImportError:
+        return None
+    return compare_sets
+
+
+def _report_dict(report) -> dict:
+    """The plain numeric/string fields of a MetricReport-like object (dataclass, dict, to_dict() or a number)."""
+    if hasattr(report, "to_dict"):
+        d = report.to_dict()
+    elif hasattr(report, "__dataclass_fields__"):
+        d = asdict(report)
+    elif isinstance(report, dict):
+        d = report
+    elif isinstance(report, (int, float)):
+        d = {"fd": float(report)}
+    else:
+        d = {k: v for k, v in vars(report).items() if not k.startswith("_")}
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def train_dit(latents_root: str | Path, out: str | Path, cfg: DiTTrainConfig = DiTTrainConfig(), *,
+              vae_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> DiTTrainResult:
+    """Train ``cfg.model`` on the latent shards in ``latents_root``; write the run into ``out``.
+
+    Call it in every process of a torchrun launch (it sets up DDP itself from the environment) or in one
+    process. ``vae_dir``: the VAE that encoded the latents (checked by digest), to decode sample grids and FD.
+    Returns the last step and loss; rank 0's result has the last logged metrics.
+    """
+    check_config(cfg)
+    out = Path(out)
+    d = setup_distributed(cfg.device)
+    try:
+        return _train(latents_root, out, cfg, d, vae_dir, resume, progress)
+    finally:
+        if d.active:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool, progress: bool):
+    # every rank runs the same checks, so bad input ends all of them at once (not rank 0 alone, with the
+    # others left waiting in DDP's first broadcast); rank 0 cannot write state.pt before all ranks joined DDP
+    state_path = out / STATE_FILE
+    check_writable(state_path)
+    if not resume and state_path.exists():
+        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it or choose a new --out")
+    if d.device.type == "cuda":
+        _enable_tf32()
+    ds = load_latents(latents_root, cfg, d.world, vae_dir)
+    info = latents_info(ds, latents_root)
+    model, ema, opt = build_training(cfg, tuple(ds.mean.shape[1:]), d.device)
+    step, epoch, position = 0, 0, 0
+    if resume:
+        check_resume(state_path, cfg, info)
+        pos = load_state(state_path, model=model, optimizer=opt, map_location=d.device)
+        ema.load_state_dict(pos["extra"]["ema"])
+        step, epoch, position = pos["step"], pos["epoch"], pos["position"]
+    train_model = model
+    if d.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # no device_ids on CPU; on GPU the process's own device (from LOCAL_RANK)
+        train_model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    per_rank = cfg.batch_size // d.world
+    run_step = TrainStep(train_model, model, ema, opt, _diffusion_of(asdict(cfg)), ds, cfg, d.device)
+
+    vae = None
+    if vae_dir is not None and d.is_main and cfg.sample_every:
+        from .vae import load_vae
+
+        vae = load_vae(vae_dir, d.device)
+    log = MetricsLog(out / METRICS_FILE) if d.is_main else None
+    evaluate = Evaluator(cfg, ds, vae, out, d.device) if d.is_main and cfg.sample_every else None
+    n_params = count_parameters(model)
+    if d.is_main:
+        header = dict(event="start" if not resume else "resume", step=step, model=cfg.model, params=n_params,
+                      diffusion=cfg.diffusion, world_size=d.world, per_gpu_batch=per_rank,
+                      global_batch=cfg.batch_size, device=str(d.device),
+                      precision="bf16 autocast" if d.device.type == "cuda" else "fp32", tiles=len(ds),
+                      latent_shape=info["latent_shape"], compile=cfg.compile)
+        log.log(**header)
+        if progress:
+            print(f"{cfg.model} ({n_params / 1e6:.2f} M params, {cfg.diffusion}) on {len(ds)} latents "
+                  f"{'x'.join(map(str, info['latent_shape']))}: {d.world} x {d.device.type}, per-GPU batch {per_rank}, "
+                  f"global batch {cfg.batch_size}, {header['precision']}", file=sys.stderr, flush=True)
+
+    def checkpoint(path: Path) -> None:
+        save_state(path, model=model, optimizer=opt, step=step, epoch=epoch, position=position,
+                   extra={"kind": DIT_STATE_KIND, "config": asdict(cfg), "ema": ema.state_dict(), "latents": info,
+                          "world_size": d.world,
+                          "noise": "step s, rank r: generator seeded with (seed, s, r)"})
+
+    bar = progress_bar(cfg.steps, step, progress and d.is_main)
+    cache: dict = {}
+    t_start = t_window = time.perf_counter()
+    loss_sum = torch.zeros((), device=d.device)
+    window, last_loss, last = 0, None, {}
+    try:
+        while step < cfg.steps:
+            idx, epoch, position = next_batch(len(ds), cfg.batch_size, cfg.seed, epoch, position, cache)
+            mine = torch.from_numpy(idx[d.rank * per_rank:(d.rank + 1) * per_rank])
+            mean = ds.mean[mine].to(d.device, non_blocking=True)
+            logvar = ds.logvar[mine].to(d.device, non_blocking=True)
+            model.train()
+            loss, gnorm = run_step(mean, logvar, seeded_generator(d.device, cfg.seed, step, d.rank), step)
+            step += 1
+            loss_sum += loss
+            window += 1
+            bar.update(1)
+            if cfg.stop_at is not None and step >= cfg.stop_at:
+                return DiTTrainResult(step, None, out, d.world, per_rank, cfg.batch_size, n_params)  # a simulated kill
+            out_of_time = False
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                last_loss, out_of_time, rec = _log_window(cfg, d, step, epoch, loss_sum, window, gnorm, t_window,
+                                                          t_start, log, bar)
+                last.update(rec)
+                loss_sum.zero_()
+                window, t_window = 0, time.perf_counter()
+            final = step >= cfg.steps or out_of_time
+            if evaluate is not None and (step % cfg.sample_every == 0 or final):
+                rec = evaluate(ema, step)
+                if rec:
+                    log.log(step=step, **rec)
+                    last.update(rec)
+            if d.is_main and (step % cfg.save_every == 0 or final):
+                checkpoint(state_path)
+            if d.is_main and cfg.keep_every and step % cfg.keep_every == 0:
+                checkpoint(out / "checkpoints" / f"step-{step:07d}.pt")
+            if out_of_time:
+                break
+        _barrier(d)  # rank 0's last writes are done before anyone reports the run finished
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    if cfg.digest_file:
+        Path(cfg.digest_file.format(rank=d.rank)).write_text(weights_digest(model, ema))
+    return DiTTrainResult(step, last_loss, out, d.world, per_rank, cfg.batch_size, n_params, last)
+
+
+def _log_window(cfg, d: Dist, step, epoch, loss_sum, window, gnorm, t_window, t_start, log, bar):
+    """Mean loss of the window over all ranks, throughput, and rank 0's time-budget decision shared with all
+    ranks (one all-reduce of [loss sum, stop flag]: every rank must leave the loop at the same step)."""
+    stop = 1.0 if (d.is_main and cfg.minutes is not None and time.perf_counter() - t_start > cfg.minutes * 60) else 0.0
+    packed = torch.stack([loss_sum.float(), torch.tensor(stop, device=loss_sum.device)])
+    if d.active:
+        import torch.distributed as dist
+
+        dist.all_reduce(packed)
+    loss = packed[0].item() / (window * d.world)  # .item() waits for the GPU: the window's time is then complete
+    now = time.perf_counter()
+    images_s = window * cfg.batch_size / max(now - t_window, 1e-9)
+    rec = dict(step=step, epoch=epoch, loss=round(loss, 6), grad_norm=round(float(gnorm), 4), lr=cfg.lr,
+               ema_decay=round(ema_decay(cfg, step - 1), 6), images_per_s=round(images_s, 2),
+               images_per_s_per_gpu=round(images_s / d.world, 2),
+               step_time_s=round((now - t_window) / window, 4))
+    if d.is_main:
+        log.log(**rec)
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_s:.1f}")
+    return loss, packed[1].item() > 0, rec
+
+
+__all__ = ["DiTTrainConfig", "DiTTrainResult", "Dist", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
+           "check_config", "check_resume", "ema_decay", "latents_info", "load_latents", "next_batch",
+           "setup_distributed", "train_dit", "update_ema", "weights_digest", "write_synthetic_latents"]
+
+
+def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int, int] = (4, 8, 8), *, seed: int = 0,
+                            vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
+    """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for tests
+    and benchmarks: each tile is a few smooth per-channel patterns (learnable, unlike white noise) with a small
+    posterior variance. ``vae_digest`` names the (pretend) VAE."""
+    from ..atomic import atomic_output
+    from .latents import FORMAT, INDEX_FILE, shard_name, write_shard
+
+    root = Path(root)
+    c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * yy, torch.sin(math.pi * xx), torch.cos(math.pi * yy)])
+    coef = torch.randn(n, c, basis.shape[0], generator=g) * torch.tensor([1.0, 0.8, 0.8, 0.5, 0.5, 0.5])
+    mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
+    logvar = torch.full_like(mean, -6.0)
+    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": "synthetic",
+            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()), "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
+            "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}
+    ids = [f"synthetic-{i:06d}" for i in range(n)]
+    shards = []
+    for k, lo in enumerate(range(0, n, shard_size)):
+        write_shard(root / shard_name(k), mean[lo:lo + shard_size].half(), logvar[lo:lo + shard_size].half(),
+                    ids[lo:lo + shard_size], {**meta, "shard": str(k)})
+        shards.append(shard_name(k))
+    index = {"format": FORMAT, "tiles": n, "shards": shards, "shard_size": shard_size, "latent_shape": list(shape),
+             **{k: (json.loads(v) if k in ("latents_mean", "latents_std", "bands") else v) for k, v in meta.items()
+                if k != "shard_size"}}
+    with atomic_output(root / INDEX_FILE) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
+    return root
