@@ -2,37 +2,9 @@ import numpy as np
 import pytest
 
 from rsgeo_prune import RSGeoPruneError
-from rsgeo_prune.centroids import CentroidBank, build_centroid_bank, read_reference_sets, spherical_kmeans
+from rsgeo_prune.centroids import CentroidBank, build_centroid_bank, read_reference_sets
 from rsgeo_prune.embed import load_embedder
 from rsgeo_prune.synth import CLASSES, write_reference_set
-
-
-def _planted(k=5, per=40, d=32, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    labels = np.repeat(np.arange(k), per)
-    x = centres[labels] + 0.05 * rng.normal(size=(k * per, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels, centres
-
-
-def test_spherical_kmeans_recovers_planted_clusters():
-    x, labels, centres = _planted()
-    c, found = spherical_kmeans(x, 5, seed=3)
-    assert np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5)
-    # every found cluster is exactly one planted cluster
-    for j in range(5):
-        assert len(set(labels[found == j])) == 1
-    assert sorted(np.round(np.max(c @ centres.T, axis=1), 2) > 0.99) == [True] * 5
-
-
-def test_kmeans_is_seeded_and_k_is_checked():
-    x, _, _ = _planted()
-    a, _ = spherical_kmeans(x, 7, seed=1)
-    b, _ = spherical_kmeans(x, 7, seed=1)
-    assert np.array_equal(a, b)
-    with pytest.raises(RSGeoPruneError, match="--k 201 is larger than the 200 reference images"):
-        spherical_kmeans(x, 201)
 
 
 def test_bank_from_image_folders_round_trips(tmp_path):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from rsgeo_prune import RSGeoPruneError
-from rsgeo_prune.select import (assign, rank_in_cluster, select_quota, select_random, select_top_entropy,
-                                select_water_filling)
+from rsgeo_prune.select import rank_in_cluster, select_quota, select_random, select_top_entropy, select_water_filling
 
 # 3 clusters: A (cluster 0) has 5 tiles, B (1) has 3, C (2, rare) has 1
 CLUSTER = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2])
@@ -52,20 +51,6 @@ def test_water_filling_cap():
 
 def test_rank_in_cluster():
     assert rank_in_cluster(CLUSTER, SIM, IDS).tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0]
-
-
-def test_assign_in_blocks_matches_full_matrix():
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(1000, 16)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    cen = rng.normal(size=(7, 16)).astype(np.float32)
-    cen /= np.linalg.norm(cen, axis=1, keepdims=True)
-    c, s = assign(emb, cen, block=64)
-    full = emb @ cen.T
-    assert (c == full.argmax(1)).all() and np.allclose(s, full.max(1))
-    emb[500, 3] = np.nan
-    with pytest.raises(RSGeoPruneError, match="embedding row 500 holds NaN"):
-        assign(emb, cen, block=64)
 
 
 def test_baselines():
