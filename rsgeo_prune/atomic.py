@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
 
 
 def check_writable(path: str | Path) -> Path:
@@ -21,9 +21,9 @@ def check_writable(path: str | Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RSGeoPruneError(f"{path}: output folder cannot be created ({exc.strerror}); choose another --out") from exc
+        raise InvalidOption("out", str(path), f"output folder cannot be created ({exc.strerror}); choose another") from exc
     if not os.access(path.parent, os.W_OK):
-        raise RSGeoPruneError(f"{path}: output folder is not writable; choose another --out")
+        raise InvalidOption("out", str(path), "output folder is not writable; choose another")
     return path
 
 
@@ -36,7 +36,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        raise RSGeoPruneError(f"{path}: output cannot be written ({exc.strerror or exc}); choose another --out") from exc
+        raise InvalidOption("out", str(path), f"output cannot be written ({exc.strerror or exc}); choose another") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             if tmp.is_dir():

@@ -163,7 +163,7 @@ def build_centroid_bank(refs: Sequence[str | Path], embedder, *, k: int = DEFAUL
         digest.update(hashlib.sha256(Path(cat).read_bytes()).digest())
     n = sum(len(p) for p in parts)
     if k > n:
-        raise RSGeoPruneError(f"--k {k} is larger than the {n} reference images; use --k {n} or fewer, "
+        raise RSGeoPruneError(f"k {k} is larger than the {n} reference images; use k {n} or fewer, "
                               "or add reference images")
     z = np.concatenate(parts)
     centroids, labels = spherical_kmeans(z, k, seed=seed)

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 
 from ._parallel import map_slices
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
 from .tiling import window_sums
 
 log = logging.getLogger(__name__)
@@ -368,12 +368,12 @@ def entropy_filter(entropy: np.ndarray, tile_id, candidates: np.ndarray, *, entr
     candidates = np.asarray(candidates, bool)
     pruned = np.zeros(len(entropy), bool)
     if entropy_min is not None and entropy_keep is not None:
-        raise RSGeoPruneError("give either --entropy-min or --entropy-keep, not both")
+        raise InvalidOption("entropy_min", entropy_min, "give either a threshold or a keep fraction, not both")
     if entropy_min is not None:
         pruned = candidates & ~(entropy >= entropy_min)
     elif entropy_keep is not None:
         if not 0.0 <= entropy_keep <= 1.0:
-            raise RSGeoPruneError(f"--entropy-keep {entropy_keep} must be a fraction in [0, 1] (e.g. 0.3 keeps 30 %)")
+            raise InvalidOption("entropy_keep", entropy_keep, "must be a fraction in [0, 1] (e.g. 0.3 keeps 30 %)")
         idx = np.flatnonzero(candidates)
         n_keep = int(math.floor(entropy_keep * len(idx) + 0.5))
         score = np.where(np.isnan(entropy[idx]), -np.inf, entropy[idx])

@@ -15,7 +15,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
     """
     path = Path(path)
     if not path.exists():
-        raise RSGeoPruneError(f"{path}: no such vector file; check the --mask path")
+        raise InvalidOption("mask", str(path), "no such vector file; check the path")
     try:
         if path.suffix.lower() in (".parquet", ".geoparquet"):
             gdf = gpd.read_parquet(path)
@@ -113,13 +113,13 @@ def mask_filter(nodata_frac: np.ndarray, urban_frac: np.ndarray | None, *, max_n
     fraction and is pruned by ``min_urban``).
     """
     if not 0.0 <= max_nodata <= 1.0:
-        raise RSGeoPruneError(f"--max-nodata {max_nodata} must lie in [0, 1]")
+        raise InvalidOption("max_nodata", max_nodata, "must lie in [0, 1]")
     why = np.full(len(nodata_frac), None, dtype=object)
     if min_urban is not None:
         if not 0.0 <= min_urban <= 1.0:
-            raise RSGeoPruneError(f"--min-urban {min_urban} must lie in [0, 1]")
+            raise InvalidOption("min_urban", min_urban, "must lie in [0, 1]")
         if urban_frac is None:
-            raise RSGeoPruneError("--min-urban needs --mask VECTOR (the urban polygons)")
+            raise InvalidOption("min_urban", min_urban, "needs the urban polygons (a mask vector file)")
         urban = np.asarray(urban_frac, dtype=float)
         why[~(urban >= min_urban)] = "mask"  # NaN (no location) fails the test too
     why[np.asarray(nodata_frac) > max_nodata] = "nodata"

@@ -18,7 +18,7 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
 from .sources import RasterScene, dataset_mask_of_chunk, decode_errors, gsd_metres, open_raster
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def tile_offsets(scene: RasterScene, tile_size: int = 256, stride: int | None = 
     """
     stride = tile_size if stride is None else stride
     if tile_size <= 0 or stride <= 0:
-        raise RSGeoPruneError(f"tile size {tile_size} and stride {stride} must be positive; pass e.g. --tile-size 256")
+        raise InvalidOption("tile_size", tile_size, f"tile size and stride ({stride}) must be positive pixel counts (e.g. 256)")
     if not partial and (scene.height < tile_size or scene.width < tile_size):
         raise RSGeoPruneError(
             f"{scene.href}: raster is {scene.width}x{scene.height} px, smaller than one {tile_size}-px tile; "

@@ -114,7 +114,7 @@ def test_output_that_cannot_be_written(scene, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     code, _, err = run(["tiles", scene.path, "--out", blocker / "tiles.parquet"], capsys)
-    assert code == 2 and "a_file/tiles.parquet" in err and "choose another --out" in err
+    assert code == 2 and "--out" in err and "a_file/tiles.parquet" in err and "cannot be created (File exists); choose another" in err
 
 
 def test_failed_run_keeps_the_previous_output(scene, tmp_path, capsys):

@@ -71,5 +71,5 @@ def test_filters():
     urban = np.array([0.9, 0.9, 0.1, np.nan, 0.0])
     assert mask_filter(nodata, urban).tolist() == [None, "nodata", None, None, "nodata"]
     assert mask_filter(nodata, urban, min_urban=0.5).tolist() == [None, "nodata", "mask", "mask", "nodata"]
-    with pytest.raises(RSGeoPruneError, match="--min-urban needs --mask"):
+    with pytest.raises(RSGeoPruneError, match="needs the urban polygons"):
         mask_filter(nodata, None, min_urban=0.5)
