@@ -22,6 +22,7 @@ nodata value, its mask band, or NaN, in every band) are reported in a ``valid`` 
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -101,6 +102,7 @@ class PixelReader:
         self._locks: dict = {}
         self._stretches: dict = {}
         self._guard = threading.Lock()
+        self._pid = os.getpid()
 
     # -- pickling: handles and locks stay in the process that opened them --------------------
     def __getstate__(self):
@@ -150,6 +152,10 @@ class PixelReader:
     def _handle(self, href: str):
         import rasterio
 
+        if self._pid != os.getpid():
+            # a forked child (a DataLoader worker under the fork start method) inherits the parent's
+            # handles without pickling, and with them the parent's file offsets: open its own
+            self._handles, self._locks, self._guard, self._pid = {}, {}, threading.Lock(), os.getpid()
         with self._guard:
             src = self._handles.get(href)
             if src is None:

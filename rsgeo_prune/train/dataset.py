@@ -160,6 +160,7 @@ class CatalogDataset(torch.utils.data.Dataset):
         self.fill = float(fill)
         self.seed = int(seed)
         self.epoch = 0
+        self._draws = self.dihedral or (self.crop is not None and self.random_crop)
         self.reader = PixelReader(nodata=nodata, bands=self.bands)
         self._check_sizes(source)
 
@@ -169,16 +170,13 @@ class CatalogDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         row = self._rows[index]
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)]) if self._draws else None
         x, valid = self._read(row, rng)
-        x = x * np.float32(2.0) - np.float32(1.0)  # [0, 1] → [-1, 1]; nodata was 0 → -1
-        if self.fill != -1.0:
-            x[:, ~valid] = self.fill
         if self.dihedral:
             k = int(rng.integers(8))
-            x, valid = dihedral(x, k), dihedral(valid, k)
-        return {"image": torch.from_numpy(np.ascontiguousarray(x)), "valid": torch.from_numpy(np.ascontiguousarray(valid)),
-                "tile_id": self.tile_ids[index], "index": int(index)}
+            x, valid = np.ascontiguousarray(dihedral(x, k)), np.ascontiguousarray(dihedral(valid, k))
+        return {"image": torch.from_numpy(x), "valid": torch.from_numpy(valid), "tile_id": self.tile_ids[index],
+                "index": int(index)}
 
     def set_epoch(self, epoch: int) -> None:
         """Draw crops and transforms of ``epoch`` (call before creating the epoch's DataLoader
@@ -198,21 +196,34 @@ class CatalogDataset(torch.utils.data.Dataset):
         return h.hexdigest()
 
     # -- named steps ---------------------------------------------------------------------------
-    def _read(self, row: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``(float32 (C, h, w) in [0, 1], valid (h, w))``; a raster crop reads only its window."""
-        if self.crop is None:
-            return self.reader.read_unit(row)
-        if not is_image_row(row):
+    def _read(self, row: dict, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(float32 (C, h, w) in [-1, 1], valid (h, w))``; a raster crop reads only its window."""
+        if self.crop is not None and not is_image_row(row):
             dy, dx = self._offset(int(row["height"]), int(row["width"]), rng)
-            window = dict(row, row_off=int(row["row_off"]) + dy, col_off=int(row["col_off"]) + dx,
-                          height=self.crop, width=self.crop)
-            return self.reader.read_unit(window)
-        x, valid = self.reader.read_unit(row)
-        if min(x.shape[1:]) < self.crop:
-            raise RSGeoPruneError(f"{row['href']}: image {x.shape[1]}x{x.shape[2]} is smaller than crop {self.crop}; "
-                                  "choose a smaller --crop")
-        dy, dx = self._offset(x.shape[1], x.shape[2], rng)
-        return x[:, dy:dy + self.crop, dx:dx + self.crop], valid[dy:dy + self.crop, dx:dx + self.crop]
+            row = dict(row, row_off=int(row["row_off"]) + dy, col_off=int(row["col_off"]) + dx,
+                       height=self.crop, width=self.crop)
+        x, valid = self._scaled(self.reader.read(row))
+        if self.crop is not None and is_image_row(row):
+            if min(x.shape[1:]) < self.crop:
+                raise RSGeoPruneError(f"{row['href']}: image {x.shape[1]}x{x.shape[2]} is smaller than crop "
+                                      f"{self.crop}; choose a smaller --crop")
+            dy, dx = self._offset(x.shape[1], x.shape[2], rng)
+            x = np.ascontiguousarray(x[:, dy:dy + self.crop, dx:dx + self.crop])
+            valid = np.ascontiguousarray(valid[dy:dy + self.crop, dx:dx + self.crop])
+        return x, valid
+
+    def _scaled(self, tile) -> tuple[np.ndarray, np.ndarray]:
+        """The catalog's [0, 1] rule (``Stretch.to_unit``) mapped to [-1, 1], nodata set to ``fill``.
+        uint8 takes one fused pass (``v · 2/255 − 1``), the same numbers as ``to_unit · 2 − 1``."""
+        if tile.stretch.identity:
+            x = np.multiply(tile.data, np.float32(2.0 / 255.0), dtype=np.float32)
+        else:
+            x = tile.stretch.to_unit(tile.data)
+            x *= np.float32(2.0)
+        x -= np.float32(1.0)
+        if not tile.valid.all():
+            x[:, ~tile.valid] = self.fill
+        return x, tile.valid
 
     def _offset(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
         if self.random_crop:

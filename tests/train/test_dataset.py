@@ -106,9 +106,12 @@ def test_dihedral_and_crop_samples_are_pure_functions_of_seed_epoch_index(scene)
 def test_two_worker_loader_returns_the_same_tiles(scene):
     table = tiles_stage([scene.path], TileConfig(), progress=False)
     ds = CatalogDataset(table, crop=32)
-    one = [t for b in torch.utils.data.DataLoader(ds, batch_size=4) for t in b["tile_id"]]
-    two = [t for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2) for t in b["tile_id"]]
-    assert sorted(one) == sorted(two) == sorted(ds.tile_ids) and len(set(one)) == len(ds)
+    ds[0]  # the parent opens its handles first: forked workers must not share them (file offsets)
+    one = {t: img for b in torch.utils.data.DataLoader(ds, batch_size=4) for t, img in zip(b["tile_id"], b["image"])}
+    two = {t: img for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+           for t, img in zip(b["tile_id"], b["image"])}
+    assert sorted(one) == sorted(two) == sorted(ds.tile_ids) and len(one) == len(ds)
+    assert all(torch.equal(one[t], two[t]) for t in one)
 
 
 def test_selection_by_query_and_tile_ids(scene):
