@@ -136,6 +136,14 @@ def unit_rows(z: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return (z.astype(np.float64) / norm[:, None]).astype(np.float32)
 
 
+def uncertain_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of the entries of ``a @ b`` that the float64 product cannot certify (a benchmark
+    figure: the entries that go to the slower recomputation)."""
+    a, b = _as_float32(a), _as_float32(b)
+    bound = _error_bound(np.count_nonzero(a, axis=1)[:, None], row_norms(a)[:, None], row_norms(b.T)[None, :])
+    return float(1.0 - _certain(_float64_product(a, b), bound).mean())
+
+
 # ---------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------
