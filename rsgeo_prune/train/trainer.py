@@ -346,7 +346,9 @@ class Evaluator:
             report = self.compare_sets(tiles, self._reference)
         except Exception as exc:  # the metric is a guest here: a failure must not end a training run
             return {"fd_error": f"{type(exc).__name__}: {exc}"}
-        return {f"fd_{k}" if not k.startswith("fd") else k: v for k, v in _report_dict(report).items()}
+        names = {"fd": "fd", "kid_mean": "kid", "kid_std": "kid_std", "feature": "fd_feature", "digest": "fd_feature_digest",
+                 "n_a": "fd_n_samples", "n_b": "fd_n_reference", "dim": "fd_dim"}
+        return {names.get(k, f"fd_{k}"): v for k, v in _report_dict(report).items()}
 
 
 def _find_compare_sets():
@@ -360,8 +362,8 @@ def _find_compare_sets():
 
 def _report_dict(report) -> dict:
     """The plain numeric/string fields of a MetricReport-like object (dataclass, dict, to_dict() or a number)."""
-    if hasattr(report, "to_dict"):
-        d = report.to_dict()
+    if hasattr(report, "as_dict"):
+        d = report.as_dict()
     elif hasattr(report, "__dataclass_fields__"):
         d = asdict(report)
     elif isinstance(report, dict):
