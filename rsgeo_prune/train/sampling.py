@@ -71,7 +71,8 @@ def ema_model(state: dict, device: torch.device | str = "cpu") -> tuple[torch.nn
     extra = state["extra"]
     cfg, lat = extra["config"], extra["latents"]
     if cfg["model"] not in DIT_CONFIGS:
-        raise RSGeoPruneError(f"checkpoint model {cfg['model']!r} is unknown to this version; use a matching rsgeo-prune")
+        raise RSGeoPruneError(f"checkpoint model {cfg['model']!r} is unknown to this version; "
+                              "sample with the rsgeo-prune version that trained it")
     c, h, w = lat["latent_shape"]
     model = build_dit(cfg["model"], input_size=h, in_channels=c)
     try:
@@ -88,7 +89,8 @@ def check_sampler(diffusion: str, sampler: str | None) -> str:
     if sampler is None:
         return allowed[0]
     if sampler not in allowed:
-        raise RSGeoPruneError(f"sampler {sampler!r}: the model was trained with {diffusion}; choose {' or '.join(allowed)}")
+        raise RSGeoPruneError(f"sampler {sampler!r}: the model was trained with {diffusion}; "
+                              f"choose {' or '.join(allowed)}")
     return sampler
 
 
@@ -235,7 +237,7 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
                               f"latents {lat['vae_digest'][:12]}…); give that VAE's folder")
     sampler = check_sampler(cfg["diffusion"], sampler)
     steps = steps or (250 if sampler == "ddpm" else 50)
-    diffusion = _diffusion_of(cfg)
+    diffusion = diffusion_of(cfg)
     vae = load_vae(vae_dir, dev)
     z = generate_latents(model, diffusion, n, latent_shape=tuple(lat["latent_shape"]), steps=steps, sampler=sampler,
                          eta=eta, seed=seed, batch_size=batch_size, device=dev)
@@ -254,13 +256,13 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
     return summary
 
 
-def _diffusion_of(cfg: dict):
+def diffusion_of(cfg: dict):
     """The diffusion a run trained with, from its config dict."""
     if cfg["diffusion"] == "flow":
         return make_diffusion("flow", time_sampling=cfg.get("time_sampling", "uniform"))
     return make_diffusion(cfg["diffusion"])
 
 
-__all__ = ["DIT_STATE_KIND", "SAMPLERS", "VIEWS", "check_sampler", "decode_latents", "denormalise", "ema_model",
-           "generate_latents", "grid_image", "read_checkpoint", "sample_to_folder", "seeded_generator",
+__all__ = ["DIT_STATE_KIND", "SAMPLERS", "VIEWS", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
+           "ema_model", "generate_latents", "grid_image", "read_checkpoint", "sample_to_folder", "seeded_generator",
            "write_grids", "write_png", "write_tiles"]

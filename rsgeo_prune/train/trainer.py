@@ -51,7 +51,7 @@ from ..atomic import check_writable
 from ..errors import RSGeoPruneError
 from .diffusion import DIFFUSIONS
 from .dit import DIT_CONFIGS, build_dit, count_parameters
-from .sampling import (DIT_STATE_KIND, _diffusion_of, decode_latents, denormalise, generate_latents, read_checkpoint,
+from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, read_checkpoint,
                        seeded_generator, write_grids)
 from .state import MetricsLog, autocast, choose_device, epoch_order, load_state, progress_bar, save_state
 
@@ -156,7 +156,7 @@ def _barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def _enable_tf32() -> None:
+def enable_tf32() -> None:
     """TF32 for fp32 matmuls and convolutions on GPU (what is left outside bf16 autocast)."""
     torch.set_float32_matmul_precision("high")
     conv = getattr(torch.backends.cudnn, "conv", None)
@@ -317,7 +317,7 @@ class Evaluator:
 
     def __init__(self, cfg: DiTTrainConfig, ds, vae, out: Path, device: torch.device):
         self.cfg, self.ds, self.vae, self.out, self.device = cfg, ds, vae, out, device
-        self.diffusion = _diffusion_of(asdict(cfg))
+        self.diffusion = diffusion_of(asdict(cfg))
         self.sampler = "euler" if cfg.diffusion == "flow" else "ddpm"
         self.latent_shape = tuple(ds.mean.shape[1:])
         self.compare_sets = _find_compare_sets() if vae is not None and cfg.fd_n > 0 else None
@@ -346,8 +346,8 @@ class Evaluator:
             report = self.compare_sets(tiles, self._reference)
         except Exception as exc:  # the metric is a guest here: a failure must not end a training run
             return {"fd_error": f"{type(exc).__name__}: {exc}"}
-        names = {"fd": "fd", "kid_mean": "kid", "kid_std": "kid_std", "feature": "fd_feature", "digest": "fd_feature_digest",
-                 "n_a": "fd_n_samples", "n_b": "fd_n_reference", "dim": "fd_dim"}
+        names = {"fd": "fd", "kid_mean": "kid", "kid_std": "kid_std", "feature": "fd_feature",
+                 "digest": "fd_feature_digest", "n_a": "fd_n_samples", "n_b": "fd_n_reference", "dim": "fd_dim"}
         return {names.get(k, f"fd_{k}"): v for k, v in _report_dict(report).items()}
 
 
@@ -402,16 +402,19 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
     state_path = out / STATE_FILE
     check_writable(state_path)
     if not resume and state_path.exists():
-        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it or choose a new --out")
+        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it "
+                              "or choose a new --out")
     if d.device.type == "cuda":
-        _enable_tf32()
+        enable_tf32()
     ds = load_latents(latents_root, cfg, d.world, vae_dir)
     info = latents_info(ds, latents_root)
     model, ema, opt = build_training(cfg, tuple(ds.mean.shape[1:]), d.device)
     step, epoch, position = 0, 0, 0
     if resume:
         check_resume(state_path, cfg, info)
-        pos = load_state(state_path, model=model, optimizer=opt, map_location=d.device)
+        # map to the CPU: load_state_dict copies into the device's parameters and the optimiser moves its state to
+        # them, while the saved RNG states must stay CPU tensors for torch.set_rng_state
+        pos = load_state(state_path, model=model, optimizer=opt, map_location="cpu")
         ema.load_state_dict(pos["extra"]["ema"])
         step, epoch, position = pos["step"], pos["epoch"], pos["position"]
     train_model = model
@@ -423,7 +426,7 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
     if cfg.compile:
         train_model = torch.compile(train_model)
     per_rank = cfg.batch_size // d.world
-    run_step = TrainStep(train_model, model, ema, opt, _diffusion_of(asdict(cfg)), ds, cfg, d.device)
+    run_step = TrainStep(train_model, model, ema, opt, diffusion_of(asdict(cfg)), ds, cfg, d.device)
 
     vae = None
     if vae_dir is not None and d.is_main and cfg.sample_every:
@@ -521,11 +524,6 @@ def _log_window(cfg, d: Dist, step, epoch, loss_sum, window, gnorm, t_window, t_
     return loss, packed[1].item() > 0, rec
 
 
-__all__ = ["DiTTrainConfig", "DiTTrainResult", "Dist", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
-           "check_config", "check_resume", "ema_decay", "latents_info", "load_latents", "next_batch",
-           "setup_distributed", "train_dit", "update_ema", "weights_digest", "write_synthetic_latents"]
-
-
 def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int, int] = (4, 8, 8), *, seed: int = 0,
                             vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
     """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for tests
@@ -543,7 +541,8 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
     mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
     logvar = torch.full_like(mean, -6.0)
     meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": "synthetic",
-            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()), "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
+            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
+            "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
             "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}
     ids = [f"synthetic-{i:06d}" for i in range(n)]
     shards = []
@@ -557,3 +556,8 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
     with atomic_output(root / INDEX_FILE) as tmp:
         tmp.write_text(json.dumps(index, indent=2))
     return root
+
+
+__all__ = ["DiTTrainConfig", "DiTTrainResult", "Dist", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
+           "check_config", "check_resume", "ema_decay", "enable_tf32", "latents_info", "load_latents", "next_batch",
+           "setup_distributed", "train_dit", "update_ema", "weights_digest", "write_synthetic_latents"]

@@ -39,7 +39,8 @@ def world(tmp_path_factory):
     save_vae(build_vae("tiny"), root / "other_vae")
     digest = vae_digest(root / "vae")
     lat = write_synthetic_latents(root / "lat", n=48, shape=(4, 8, 8), vae_digest=digest)
-    other = write_synthetic_latents(root / "lat_other", n=48, shape=(4, 8, 8), vae_digest=vae_digest(root / "other_vae"))
+    other = write_synthetic_latents(root / "lat_other", n=48, shape=(4, 8, 8),
+                                    vae_digest=vae_digest(root / "other_vae"))
     run = root / "run"
     # the reference run also draws decoded EMA grids at step 15 and 30: evaluation must not disturb training
     assert main(["train-dit", str(lat), "--out", str(run), "--steps", str(STEPS), *TRAIN, "--vae", str(root / "vae"),
@@ -79,7 +80,8 @@ def test_thirty_steps_lower_the_loss_and_write_the_run(world):
     assert {"model", "ema", "latents", "config"} <= set(state["extra"]) | set(state)
     assert state["extra"]["config"]["model"] == "DiT-tiny/2"
     # the EMA lags the weights (warm-up decay ~0.77 at step 30: close, not equal)
-    assert not torch.equal(state["model"]["final_layer.linear.weight"], state["extra"]["ema"]["final_layer.linear.weight"])
+    key = "final_layer.linear.weight"
+    assert not torch.equal(state["model"][key], state["extra"]["ema"][key])
     fd = [r for r in recs if "fd" in r or "fd_error" in r]
     if fd:  # rsgeo_prune.train.metrics is there: FD of 6 decoded EMA samples vs 6 decoded training latents
         assert [r["step"] for r in fd] == [15, 30] and all(r["fd"] >= 0 and r["fd_n_samples"] == 6 for r in fd), fd
