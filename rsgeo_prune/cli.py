@@ -153,7 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--labels", default=None, metavar="CSV",
                     help="optional CSV with tile_id and class columns (adds the class-mix plot)")
     rp.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random comparison subset")
+    _add_training_commands(sub)
     return parser
+
+
+def _add_training_commands(sub) -> None:
+    """The training wing's sub-commands; their options live beside their code in ``rsgeo_prune.train``."""
+    from .train.commands import add_encode_arguments, add_train_vae_arguments
+
+    add_train_vae_arguments(sub.add_parser(
+        "train-vae", formatter_class=_Formatter, help="train the 4-channel KL VAE from scratch on a catalog's tiles",
+        description="Train a diffusers AutoencoderKL (4 bands in and out, 4 latent channels, 8x down) on the kept tiles "
+                    "of a catalog; keep the checkpoint with the lowest validation loss (split by tile_id hash) in "
+                    "OUT/vae/ (save_pretrained format, with the measured per-channel latent mean and std), with "
+                    "per-band PSNR, SSIM and SAM on the validation split; --resume continues a stopped run."))
+    add_encode_arguments(sub.add_parser(
+        "encode", formatter_class=_Formatter, help="encode a catalog's tiles once to latent shards for the DiT",
+        description="Encode every selected tile to its posterior mean and log-variance (fp16) in safetensors shards "
+                    "keyed by tile_id, with the VAE and catalog digests; a killed run continues where it stopped."))
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -293,13 +310,27 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_train_vae(args) -> int:
+    from .train.commands import run_train_vae
+
+    run_train_vae(args)
+    return 0
+
+
+def _cmd_encode(args) -> int:
+    from .train.commands import run_encode
+
+    run_encode(args)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
-                "map": _cmd_map, "report": _cmd_report}
+                "map": _cmd_map, "report": _cmd_report, "train-vae": _cmd_train_vae, "encode": _cmd_encode}
     try:
         return commands[args.command](args)
     except InvalidOption as exc:  # the library names the value; the CLI adds its flag
