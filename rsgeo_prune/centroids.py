@@ -19,13 +19,12 @@ import numpy as np
 
 from .atomic import atomic_output
 from .embed import embed_table
-from .errors import RSGeoPruneError
-from .kmeans import spherical_kmeans  # also importable as centroids.spherical_kmeans
+from .errors import InvalidOption, RSGeoPruneError
+from .kmeans import DEFAULT_K, spherical_kmeans  # also importable as centroids.spherical_kmeans
 from .sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-DEFAULT_K = 200
 
 
 @dataclass(frozen=True)
@@ -162,10 +161,7 @@ def build_centroid_bank(refs: Sequence[str | Path], embedder, *, k: int = DEFAUL
         names += cat_names
         digest.update(hashlib.sha256(Path(cat).read_bytes()).digest())
     n = sum(len(p) for p in parts)
-    if k > n:
-        raise RSGeoPruneError(f"k {k} is larger than the {n} reference images; use k {n} or fewer, "
-                              "or add reference images")
-    z = np.concatenate(parts)
+    z = np.concatenate(parts)  # spherical_kmeans checks k against n
     centroids, labels = spherical_kmeans(z, k, seed=seed)
     classes = tuple(sorted(set(names)))
     index = {c: i for i, c in enumerate(classes)}
@@ -197,6 +193,6 @@ def check_reference(reference: Sequence[str | Path], embedder_spec: str, *, k: i
     n = len(read_reference_sets(folders).paths) if folders else 0
     n += sum(len(read_reference_catalog(c)[0]) for c in reference if not Path(c).is_dir())
     if k > n:
-        raise RSGeoPruneError(f"k {k} is larger than the {n} reference images; use k {n} or fewer, "
-                              "or add reference images")
+        raise InvalidOption("k", k, f"is larger than the {n} reference images; use {n} or fewer, "
+                            "or add reference images")
     return None

@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_training_commands(sub) -> None:
     """The training wing's sub-commands; their options live beside their code in ``rsgeo_prune.train``."""
     from .train.commands import add_encode_arguments, add_train_vae_arguments
+    from .train.dit_commands import add_sample_arguments, add_train_dit_arguments
 
     add_train_vae_arguments(sub.add_parser(
         "train-vae", formatter_class=_Formatter, help="train the 4-channel KL VAE from scratch on a catalog's tiles",
@@ -171,6 +172,16 @@ def _add_training_commands(sub) -> None:
         "encode", formatter_class=_Formatter, help="encode a catalog's tiles once to latent shards for the DiT",
         description="Encode every selected tile to its posterior mean and log-variance (fp16) in safetensors shards "
                     "keyed by tile_id, with the VAE and catalog digests; a killed run continues where it stopped."))
+    add_train_dit_arguments(sub.add_parser(
+        "train-dit", formatter_class=_Formatter, help="train an unconditional DiT on latent shards",
+        description="Train a DiT (written from Peebles & Xie 2023; --model from the registry) on the latent shards of "
+                    "`encode`: AdamW, EMA, gradient clipping, bf16 on GPU, exact --resume, EMA sample grids and the "
+                    "Fréchet distance every --sample-every steps. Multi-GPU: torchrun --nproc_per_node N -m "
+                    "rsgeo_prune.train.dit_commands train-dit ... (--batch-size is the global batch)."))
+    add_sample_arguments(sub.add_parser(
+        "sample", formatter_class=_Formatter, help="sample tiles from a DiT checkpoint's EMA weights",
+        description="Sample from the EMA weights of a train-dit checkpoint, decode with the VAE and write 4-band "
+                    "arrays (.npy or plain TIFF, no georeference) plus RGB and NIR-R-G false-colour grids; seedable."))
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -324,13 +335,28 @@ def _cmd_encode(args) -> int:
     return 0
 
 
+def _cmd_train_dit(args) -> int:
+    from .train.dit_commands import run_train_dit
+
+    run_train_dit(args)
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .train.dit_commands import run_sample
+
+    run_sample(args)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
-                "map": _cmd_map, "report": _cmd_report, "train-vae": _cmd_train_vae, "encode": _cmd_encode}
+                "map": _cmd_map, "report": _cmd_report, "train-vae": _cmd_train_vae, "encode": _cmd_encode,
+                "train-dit": _cmd_train_dit, "sample": _cmd_sample}
     try:
         return commands[args.command](args)
     except InvalidOption as exc:  # the library names the value; the CLI adds its flag

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 
 from .errors import InvalidOption
+from .kmeans import DEFAULT_K
 
 MAX_ENTROPY_BITS = 8.0  # 256 levels: H ≤ log2(256)
-DEFAULT_K = 200
 
 
 def _fraction(name: str, value, example: str) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 
 from ._parallel import map_slices
 from .errors import InvalidOption, RSGeoPruneError
+from .exact import portable_log2
 from .tiling import window_sums
 
 log = logging.getLogger(__name__)
@@ -156,14 +157,22 @@ def _batch_histograms_masked(tiles, valid, threads=None):
     return np.concatenate(parts)
 
 
-#: k * log2(k) for every count a 256 x 256 tile can hold: the entropy sum becomes a table look-up.
-_XLOG2X = np.concatenate([[0.0], np.arange(1, 65537) * np.log2(np.arange(1, 65537))])
+#: Σ h log2 h is summed in fixed point (integers add exactly, in any order), then scaled back:
+#: entropy values are then the same bits on every CPU and thread count.
+#: Per term the rounding is 2^-33 (table) or 2^-25 (larger counts); H moves by < 1e-10 bits.
+_FIXED_SCALE = 2.0 ** 32  # 65536 · log2(65536) · 2^32 = 2^52: no int64 overflow
+_FIXED_SCALE_LARGE = 2.0 ** 24  # counts up to 2^28 per bin stay below 2^63
+#: round(k log2 k · 2^32) for every count a 256 x 256 tile can hold: the sum becomes a table look-up.
+_XLOG2X = np.rint(np.arange(65537) * portable_log2(np.maximum(np.arange(65537), 1)) * _FIXED_SCALE).astype(np.int64)
 
 
 def entropy_from_histograms(hist: np.ndarray) -> np.ndarray:
     """Shannon entropy in bits of each histogram along the last axis; NaN where the histogram is empty.
 
     Uses ``H = log2(n) - (1/n) Σ h_k log2 h_k`` (n = Σ h_k), the same quantity as ``-Σ p log2 p``.
+    The sum is an exact integer sum of ``h log2 h`` in fixed point (2^-32 per term) and ``log2`` is
+    :func:`~rsgeo_prune.exact.portable_log2`, so the result does not depend on the CPU, numpy's SIMD
+    paths or the order of the bins.
 
     Args:
         hist: ``(..., 256)`` counts.
@@ -173,21 +182,18 @@ def entropy_from_histograms(hist: np.ndarray) -> np.ndarray:
     hist = np.asarray(hist, dtype=np.int64)
     total = hist.sum(axis=-1)
     if hist.size and hist.max() < len(_XLOG2X):
-        s = _XLOG2X[hist].sum(axis=-1)
-    else:
-        hf = hist.astype(np.float64)
-        s = (hf * np.log2(np.maximum(hf, 1.0))).sum(axis=-1)
+        fixed, scale = _XLOG2X[hist].sum(axis=-1), _FIXED_SCALE
+    else:  # counts beyond a 256 x 256 tile: the same fixed point, computed per bin
+        scale = _FIXED_SCALE_LARGE
+        hf = np.maximum(hist, 1).astype(np.float64)
+        fixed = np.rint(hist * portable_log2(hf) * scale).astype(np.int64).sum(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        h = np.log2(total) - s / total
+        h = portable_log2(np.maximum(total, 1)) - (fixed.astype(np.float64) / scale) / total
     h = np.maximum(h, 0.0)  # rounding can leave -1e-16
     h[hist.max(axis=-1, initial=0) == total] = 0.0  # a single level: exactly 0 bits
     h[total == 0] = np.nan
     return h
 
-
-# ---------------------------------------------------------------------------------------------
-# Levels: any dtype → 256 levels
-# ---------------------------------------------------------------------------------------------
 
 def stretch_levels(block: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Map ``(C, H, W)`` values to uint8 levels with per-band ``lo``/``hi`` (the percentile stretch)."""

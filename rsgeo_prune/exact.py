@@ -281,3 +281,34 @@ def _squares_kernel(x):  # pragma: no cover - compiled
             s0 += y * y
         out[i] = (s0 + s1) + (s2 + s3)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# log2 from IEEE basic operations only (for entropy)
+# ---------------------------------------------------------------------------------------------
+
+_SQRT_HALF = 0.7071067811865476
+_LOG2_E = 1.4426950408889634  # 1 / ln 2
+_ATANH_TERMS = 12  # |s| <= 0.1716 on [sqrt(1/2), sqrt(2)): s^(2*12) < 1e-18
+
+
+def portable_log2(x) -> np.ndarray:
+    """``log2(x)`` of positive float64 values using only ``frexp`` and ``+ - * /``.
+
+    libm's ``log2`` (and numpy's SIMD variants) may pick another code path on another CPU (FMA or
+    AVX-512 versions chosen at run time) and differ in the last bit; basic IEEE operations are
+    correctly rounded everywhere, and numpy never fuses two ufunc calls, so this result is the same
+    on every machine. Accuracy: within a few float64 ulps (x = m·2^e, m ∈ [√½, √2),
+    ln m = 2·atanh((m-1)/(m+1)) summed by Horner's rule).
+    """
+    x = np.asarray(x, np.float64)
+    m, e = np.frexp(x)  # exact: x = m * 2**e, m in [0.5, 1)
+    low = m < _SQRT_HALF
+    m = np.where(low, m * 2.0, m)  # exact scaling by 2
+    e = np.where(low, e - 1, e).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    acc = np.full_like(s, 1.0 / (2 * _ATANH_TERMS + 1))
+    for k in range(_ATANH_TERMS - 1, -1, -1):
+        acc = acc * s2 + 1.0 / (2 * k + 1)
+    return e + (2.0 * s * acc) * _LOG2_E

@@ -19,10 +19,10 @@ import math
 import numba
 import numpy as np
 
-from .errors import RSGeoPruneError
+from .errors import InvalidOption, RSGeoPruneError
 from .exact import U32, canonical_pair_dots, gamma, row_norms, unit_rows
 
-DEFAULT_K = 200  # the same default as rsgeo_prune.centroids.DEFAULT_K (a test keeps them equal)
+DEFAULT_K = 200  # centroids (over-clustering the reference classes, RS-Prune §3.3)
 
 
 def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 8_192) -> tuple[np.ndarray, np.ndarray]:
@@ -79,10 +79,10 @@ def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters:
     """
     n = len(x)
     if k > n:
-        raise RSGeoPruneError(f"--k {k} is larger than the {n} reference images; use --k {n} or fewer, "
+        raise InvalidOption("k", k, f"is larger than the {n} reference images; use {n} or fewer, "
                               "or add reference images")
     if k <= 0:
-        raise RSGeoPruneError(f"--k {k} must be >= 1")
+        raise InvalidOption("k", k, "must be >= 1")
     if not np.isfinite(x).all():
         raise RSGeoPruneError("reference embeddings hold NaN; check the embedder on the reference images")
     x = np.ascontiguousarray(x, np.float32)

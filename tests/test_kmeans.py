@@ -117,11 +117,11 @@ def test_kmeans_is_seeded_and_k_is_checked():
     a, _ = spherical_kmeans(x, 7, seed=1)
     b, _ = spherical_kmeans(x, 7, seed=1)
     assert np.array_equal(a, b)
-    with pytest.raises(RSGeoPruneError, match="--k 201 is larger than the 200 reference images"):
+    with pytest.raises(RSGeoPruneError, match="k 201.*is larger than the 200 reference images"):
         spherical_kmeans(x, 201)
-    with pytest.raises(RSGeoPruneError, match="--k 0 must be >= 1"):
+    with pytest.raises(RSGeoPruneError, match="k 0.*must be >= 1"):
         spherical_kmeans(x, 0)
-    assert centroids.spherical_kmeans is spherical_kmeans and kmeans.DEFAULT_K == centroids.DEFAULT_K
+    assert centroids.spherical_kmeans is spherical_kmeans
 
 
 def test_kmeans_centroids_and_bank_digest_do_not_depend_on_threads():

@@ -112,15 +112,16 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` returned."""
-    torch.set_rng_state(state["torch"])
+    """Restore what :func:`rng_state` returned (from a checkpoint loaded onto any device: RNG
+    states are byte tensors that torch wants on the CPU)."""
+    torch.set_rng_state(state["torch"].cpu())
     npy = state["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+    np.random.set_state((npy["name"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached"]))
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
