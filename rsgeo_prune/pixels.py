@@ -22,6 +22,8 @@ nodata value, its mask band, or NaN, in every band) are reported in a ``valid`` 
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -101,6 +103,7 @@ class PixelReader:
         self._handles: dict = {}
         self._locks: dict = {}
         self._stretches: dict = {}
+        self._all_valid: dict = {}
         self._guard = threading.Lock()
         self._pid = os.getpid()
 
@@ -156,6 +159,7 @@ class PixelReader:
             # a forked child (a DataLoader worker under the fork start method) inherits the parent's
             # handles without pickling, and with them the parent's file offsets: open its own
             self._handles, self._locks, self._guard, self._pid = {}, {}, threading.Lock(), os.getpid()
+            self._all_valid = {}
         with self._guard:
             src = self._handles.get(href)
             if src is None:
@@ -178,13 +182,14 @@ class PixelReader:
         return src.nodata if src.nodata is not None else self.nodata
 
     def _scene_stretch(self, href: str, src) -> Stretch:
-        if src.dtypes[0] == "uint8":
-            return Stretch()
         with self._guard:
             st = self._stretches.get(href)
         if st is None:
-            lo, hi = scene_percentiles(href, self._nodata_of(src))
-            st = Stretch(np.asarray(lo, np.float64), np.asarray(hi, np.float64))
+            if src.dtypes[0] == "uint8":
+                st = Stretch()
+            else:
+                lo, hi = scene_percentiles(href, self._nodata_of(src))
+                st = Stretch(np.asarray(lo, np.float64), np.asarray(hi, np.float64))
             with self._guard:
                 self._stretches[href] = st
         return st.select(self.bands)
@@ -197,17 +202,33 @@ class PixelReader:
         self._check_bands(href, src.count)
         window = Window(int(_field(row, "col_off")), int(_field(row, "row_off")),
                         int(_field(row, "width")), int(_field(row, "height")))
-        masked = with_valid and src.nodata is None and self.nodata is None
+        all_valid = with_valid and self._every_pixel_valid(href, src)
+        masked = with_valid and not all_valid and src.nodata is None and self.nodata is None
         with decode_errors(href), self._locks[href]:
             data = src.read(indexes=self.bands, window=window)
             # the mask band speaks for files without a nodata value (GDAL's dataset mask)
             mask = src.dataset_mask(window=window) if masked else None
         valid = None
-        if with_valid:
-            valid = valid_pixels(data, self._nodata_of(src)).astype(bool)
+        if all_valid:
+            valid = np.ones(data.shape[1:], bool)
+        elif with_valid:
+            valid = _valid_mask(data, self._nodata_of(src))
             if mask is not None:
                 valid &= mask > 0
         return Tile(data, valid, self._scene_stretch(href, src))
+
+    def _every_pixel_valid(self, href: str, src) -> bool:
+        """Whether no pixel of the raster can be nodata: no nodata value (the file's or the
+        reader's), no mask or alpha band, and an integer dtype (no NaN). Cached per raster; the
+        mask is then neither read nor computed."""
+        fact = self._all_valid.get(href)
+        if fact is None:
+            from rasterio.enums import MaskFlags
+
+            fact = (self._nodata_of(src) is None and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
+                    and all(list(flags) == [MaskFlags.all_valid] for flags in src.mask_flag_enums))
+            self._all_valid[href] = fact
+        return fact
 
     def _read_image(self, row, with_valid: bool) -> Tile:
         href = _field(row, "href")
@@ -215,11 +236,44 @@ class PixelReader:
         self._check_bands(href, data.shape[0])
         if self.bands:
             data = data[np.asarray(self.bands) - 1]
-        valid = valid_pixels(data, None).astype(bool) if with_valid else None
+        valid = _valid_mask(data, None) if with_valid else None
         if data.dtype == np.uint8:
             return Tile(data, valid, Stretch())
         lo, hi = percentile_range(data, None)
         return Tile(data, valid, Stretch(np.asarray(lo, np.float64), np.asarray(hi, np.float64)))
+
+
+def _valid_mask(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(H, W)`` bool: ``valid_pixels(data, nodata)`` as bool, without the float64 copy a float
+    nodata (rasterio reports ``0.0``) forces on an integer block: for integer dtypes a pixel is valid
+    when any band differs from the nodata value (none can when the value is not one of the dtype's).
+    Bitwise, so a contiguous block is OR-ed 8 bytes at a time."""
+    if not (data.dtype.kind in "iu" and data.ndim == 3 and len(data)):
+        return valid_pixels(data, nodata).astype(bool)
+    nd, pattern = _nodata_pattern(data.dtype, nodata)
+    if nd is None:
+        return np.ones(data.shape[1:], bool)
+    if len(data) == 1:
+        return data[0] != nd
+    if data.flags.c_contiguous and (data[0].size * data.itemsize) % 8 == 0:
+        words = data.reshape(len(data), -1).view(np.uint64)
+        acc = np.bitwise_or.reduce(words if pattern == 0 else words ^ np.uint64(pattern), axis=0)
+        return (acc.view(data.dtype) != 0).reshape(data.shape[1:])
+    return np.bitwise_or.reduce(data if nd == 0 else data ^ nd, axis=0) != 0
+
+
+@functools.lru_cache(maxsize=64)
+def _nodata_pattern(dtype: np.dtype, nodata: float | None) -> tuple:
+    """``(nodata as a dtype scalar, its bytes repeated over a uint64)``; ``(None, None)`` when no
+    pixel of an integer ``dtype`` can equal ``nodata`` (None, NaN, a fraction, out of range)."""
+    if nodata is None or math.isnan(nodata) or not float(nodata).is_integer():
+        return None, None
+    info = np.iinfo(dtype)
+    if not info.min <= int(nodata) <= info.max:
+        return None, None
+    nd = dtype.type(int(nodata))
+    word = np.frombuffer(np.full(8 // dtype.itemsize, nd, dtype).tobytes(), np.uint64)[0]
+    return nd, int(word)
 
 
 def _field(row, name: str):

@@ -1,5 +1,13 @@
 """Catalog rows → torch samples: ``image (C, H, W)`` float32 in [-1, 1], ``valid (H, W)``, ``tile_id``.
 
+Two output forms (``CatalogDataset(..., output=)``):
+
+* ``"float"`` (default): ``image`` is float32 in [-1, 1], nodata pixels set to ``fill``;
+* ``"raw"``: ``image`` is the file's values (uint8 for uint8 rasters: 4x less to copy between
+  DataLoader workers and to the device) plus ``stretch``, the per-band ``(lo, hi, uint8)`` of the
+  scaling rule; :func:`to_model_range` (or :meth:`CatalogDataset.to_model_range`) maps a collated batch —
+  on the device, after ``.to(device)`` — to exactly the float output's numbers.
+
 Pixels are read through :class:`rsgeo_prune.pixels.PixelReader`, so the scaling is the catalog's
 documented rule (uint8 ``/ 255``; uint16 and float stretched per band between the scene's 2nd and 98th
 percentiles) and nodata pixels (every band equal to nodata, NaN, or masked) come back in ``valid``.
@@ -138,15 +146,28 @@ class CatalogDataset(torch.utils.data.Dataset):
         fill: value of nodata pixels in the [-1, 1] image (default -1, the file's 0 scaled).
         seed: seed of the crop and dihedral draws; see :meth:`set_epoch`.
         check_files: fail at construction, naming the first missing raster, when hrefs no longer resolve.
+        output: ``"float"`` (default) or ``"raw"`` (see below).
 
     A sample is ``{"image": float32 (C, H, W) in [-1, 1], "valid": bool (H, W), "tile_id": str,
-    "index": int}``.
+    "index": int}``. With ``output="raw"``, ``image`` holds the file's values instead (uint8 as is;
+    uint16 and uint32 widened to int32 and int64, which torch handles; nodata pixels keep their
+    value) and the sample has ``"stretch": float64 (C, 3)``, each band's ``(lo, hi, uint8)`` (``(0, 255,
+    1)`` for uint8's rule, ``(p2, p98, 0)`` for a percentile stretch); ``self.to_model_range(batch)``
+    then gives the float samples' images, bit for bit.
+    This is the fast path for training: workers copy and send 4x fewer bytes and the scaling runs
+    once per batch on the device.
+
+    ``valid`` is all True, without reading a mask, for rasters with no nodata value (the file's or
+    ``nodata``), no mask or alpha band and an integer dtype.
     """
 
     def __init__(self, catalog: str | Path | pd.DataFrame, *, select: Selection = "kept",
                  bands: Sequence[int] | None = None, crop: int | None = None, random_crop: bool = True,
                  dihedral: bool = False, nodata: float | None = None, fill: float = -1.0, seed: int = 0,
-                 check_files: bool = True):
+                 check_files: bool = True, output: str = "float"):
+        if output not in ("float", "raw"):
+            raise RSGeoPruneError(f"output {output!r}: choose 'float' (image in [-1, 1]) or 'raw' (the file's values "
+                                  "and a stretch, mapped with to_model_range)")
         source = str(catalog) if not isinstance(catalog, pd.DataFrame) else "catalog"
         table = select_rows(load_table(catalog), select, source=source)
         if check_files:
@@ -158,6 +179,7 @@ class CatalogDataset(torch.utils.data.Dataset):
         self.random_crop = bool(random_crop)
         self.dihedral = bool(dihedral)
         self.fill = float(fill)
+        self.output = output
         self.seed = int(seed)
         self.epoch = 0
         self._draws = self.dihedral or (self.crop is not None and self.random_crop)
@@ -171,12 +193,18 @@ class CatalogDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self._rows[index]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)]) if self._draws else None
-        x, valid = self._read(row, rng)
+        data, valid, stretch = self._read(row, rng)
         if self.dihedral:
             k = int(rng.integers(8))
-            x, valid = np.ascontiguousarray(dihedral(x, k)), np.ascontiguousarray(dihedral(valid, k))
-        return {"image": torch.from_numpy(x), "valid": torch.from_numpy(valid), "tile_id": self.tile_ids[index],
-                "index": int(index)}
+            data, valid = np.ascontiguousarray(dihedral(data, k)), np.ascontiguousarray(dihedral(valid, k))
+        sample = {"image": torch.from_numpy(_torch_dtype(data)), "valid": torch.from_numpy(valid),
+                  "stretch": stretch, "tile_id": self.tile_ids[index], "index": int(index)}
+        # the float form is the raw one through the batch transform: the same numbers by construction
+        return sample if self.output == "raw" else self.to_model_range(sample)
+
+    def to_model_range(self, batch: dict, *, device: torch.device | str | None = None) -> dict:
+        """:func:`to_model_range` with this dataset's ``fill``."""
+        return to_model_range(batch, fill=self.fill, device=device)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw crops and transforms of ``epoch`` (call before creating the epoch's DataLoader
@@ -196,13 +224,14 @@ class CatalogDataset(torch.utils.data.Dataset):
         return h.hexdigest()
 
     # -- named steps ---------------------------------------------------------------------------
-    def _read(self, row: dict, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
-        """``(float32 (C, h, w) in [-1, 1], valid (h, w))``; a raster crop reads only its window."""
+    def _read(self, row: dict, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """``(raw (C, h, w), valid (h, w), stretch (C, 3))``; a raster crop reads only its window."""
         if self.crop is not None and not is_image_row(row):
             dy, dx = self._offset(int(row["height"]), int(row["width"]), rng)
             row = dict(row, row_off=int(row["row_off"]) + dy, col_off=int(row["col_off"]) + dx,
                        height=self.crop, width=self.crop)
-        x, valid = self._scaled(self.reader.read(row))
+        tile = self.reader.read(row)
+        x, valid = tile.data, tile.valid
         if self.crop is not None and is_image_row(row):
             if min(x.shape[1:]) < self.crop:
                 raise RSGeoPruneError(f"{row['href']}: image {x.shape[1]}x{x.shape[2]} is smaller than crop "
@@ -210,20 +239,7 @@ class CatalogDataset(torch.utils.data.Dataset):
             dy, dx = self._offset(x.shape[1], x.shape[2], rng)
             x = np.ascontiguousarray(x[:, dy:dy + self.crop, dx:dx + self.crop])
             valid = np.ascontiguousarray(valid[dy:dy + self.crop, dx:dx + self.crop])
-        return x, valid
-
-    def _scaled(self, tile) -> tuple[np.ndarray, np.ndarray]:
-        """The catalog's [0, 1] rule (``Stretch.to_unit``) mapped to [-1, 1], nodata set to ``fill``.
-        uint8 takes one fused pass (``v · 2/255 − 1``), the same numbers as ``to_unit · 2 − 1``."""
-        if tile.stretch.identity:
-            x = np.multiply(tile.data, np.float32(2.0 / 255.0), dtype=np.float32)
-        else:
-            x = tile.stretch.to_unit(tile.data)
-            x *= np.float32(2.0)
-        x -= np.float32(1.0)
-        if not tile.valid.all():
-            x[:, ~tile.valid] = self.fill
-        return x, tile.valid
+        return x, valid, _stretch_tensor(tile.stretch, x.shape[0])
 
     def _offset(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
         if self.random_crop:
@@ -267,6 +283,67 @@ class CatalogDataset(torch.utils.data.Dataset):
                                   "train on one size")
 
 
+def to_model_range(batch: dict, *, fill: float = -1.0, device: torch.device | str | None = None) -> dict:
+    """A ``output="raw"`` sample or collated batch with ``image`` mapped to float32 in [-1, 1]: the
+    catalog's [0, 1] rule (uint8 ``v · 2/255 − 1`` in float32; other dtypes ``clip((v − lo) / (hi − lo),
+    0, 1)`` in float64, NaN → 0, then ``· 2 − 1`` in float32) with invalid pixels set to ``fill``.
+
+    Runs where the tensors are; ``device`` first moves every tensor of the batch there (the
+    trainer's ``batch = ds.to_model_range(batch, device=device)``: uint8 crosses to the device,
+    4x fewer bytes than float32). The result has no ``stretch`` key, so a batch already in model
+    range (a ``"float"`` dataset's) is returned as is (moved to ``device``).
+    """
+    if device is not None:
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if "stretch" not in batch:
+        return batch
+    x, valid = batch["image"], batch["valid"].to(batch["image"].device)
+    if x.dtype == torch.uint8:  # uint8's rule: one fused multiply, as v * float32(2/255)
+        y = x.to(torch.float32).mul_(_TWO_OVER_255).sub_(1.0)
+    else:
+        st = batch["stretch"].to(device=x.device, dtype=torch.float64)
+        lo, hi = st[..., 0, None, None], st[..., 1, None, None]
+        q = (x.to(torch.float64) - lo) / torch.clamp_min(hi - lo, 1e-12)
+        y = torch.nan_to_num(q, nan=0.0).clamp_(0.0, 1.0).to(torch.float32).mul_(2.0).sub_(1.0)
+        uint8 = st[..., 2] > 0
+        if bool(uint8.any()):  # uint8 samples collated with another dtype (torch.stack promoted them)
+            y = torch.where(uint8[..., None, None], x.to(torch.float32).mul_(_TWO_OVER_255).sub_(1.0), y)
+    if y.device.type == "cpu":  # torch's broadcast masked_fill_ is slow on the CPU; most tiles have no nodata
+        invalid = ~valid.numpy()
+        if invalid.any():
+            np.moveaxis(y.numpy(), -3, 0)[:, invalid] = fill
+    else:
+        y.masked_fill_(~valid.unsqueeze(-3), fill)
+    out = {k: v for k, v in batch.items() if k != "stretch"}
+    out["image"] = y
+    return out
+
+
+#: float32(2 / 255) as a Python float: torch multiplies a float32 tensor by it in float32.
+_TWO_OVER_255 = float(np.float32(2.0 / 255.0))
+_UINT8_STRETCH: dict[int, torch.Tensor] = {}
+
+
+def _stretch_tensor(stretch, channels: int) -> torch.Tensor:
+    """``(C, 3)`` float64 ``(lo, hi, uint8)`` per band; uint8's identity rule is ``(0, 255, 1)`` (one
+    shared tensor), a percentile stretch ``(p2, p98, 0)``."""
+    if stretch.identity:
+        t = _UINT8_STRETCH.get(channels)
+        if t is None:
+            t = _UINT8_STRETCH[channels] = torch.tensor([[0.0, 255.0, 1.0]] * channels, dtype=torch.float64)
+        return t
+    return torch.from_numpy(np.stack([stretch.lo, stretch.hi, np.zeros_like(stretch.lo)], axis=1).astype(np.float64))
+
+
+def _torch_dtype(a: np.ndarray) -> np.ndarray:
+    """Unsigned types torch only partly supports, widened without loss (uint16 → int32, uint32 → int64)."""
+    if a.dtype == np.uint16:
+        return a.astype(np.int32)
+    if a.dtype == np.uint32:
+        return a.astype(np.int64)
+    return a
+
+
 def dihedral(a: np.ndarray, k: int) -> np.ndarray:
     """Element ``k`` (0..7) of the dihedral group of the square on the last two axes:
     ``k % 4`` quarter turns, then a left-right flip when ``k >= 4``. Keeps every pixel value."""
@@ -287,4 +364,5 @@ def _row_records(table: pd.DataFrame) -> list[dict]:
     return recs
 
 
-__all__ = ["CatalogDataset", "check_hrefs", "default_bands", "dihedral", "hash_split", "load_table", "select_rows"]
+__all__ = ["CatalogDataset", "check_hrefs", "default_bands", "dihedral", "hash_split", "load_table", "select_rows",
+           "to_model_range"]

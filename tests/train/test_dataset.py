@@ -142,3 +142,129 @@ def test_bad_input_gives_one_clear_error(tmp_path, scene):
         CatalogDataset(table, bands=[1, 5])
     with pytest.raises(RSGeoPruneError, match="crop 300: larger"):
         CatalogDataset(table, crop=300)
+
+
+# -- output="raw" + to_model_range, mask skipping -------------------------------------------------
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+@pytest.mark.parametrize("crop,dihedral_", [(None, False), (24, True)])
+def test_raw_output_then_batch_transform_equals_the_float_output(tmp_path, dtype, crop, dihedral_):
+    path = _raster(tmp_path / f"r_{dtype}.tif", dtype, 4, nodata=0 if dtype == "uint8" else 9999)
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    kw = dict(crop=crop, dihedral=dihedral_, seed=5, fill=-0.5)
+    flt, raw = CatalogDataset(table, **kw), CatalogDataset(table, output="raw", **kw)
+    batch = next(iter(torch.utils.data.DataLoader(raw, batch_size=len(raw))))
+    assert batch["image"].dtype == (torch.uint8 if dtype == "uint8" else torch.int32)
+    assert batch["stretch"].shape == (len(raw), 4, 3) and batch["stretch"].dtype == torch.float64
+    out = raw.to_model_range(batch)
+    expected = torch.stack([flt[i]["image"] for i in range(len(flt))])
+    assert out["image"].dtype == torch.float32 and torch.equal(out["image"], expected)  # bit for bit
+    assert torch.equal(out["valid"], batch["valid"]) and "stretch" not in out
+    assert out["tile_id"] == flt.tile_ids
+    assert (out["image"][0][:, ~out["valid"][0]] == -0.5).all() and not out["valid"][0].all()
+    assert raw.to_model_range(out) is out  # a batch in model range (a float dataset's) passes through
+    # one sample through the transform, and its raw values are the file's (nodata pixels included)
+    one = raw.to_model_range(raw[0])
+    assert torch.equal(one["image"], flt[0]["image"])
+    if crop is None:
+        with rasterio.open(path) as src:
+            r = table.iloc[0]
+            direct = src.read(window=Window(r.col_off, r.row_off, r.width, r.height)).astype(np.int64)
+        np.testing.assert_array_equal(raw[0]["image"].numpy().astype(np.int64), direct)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_model_range_is_the_documented_rule(tmp_path, dtype):
+    """The previous float path's numpy arithmetic, bit for bit: uint8 ``v * float32(2/255) - 1``;
+    other dtypes ``Stretch.to_unit`` (float64) then ``* 2 - 1`` in float32; invalid pixels ``fill``."""
+    path = _raster(tmp_path / "r.tif", dtype, 3, nodata=0 if dtype == "uint8" else 9999)
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    flt = CatalogDataset(table, select="all")
+    for i in (0, 4):
+        tile = flt.reader.read(flt._rows[i])
+        if dtype == "uint8":
+            ref = np.multiply(tile.data, np.float32(2.0 / 255.0), dtype=np.float32)
+        else:
+            ref = tile.stretch.to_unit(tile.data)
+            ref *= np.float32(2.0)
+        ref -= np.float32(1.0)
+        ref[:, ~tile.valid] = -1.0
+        np.testing.assert_array_equal(flt[i]["image"].numpy(), ref)
+
+
+def _plain(path, data, **profile):
+    c, h, w = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=c, dtype=data.dtype.name,
+                       crs="EPSG:32614", transform=from_origin(500000, 5000000, 1, 1), tiled=True,
+                       blockxsize=32, blockysize=32, **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def test_valid_mask_is_skipped_only_when_no_pixel_can_be_nodata(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 255, (3, 64, 64)).astype("uint8")
+    data[:, :8, :8] = 0  # zeros, but no nodata value: valid
+    plain = _plain(tmp_path / "plain.tif", data)
+    ds = CatalogDataset(tiles_stage([plain], TileConfig(tile_size=32, max_nodata=1.0), progress=False))
+    assert all(ds[i]["valid"].all() for i in range(len(ds)))
+    assert ds.reader._all_valid == {str(plain): True}  # the per-raster fact: no mask read, none computed
+
+    # the run's nodata option makes the zeros nodata
+    ds0 = CatalogDataset(tiles_stage([plain], TileConfig(tile_size=32, max_nodata=1.0), progress=False), nodata=0)
+    assert not ds0[0]["valid"][:8, :8].any() and ds0[0]["valid"][8:, 8:].all()
+    assert ds0.reader._all_valid == {str(plain): False}
+
+    # an internal mask band speaks for a file without a nodata value
+    masked = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        _plain(masked, data)
+        with rasterio.open(masked, "r+") as dst:
+            m = np.full((64, 64), 255, np.uint8)
+            m[40:, 40:] = 0
+            dst.write_mask(m)
+    dsm = CatalogDataset(tiles_stage([masked], TileConfig(tile_size=32, max_nodata=1.0), progress=False),
+                         select="all")
+    last = dsm[len(dsm) - 1]["valid"]  # the bottom-right tile
+    assert not last[8:, 8:].any() and last[:8].all() and dsm.reader._all_valid == {str(masked): False}
+
+    # a float raster can hold NaN: its mask is computed
+    fdata = data.astype("float32")
+    fdata[:, 20:24, 20:24] = np.nan
+    fpath = _plain(tmp_path / "float.tif", fdata)
+    dsf = CatalogDataset(tiles_stage([fpath], TileConfig(tile_size=32, max_nodata=1.0), progress=False),
+                         select="all", output="raw")
+    v = dsf[0]["valid"]
+    assert not v[20:24, 20:24].any() and int(v.sum()) == 32 * 32 - 16
+    assert dsf.reader._all_valid == {str(fpath): False}
+    assert torch.isfinite(dsf.to_model_range(dsf[0])["image"]).all()
+
+
+def test_unknown_output_is_a_clear_error(scene):
+    table = tiles_stage([scene.path], TileConfig(), progress=False)
+    with pytest.raises(RSGeoPruneError, match="output 'uint8'"):
+        CatalogDataset(table, output="uint8")
+
+
+def test_to_model_range_moves_the_batch_to_a_device(tmp_path):
+    path = _raster(tmp_path / "r.tif", "uint8", 4, nodata=0)
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    flt, raw = CatalogDataset(table), CatalogDataset(table, output="raw")
+    batch = next(iter(torch.utils.data.DataLoader(raw, batch_size=4)))
+    out = raw.to_model_range(batch, device="cpu")
+    assert out["image"].device.type == "cpu"
+    assert torch.equal(out["image"], torch.stack([flt[i]["image"] for i in range(4)]))
+    fb = next(iter(torch.utils.data.DataLoader(flt, batch_size=4)))
+    assert torch.equal(flt.to_model_range(fb, device="cpu")["image"], fb["image"])
+
+
+def test_raw_batch_of_mixed_dtypes_is_still_exact(tmp_path):
+    """uint8 and uint16 samples collate to int32 (torch.stack promotes): each keeps its own rule."""
+    a = _raster(tmp_path / "a.tif", "uint8", 4, nodata=0, seed=1)
+    b = _raster(tmp_path / "b.tif", "uint16", 4, nodata=9999, seed=2)
+    table = pd.concat([tiles_stage([p], TileConfig(tile_size=32, max_nodata=1.0), progress=False) for p in (a, b)],
+                      ignore_index=True)
+    flt, raw = CatalogDataset(table, select="all"), CatalogDataset(table, select="all", output="raw")
+    batch = next(iter(torch.utils.data.DataLoader(raw, batch_size=len(raw))))
+    assert batch["image"].dtype == torch.int32
+    out = raw.to_model_range(batch)
+    assert torch.equal(out["image"], torch.stack([flt[i]["image"] for i in range(len(flt))]))
