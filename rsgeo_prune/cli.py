@@ -321,31 +321,13 @@ def _cmd_report(args) -> int:
     return 0
 
 
-def _cmd_train_vae(args) -> int:
-    from .train.commands import run_train_vae
+def _cmd_training(args) -> int:
+    """train-vae, encode, train-dit, sample: run functions beside their code in ``rsgeo_prune.train``."""
+    from .train import commands, dit_commands
 
-    run_train_vae(args)
-    return 0
-
-
-def _cmd_encode(args) -> int:
-    from .train.commands import run_encode
-
-    run_encode(args)
-    return 0
-
-
-def _cmd_train_dit(args) -> int:
-    from .train.dit_commands import run_train_dit
-
-    run_train_dit(args)
-    return 0
-
-
-def _cmd_sample(args) -> int:
-    from .train.dit_commands import run_sample
-
-    run_sample(args)
+    runners = {"train-vae": commands.run_train_vae, "encode": commands.run_encode,
+               "train-dit": dit_commands.run_train_dit, "sample": dit_commands.run_sample}
+    runners[args.command](args)
     return 0
 
 
@@ -355,8 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
-                "map": _cmd_map, "report": _cmd_report, "train-vae": _cmd_train_vae, "encode": _cmd_encode,
-                "train-dit": _cmd_train_dit, "sample": _cmd_sample}
+                "map": _cmd_map, "report": _cmd_report, "train-vae": _cmd_training, "encode": _cmd_training,
+                "train-dit": _cmd_training, "sample": _cmd_training}
     try:
         return commands[args.command](args)
     except InvalidOption as exc:  # the library names the value; the CLI adds its flag

@@ -129,18 +129,26 @@ def run_encode(args) -> dict:
     return index
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rsgeo_prune.train.commands")
+def run_subcommands(prog: str, commands: dict, argv=None) -> int:
+    """A small command line of ``{name: (help, add_arguments, run)}`` (what ``python -m`` and
+    ``torchrun -m`` call); bad input is one line on stderr and exit code 2."""
+    ap = argparse.ArgumentParser(prog=prog)
     sub = ap.add_subparsers(dest="command", required=True)
-    add_train_vae_arguments(sub.add_parser("train-vae", help="train the 4-channel VAE from scratch"))
-    add_encode_arguments(sub.add_parser("encode", help="encode tiles to latent shards"))
+    for name, (text, add_arguments, _) in commands.items():
+        add_arguments(sub.add_parser(name, help=text))
     args = ap.parse_args(argv)
     try:
-        (run_train_vae if args.command == "train-vae" else run_encode)(args)
+        commands[args.command][2](args)
     except RSGeoPruneError as exc:
         print(f"rsgeo-prune {args.command}: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None) -> int:
+    return run_subcommands("python -m rsgeo_prune.train.commands", {
+        "train-vae": ("train the 4-channel VAE from scratch", add_train_vae_arguments, run_train_vae),
+        "encode": ("encode tiles to latent shards", add_encode_arguments, run_encode)}, argv)
 
 
 if __name__ == "__main__":

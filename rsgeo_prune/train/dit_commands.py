@@ -17,7 +17,6 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import RSGeoPruneError
 
 
 def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -115,17 +114,12 @@ def run_sample(args) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rsgeo_prune.train.dit_commands")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_train_dit_arguments(sub.add_parser("train-dit", help="train an unconditional DiT on latent shards"))
-    add_sample_arguments(sub.add_parser("sample", help="sample tiles from a DiT checkpoint's EMA weights"))
-    args = ap.parse_args(argv)
-    try:
-        (run_train_dit if args.command == "train-dit" else run_sample)(args)
-    except RSGeoPruneError as exc:
-        print(f"rsgeo-prune {args.command}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m rsgeo_prune.train.dit_commands`` (and ``torchrun -m …``): train-dit and sample."""
+    from .commands import run_subcommands
+
+    return run_subcommands("python -m rsgeo_prune.train.dit_commands", {
+        "train-dit": ("train an unconditional DiT on latent shards", add_train_dit_arguments, run_train_dit),
+        "sample": ("sample tiles from a DiT checkpoint's EMA weights", add_sample_arguments, run_sample)}, argv)
 
 
 if __name__ == "__main__":

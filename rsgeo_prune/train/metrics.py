@@ -162,7 +162,23 @@ class RandomCNNConfig:
     version: int = 1
 
 
-class RandomCNNFeatures:
+class _BatchedFeatures:
+    """Feature spaces that map uint8 tiles batch by batch with a ``_forward(u8) -> (n, dim)``."""
+
+    dim: int
+    channels: int | None = None
+
+    def __call__(self, tiles) -> np.ndarray:
+        x = as_uint8_tiles(tiles)
+        if self.channels is not None:
+            _check_channels(x, self.channels, self.name)
+        out = np.zeros((len(x), self.dim), np.float64)
+        for a in range(0, len(x), _BATCH):
+            out[a:a + _BATCH] = self._forward(x[a:a + _BATCH])
+        return out
+
+
+class RandomCNNFeatures(_BatchedFeatures):
     """``random-cnn-<seed>``: a frozen randomly initialised CNN, computed in float64.
 
     ``__call__(tiles (N, C, H, W))`` → float64 ``(N, widths[-1])``: the mean over positions of the
@@ -194,14 +210,6 @@ class RandomCNNFeatures:
         for i, w in enumerate(self.weights):
             parts += [f"conv{i}.weight{tuple(w.shape)}".encode(), _le64(w.numpy())]
         return _sha256(*parts)
-
-    def __call__(self, tiles) -> np.ndarray:
-        x = as_uint8_tiles(tiles)
-        _check_channels(x, self.channels, self.name)
-        out = np.zeros((len(x), self.dim), np.float64)
-        for a in range(0, len(x), _BATCH):
-            out[a:a + _BATCH] = self._forward(x[a:a + _BATCH])
-        return out
 
     @torch.no_grad()
     def _forward(self, u8: np.ndarray) -> np.ndarray:
@@ -253,7 +261,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class InceptionFeatures:
+class InceptionFeatures(_BatchedFeatures):
     """``inception:<path>``: torchvision Inception-v3 2,048-d pool features from a local state_dict.
 
     The R, G, B bands (NIR is ignored), scaled to [0, 1], resized bilinearly (antialiased) to
@@ -296,13 +304,6 @@ class InceptionFeatures:
                                   f"({str(exc).splitlines()[0]}); pass a torchvision inception_v3 state_dict") from exc
         model.fc = torch.nn.Identity()
         return model.eval().to(self.device)
-
-    def __call__(self, tiles) -> np.ndarray:
-        x = as_uint8_tiles(tiles)
-        out = np.zeros((len(x), self.dim), np.float64)
-        for a in range(0, len(x), _BATCH):
-            out[a:a + _BATCH] = self._forward(x[a:a + _BATCH])
-        return out
 
     @torch.no_grad()
     def _forward(self, u8: np.ndarray) -> np.ndarray:
