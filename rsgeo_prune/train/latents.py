@@ -19,6 +19,7 @@ import torch
 
 from ..atomic import atomic_output, check_writable
 from ..errors import RSGeoPruneError
+from .dataset import to_model_range
 from .state import autocast, choose_device, progress_bar
 from .vae import latent_scale, load_vae, vae_digest
 
@@ -85,7 +86,7 @@ def _encode_range(vae, ds, lo: int, hi: int, batch_size: int, device, num_worker
     means, logvars = [], []
     for batch in loader:
         with autocast(device):
-            post = vae.encode(batch["image"].to(device)).latent_dist
+            post = vae.encode(to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)["image"]).latent_dist
         means.append(post.mean.float().cpu().half())
         logvars.append(post.logvar.float().cpu().half())
         bar.update(batch["image"].shape[0])

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_output, check_writable
 from ..errors import RSGeoPruneError
+from .dataset import to_model_range
 from .state import (EpochSampler, MetricsLog, autocast, choose_device, load_state, progress_bar, save_state,
                     seed_everything)
 
@@ -62,6 +63,12 @@ SAM_EPS = 1e-3
 #: Per-tile PSNR cap in dB (an exactly reconstructed constant tile has infinite PSNR).
 PSNR_CAP = 100.0
 
+
+
+def _model_batch(batch: dict, ds, device) -> dict:
+    """A DataLoader batch on ``device`` with ``image`` in [-1, 1]: datasets with ``output="raw"``
+    send file values (uint8 is 4x smaller than float32) and are scaled here, where the model runs."""
+    return to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)
 
 def build_vae(preset: str = "small", *, channels: int = 4, latent_channels: int = 4, downsample: int = 8,
               sample_size: int = 64):
@@ -209,7 +216,8 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
             loader = _epoch_loader(train_ds, cfg, epoch, position)
             for batch in loader:
                 model.train()
-                x, valid = batch["image"].to(device), batch["valid"].to(device)
+                batch = _model_batch(batch, train_ds, device)
+                x, valid = batch["image"], batch["valid"]
                 with autocast(device):
                     terms = _loss_terms(model, x, valid, cfg, lpips)
                 opt.zero_grad(set_to_none=True)
@@ -332,7 +340,8 @@ def validation_loss(model, val_ds, cfg: VAETrainConfig, device, limit: int | Non
     limit = cfg.val_tiles if limit is None else limit
     total, n = 0.0, 0
     for batch in _plain_loader(val_ds, cfg.batch_size, limit):
-        x, valid = batch["image"].to(device), batch["valid"].to(device)
+        batch = _model_batch(batch, val_ds, device)
+        x, valid = batch["image"], batch["valid"]
         with autocast(device):
             post = model.encode(x).latent_dist
             y = model.decode(post.mode()).sample.float()
@@ -362,7 +371,7 @@ def measure_latent_scale(vae, ds, cfg: VAETrainConfig, device, max_tiles: int = 
     count = 0
     for batch in _plain_loader(ds, cfg.batch_size, max_tiles):
         with autocast(device):
-            post = vae.encode(batch["image"].to(device)).latent_dist
+            post = vae.encode(_model_batch(batch, ds, device)["image"]).latent_dist
         mean, std = post.mean.float().cpu(), post.std.float().cpu()
         z = (mean + std * torch.randn(mean.shape, generator=gen)).double()
         s = z.sum((0, 2, 3)) if s is None else s + z.sum((0, 2, 3))
@@ -464,7 +473,7 @@ def evaluate(vae, ds, cfg: VAETrainConfig | None = None, device="cpu", *, baseli
     m_vae, m_bic = ReconMetrics(channels), ReconMetrics(channels)
     n = 0
     for batch in _plain_loader(ds, batch_size, limit):
-        x = batch["image"].to(device)
+        x = _model_batch(batch, ds, device)["image"]
         with autocast(device):
             y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float()
         x01 = (x.float() + 1) / 2
@@ -486,7 +495,7 @@ def recon_grid(vae, ds, path: Path, device="cpu", n: int = 8) -> Path:
 
     vae.eval()
     batch = next(iter(_plain_loader(ds, n, n)))
-    x = batch["image"].to(device)
+    x = _model_batch(batch, ds, device)["image"]
     y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
     rows = []
     views = [(0, 1, 2)] if x.shape[1] < 4 else [(0, 1, 2), (3, 0, 1)]
