@@ -16,6 +16,7 @@ import numpy as np
 import shapely
 
 from .errors import InvalidOption, RSGeoPruneError
+from .status import MASK, NODATA
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,6 @@ def mask_filter(nodata_frac: np.ndarray, urban_frac: np.ndarray | None, *, max_n
         if urban_frac is None:
             raise InvalidOption("min_urban", min_urban, "needs the urban polygons (a mask vector file)")
         urban = np.asarray(urban_frac, dtype=float)
-        why[~(urban >= min_urban)] = "mask"  # NaN (no location) fails the test too
-    why[np.asarray(nodata_frac) > max_nodata] = "nodata"
+        why[~(urban >= min_urban)] = MASK  # NaN (no location) fails the test too
+    why[np.asarray(nodata_frac) > max_nodata] = NODATA
     return why
