@@ -11,7 +11,7 @@ LEAFLET    := leaflet@1.9.4
 NPM_DIR    := $(VENV)/share/rsgeo_prune
 DEMO_DIR := catalogs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-train clean
 
 install: $(STAMP)
 
@@ -34,8 +34,16 @@ test: install
 bench: install
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/entropy.py
-	$(PY) benchmarks/select.py
+	$(PY) benchmarks/selection.py
 	$(PY) benchmarks/scale.py
+
+# the training wing: data throughput, DiT step time (and MFU on a GPU), then the long runs:
+# the VAE quality run (60 min on 2 CPU cores) and the convergence experiment (~30 min)
+bench-train: install
+	$(PY) benchmarks/train_data.py
+	$(PY) benchmarks/train_dit.py
+	$(PY) benchmarks/vae.py --minutes 60 --threads 2
+	$(PY) benchmarks/convergence.py --config cpu
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

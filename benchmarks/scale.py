@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import sys
 
-# benchmarks/select.py shares its name with a standard-library module (imported by pandas,
-# subprocess, asyncio): keep this folder behind the standard library on sys.path.
-sys.path.append(sys.path.pop(0))
 
 import argparse
 import hashlib

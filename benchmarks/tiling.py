@@ -10,11 +10,7 @@ Usage: python benchmarks/tiling.py [--repeat 3] [--workdir DIR]
 
 from __future__ import annotations
 
-import sys
 
-# benchmarks/select.py shares its name with a standard-library module (imported by pandas,
-# subprocess, asyncio): keep this folder behind the standard library on sys.path.
-sys.path.append(sys.path.pop(0))
 
 import argparse
 import tempfile

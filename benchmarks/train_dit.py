@@ -15,11 +15,7 @@ Usage: python benchmarks/train_dit.py [--cpu-steps 60] [--gpu-steps 20] [--compi
 
 from __future__ import annotations
 
-import sys
 
-# benchmarks/select.py shadows the standard library's select module (which socket, hence torch, imports):
-# move this folder from the front of sys.path to the back so that the standard library wins.
-sys.path.append(sys.path.pop(0))
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402

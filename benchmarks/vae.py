@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 
-sys.path.append(sys.path.pop(0))  # benchmarks/select.py must not shadow the standard library
 
 import argparse
 import json

@@ -97,6 +97,10 @@ def _plan_run(inputs, out_dir, reference, tile_cfg: TileConfig, run_cfg: RunConf
     if METHODS[run_cfg.method].needs_reference and not reference:
         raise RSGeoPruneError(f"selection method {run_cfg.method} needs reference centroids: give reference "
                               "sets (ImageFolder folders or catalogs) or a bank .npz")
+    if METHODS[run_cfg.method].needs_entropy and not tile_cfg.wants_entropy:
+        # without a Stage I option no entropy is computed and the ranking would be the tile-id tie-break
+        raise InvalidOption("method", run_cfg.method, "ranks by Stage I entropy: give an entropy threshold or keep "
+                            "fraction too (entropy_min 0 computes it and prunes nothing)")
     embedder = cached_embedder(run_cfg.embedder, run_cfg.nir_view)  # a bad spec or weights file fails now
     bank = None
     if reference:

@@ -235,6 +235,7 @@ class Method:
     summary: str
     needs_reference: bool
     choose: Callable[[SelectionInputs], Selection]
+    needs_entropy: bool = False  # ranks by Stage I entropy, which only an entropy option computes
 
 
 def _with_bank(chosen: np.ndarray, p: SelectionInputs) -> Selection:
@@ -253,8 +254,8 @@ _METHOD_LIST = (
            lambda p: _with_bank(select_water_filling(p.cluster, p.similarity, p.tile_id, p.budget), p)),
     Method("random", "uniform random subset (seeded)", False,
            lambda p: _with_bank(select_random(len(p.tile_id), p.budget, seed=p.seed), p)),
-    Method("entropy", "the highest-entropy tiles", False,
-           lambda p: _with_bank(select_top_entropy(p.entropy, p.tile_id, p.budget), p)),
+    Method("entropy", "the highest-entropy tiles (needs a Stage I option, e.g. entropy_min 0)", False,
+           lambda p: _with_bank(select_top_entropy(p.entropy, p.tile_id, p.budget), p), needs_entropy=True),
     Method("moderate", "Moderate-DS: distance to the centroid closest to the median", True,
            lambda p: _with_bank(select_moderate(p.similarity, p.tile_id, p.budget), p)),
     Method("cluster-nearest", "k-means with B clusters on the candidates, nearest tile of each", False,

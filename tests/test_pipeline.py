@@ -98,3 +98,18 @@ def test_run_on_an_image_collection(world, tmp_path):
     stac = list(pystac.Catalog.from_file(str(tmp_path / "run" / "stac" / "catalog.json")).get_items(recursive=True))
     assert len(stac) == 7
     assert main(["map", str(tmp_path / "run"), "--out", str(tmp_path / "map.html")]) == 0
+
+
+def test_entropy_method_without_stage_one_is_refused(world, tmp_path):
+    """Without an entropy option no entropy is computed: the entropy baseline would silently rank by
+    tile id (found by the convergence benchmark)."""
+    root, scene, ref = world
+    with pytest.raises(RSGeoPruneError, match="ranks by Stage I entropy"):
+        run_pipeline([scene.path], tmp_path / "e", [], TileConfig(), RunConfig(budget_count=5, method="entropy"),
+                     progress=False)
+    assert not (tmp_path / "e" / "tiles.parquet").exists()
+    cat, _ = run_pipeline([scene.path], tmp_path / "e", [], TileConfig(entropy_min=0.0),
+                          RunConfig(budget_count=5, method="entropy"), progress=False)
+    kept = cat.loc[cat["kept"], "entropy"].astype(float)
+    others = cat.loc[cat["pruned_by"] == "selection", "entropy"].astype(float)
+    assert len(kept) == 5 and kept.min() >= others.max()

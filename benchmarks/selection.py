@@ -11,16 +11,12 @@
 * tiles/s of the default embedder and of open_clip ViT-B-32 (random weights: the speed is the
   same) on 256 x 256 x 4 uint8 tiles, on this machine's CPU.
 
-Usage: python benchmarks/select.py [--n-assign 131072] [--n-select 10500000]
+Usage: python benchmarks/selection.py [--n-assign 131072] [--n-select 10500000]
 """
 
 from __future__ import annotations
 
-import sys
 
-# This file is named select.py, like a standard-library module that pandas and subprocess import:
-# move its folder from the front of sys.path to the back so that the standard library wins.
-sys.path.append(sys.path.pop(0))
 
 import argparse  # noqa: E402
 import time  # noqa: E402
