@@ -195,7 +195,10 @@ def test_ctrl_c_prints_one_line_and_the_run_resumes(world, small_run, tmp_path):
     out = tmp_path / "run"
     args = ["run", str(world.a.path), "--reference", str(world.ref), "--k", "7", "--entropy-keep", "0.7",
             "--budget", "0.3", "--chunk", "8", "--scheduler", "synchronous", "--quiet", "--out", str(out)]
+    # a shell that starts a job in the background makes it ignore SIGINT, and Python keeps that:
+    # install Python's own handler, as a terminal session has it
     code = ("import os, signal, sys\nimport rsgeo_prune.embed_cache as ec\nfrom rsgeo_prune.cli import main\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "real = ec.write_part\n"
             "def write_then_interrupt(path, *a, **k):\n"
             "    real(path, *a, **k)\n"
