@@ -35,6 +35,14 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _forget_pool_after_fork() -> None:
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()  # a forked child has none of the parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def map_slices(kernel, n: int, threads: int | None = None, min_per_thread: int = 8):
     """Call ``kernel(start, stop)`` on contiguous slices of ``range(n)``; results in slice order.
 
