@@ -39,7 +39,8 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 8_192)
         raise RSGeoPruneError(f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)")
     if not np.isfinite(centroids).all():
         raise RSGeoPruneError("the centroid bank holds NaN or infinite values; rebuild it with `rsgeo-prune centroids`")
-    return _assign(embeddings, np.ascontiguousarray(centroids), block)
+    # writable copies where needed: torch cannot wrap read-only arrays (dask task arguments, memmaps)
+    return _assign(embeddings, np.require(centroids, np.float32, ["C", "W"]), block)
 
 
 def _assign(embeddings: np.ndarray, centroids: np.ndarray, block: int,
@@ -52,7 +53,7 @@ def _assign(embeddings: np.ndarray, centroids: np.ndarray, block: int,
         return cluster, similarity
     norm_c = row_norms(centroids)
     for start in range(0, n, max(1, block)):
-        part = np.ascontiguousarray(embeddings[start:start + block])
+        part = np.require(embeddings[start:start + block], np.float32, ["C", "W"])
         norm_e = row_norms(part) if norm_e_all is None else norm_e_all[start:start + len(part)]
         _check_finite_rows(norm_e, start)
         rows, cols = _screen(part, centroids, norm_e, float(norm_c.max()))
