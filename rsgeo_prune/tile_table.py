@@ -20,6 +20,7 @@ from .config import TileConfig
 from .entropy import entropy_filter, entropy_from_histograms, image_histograms, scene_histograms, stack_histograms
 from .errors import RSGeoPruneError
 from .masks import mask_filter, polygons_in_crs, read_vector, urban_fraction
+from .pixels import is_image_row
 from .sources import ImageCollection, RasterScene, describe_raster, resolve_inputs
 from .status import ENTROPY, PRE_FILTERS, summary_line
 from .tiling import collection_grid, nodata_fraction, tile_grid
@@ -156,7 +157,7 @@ def entropy_stage(table: pd.DataFrame, *, nodata: float | None = None, entropy_m
     groups = list(table.groupby("href", sort=False).indices.items())
     for href, idx in tqdm(groups, desc="entropy", unit="scene", disable=None if progress else True):
         rows = table.iloc[idx]
-        if rows["transform"].iloc[0] is None:
+        if is_image_row(rows.iloc[0]):
             parts.append((idx, image_histograms(rows["href"])))
             continue
         scene = describe_raster(href, nodata=nodata, scene_id=rows["scene_id"].iloc[0])
