@@ -13,8 +13,10 @@ command keeps those that match (same VAE, same catalog digest, same tiles) and e
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..atomic import atomic_output, check_writable
@@ -144,31 +146,115 @@ def _remove_temporaries(out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class LatentShards(torch.utils.data.Dataset):
-    """The latents of an ``encode`` folder, all in memory (4x32x32 fp16 latents of a 256-px tile take
-    8 KiB each: a million tiles in 16 GiB for mean and logvar).
+class ShardedRows:
+    """One tensor (``"mean"`` or ``"logvar"``) of every shard, read as one ``(n, C, h, w)`` float16 array
+    without loading it: each shard's data is a read-only ``numpy.memmap`` into its safetensors file.
 
+    ``rows[index]`` (an int, a slice, or an int array / tensor in any order, across shards) returns a new
+    float16 tensor with those rows, gathered from the page cache. A training step reads its batch only, so
+    memory does not grow with the corpus, and the torchrun processes of one machine share the cached pages
+    (in memory, each would hold its own copy: 16 KiB per 256-px tile, 16 GiB per million tiles, times the GPUs).
+    Pickling keeps the paths, not the maps (DataLoader workers and spawned processes map the files again).
+    """
+
+    def __init__(self, paths: list[Path], name: str):
+        self.paths, self.name = [Path(p) for p in paths], name
+        self._layouts = [_tensor_layout(p, name) for p in self.paths]  # (offset, shape) per shard
+        shapes = {tuple(shape[1:]) for _, shape in self._layouts}
+        if len(shapes) > 1:
+            raise RSGeoPruneError(f"{self.paths[0].parent}: shards of different latent shapes {sorted(shapes)}; "
+                                  "encode again into a new --out")
+        counts = [shape[0] for _, shape in self._layouts]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # shard k: rows [starts[k], starts[k+1])
+        self.shape = torch.Size([int(self.starts[-1]), *(shapes.pop() if shapes else ())])
+        self.dtype = torch.float16
+        self._maps: list[np.memmap] | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": None}
+
+    def _open(self) -> list[np.memmap]:
+        if self._maps is None:
+            self._maps = [np.memmap(p, dtype=np.float16, mode="r", offset=off, shape=tuple(shape))
+                          for p, (off, shape) in zip(self.paths, self._layouts)]
+        return self._maps
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows = self._rows(index)
+        flat = rows.reshape(-1)
+        out = np.empty((flat.size, *self.shape[1:]), dtype=np.float16)
+        shard = np.searchsorted(self.starts, flat, side="right") - 1
+        maps = self._open()
+        for k in np.unique(shard):
+            at = np.flatnonzero(shard == k)
+            out[at] = maps[k][flat[at] - self.starts[k]]
+        return torch.from_numpy(out.reshape(*rows.shape, *self.shape[1:]))
+
+    def _rows(self, index) -> np.ndarray:
+        n = len(self)
+        if isinstance(index, slice):
+            return np.arange(n, dtype=np.int64)[index]
+        rows = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index)
+        if rows.dtype == bool or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError(f"latent rows: index with ints or a slice, not {rows.dtype}")
+        rows = rows.astype(np.int64)
+        if rows.size and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"latent row out of range for {n} latents")
+        return np.where(rows < 0, rows + n, rows)
+
+
+def _tensor_layout(path: Path, name: str) -> tuple[int, list[int]]:
+    """Byte offset and shape of tensor ``name`` in a safetensors file (format: an 8-byte little-endian header
+    length, the JSON header, then the data; offsets in the header count from the data's start)."""
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        size = path.stat().st_size
+        info = header[name]
+        begin, end = info["data_offsets"]
+        shape = [int(v) for v in info["shape"]]
+    except (OSError, ValueError, KeyError, struct.error, TypeError) as exc:
+        raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
+                              "run rsgeo-prune encode again with this --out") from None
+    if info.get("dtype") != "F16" or end - begin != 2 * int(np.prod(shape)) or 8 + n + end > size:
+        raise RSGeoPruneError(f"{path}: tensor {name!r} is not whole float16 data (file cut short or another "
+                              "writer); run rsgeo-prune encode again with this --out")
+    return 8 + n + begin, shape
+
+
+class LatentShards(torch.utils.data.Dataset):
+    """The latents of an ``encode`` folder.
+
+    ``mean`` and ``logvar`` are :class:`ShardedRows`: ``(n, C, h, w)`` float16, memory-mapped from the
+    shards (``in_memory=True`` reads them into RAM instead: 16 KiB per 256-px tile, mean and log-variance).
     A sample is ``{"mean", "logvar": fp16 (C, h, w), "tile_id"}``; :meth:`sample` draws
     ``z ~ q(z|x)`` and :meth:`normalise` applies the VAE's measured scale.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, *, in_memory: bool = False):
         root = Path(root)
         index_path = root / INDEX_FILE
         if not index_path.exists():
             raise RSGeoPruneError(f"{root}: no {INDEX_FILE} (encoding unfinished or not an encode folder); "
                                   "run rsgeo-prune encode again with this --out")
         self.index = json.loads(index_path.read_text())
-        ids, means, logvars = [], [], []
+        ids, paths = [], []
         for name in self.index["shards"]:
-            t, m, lv, meta = read_shard(root / name)
+            t, meta = _shard_ids_and_meta(root / name)
             if meta.get("vae_digest") != self.index["vae_digest"]:
                 raise RSGeoPruneError(f"{root / name}: shard of another VAE than {INDEX_FILE}; encode again")
             ids += t
-            means.append(m)
-            logvars.append(lv)
+            paths.append(root / name)
         self.tile_ids = ids
-        self.mean, self.logvar = torch.cat(means), torch.cat(logvars)
+        self.mean, self.logvar = ShardedRows(paths, "mean"), ShardedRows(paths, "logvar")
+        if len(self.mean) != len(ids) or len(self.logvar) != len(ids):
+            raise RSGeoPruneError(f"{root}: {len(ids)} tile ids for {len(self.mean)} latents; encode again")
+        if in_memory:
+            self.mean, self.logvar = self.mean[:], self.logvar[:]
         c = self.mean.shape[1]
         self.latents_mean = torch.tensor(self.index["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
         self.latents_std = torch.tensor(self.index["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
@@ -193,4 +279,17 @@ class LatentShards(torch.utils.data.Dataset):
         return z * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
 
 
-__all__ = ["LatentShards", "encode_catalog", "read_shard", "shard_name", "write_shard"]
+def _shard_ids_and_meta(path: Path) -> tuple[list[str], dict]:
+    """The tile ids and metadata of a shard, without reading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return json.loads(meta.pop("tile_ids")), meta
+    except Exception as exc:  # safetensors raises its own error types for a cut or foreign file
+        raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
+                              "run rsgeo-prune encode again with this --out") from None
+
+
+__all__ = ["LatentShards", "ShardedRows", "encode_catalog", "read_shard", "shard_name", "write_shard"]

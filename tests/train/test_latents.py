@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,13 +41,55 @@ def test_shards_round_trip_against_a_direct_encode(setup, tmp_path):
     assert shards.tile_ids == ds.tile_ids and shards.mean.dtype == torch.float16
     with torch.no_grad():
         post = vae.encode(torch.stack([ds[i]["image"] for i in range(12)])).latent_dist
-    torch.testing.assert_close(shards.mean.float(), post.mean, atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(shards.logvar.float(), post.logvar, atol=2e-2, rtol=2e-3)
+    torch.testing.assert_close(shards.mean[:].float(), post.mean, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(shards.logvar[:].float(), post.logvar, atol=2e-2, rtol=2e-3)
     ids, mean, logvar, meta = lat.read_shard(tmp_path / "z" / "shard-00001.safetensors")
     assert ids == ds.tile_ids[5:10] and mean.shape == (5, 4, 8, 8) and meta["shard"] == "1"
     z = torch.full((1, 4, 8, 8), 1.0)
     assert torch.allclose(shards.normalise(z)[0, :, 0, 0], torch.tensor([0.9, 0.4, 0.7 / 3, 0.15]))
     assert torch.allclose(shards.denormalise(shards.normalise(z)), z)
+
+
+def _shard_tensors(root):
+    from safetensors.torch import load_file
+
+    index = json.loads((root / "index.json").read_text())
+    parts = [load_file(str(root / name)) for name in index["shards"]]
+    return torch.cat([p["mean"] for p in parts]), torch.cat([p["logvar"] for p in parts])
+
+
+def test_memory_mapped_rows_equal_the_shards_for_every_kind_of_index(tmp_path):
+    from rsgeo_prune.train.trainer import write_synthetic_latents
+
+    root = write_synthetic_latents(tmp_path / "z", n=23, shape=(4, 8, 8), seed=3, shard_size=5)  # 5 shards, last of 3
+    mean, logvar = _shard_tensors(root)
+    ds = lat.LatentShards(root)
+    assert isinstance(ds.mean, lat.ShardedRows) and ds.mean.shape == (23, 4, 8, 8) and len(ds.logvar) == 23
+    assert not any(isinstance(v, torch.Tensor) and v.numel() > 100 for v in vars(ds).values())  # nothing loaded
+    cross = [22, 0, 7, 7, 19, 4, 5, -1]  # unsorted, repeated, negative, across every shard
+    for index in (3, -23, slice(None), slice(4, 13, 3), cross, torch.tensor(cross), np.array(cross, dtype=np.int32),
+                  torch.tensor([], dtype=torch.long)):
+        assert torch.equal(ds.mean[index], mean[index if not isinstance(index, list) else torch.tensor(index)])
+        assert torch.equal(ds.logvar[index], logvar[index if not isinstance(index, list) else torch.tensor(index)])
+    assert torch.equal(ds[13]["mean"], mean[13]) and ds[13]["tile_id"] == "synthetic-000013"
+    again = pickle.loads(pickle.dumps(ds))  # DataLoader workers: paths travel, the maps are opened again
+    assert len(pickle.dumps(ds.mean)) < 4096 and torch.equal(again.mean[cross], mean[cross])
+    whole = lat.LatentShards(root, in_memory=True)
+    assert torch.equal(whole.mean, mean) and torch.equal(whole.logvar, logvar)
+    with pytest.raises(IndexError):
+        ds.mean[[23]]
+    with pytest.raises(TypeError):
+        ds.mean[torch.tensor([True, False])]
+
+
+def test_a_shard_cut_short_is_named_when_the_latents_are_opened(tmp_path):
+    from rsgeo_prune.train.trainer import write_synthetic_latents
+
+    root = write_synthetic_latents(tmp_path / "z", n=12, shape=(4, 8, 8), shard_size=5)
+    path = root / "shard-00001.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(RSGeoPruneError, match="shard-00001.safetensors: .*encode again"):
+        lat.LatentShards(root)
 
 
 def test_a_killed_encode_resumes_and_keeps_finished_shards(setup, tmp_path, monkeypatch):
