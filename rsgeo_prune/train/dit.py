@@ -328,7 +328,9 @@ class DiT(nn.Module):
         """x (N, C, H, W), t (N,) or () float, y (N,) long (class-conditional only) → (N, C, H, W)."""
         n, _, height, width = x.shape
         h = self.x_embedder(x).flatten(2).transpose(1, 2)  # (N, D, H/p, W/p) → (N, T, D), row-major
-        h = h + self.pos_embed.to(h.dtype)
+        # the fp32 table promotes the residual stream to fp32 under bf16 autocast: adaLN-Zero's small gated
+        # updates early in training would otherwise round away in bf16's 8-bit mantissa
+        h = h + self.pos_embed
         c = self.t_embedder(t.reshape(-1).expand(n))  # (N, D); a 0-d t is broadcast to the batch
         if self.y_embedder is not None:
             if y is None:  # no label: the extra "null" row (what classifier-free guidance drops to)

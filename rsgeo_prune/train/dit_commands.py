@@ -23,6 +23,7 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Options of ``rsgeo-prune train-dit LATENTS --out DIR``."""
     from .diffusion import DIFFUSIONS
     from .dit import DIT_CONFIGS
+    from .state import PRECISIONS
     from .trainer import DiTTrainConfig
 
     d = DiTTrainConfig()
@@ -51,7 +52,10 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampler steps for grids and FD")
     p.add_argument("--fd-n", type=int, default=d.fd_n, help="samples for the Fréchet distance (0: none)")
     p.add_argument("--vae", default=None, help="the VAE that encoded LATENTS: grids decoded to tiles, FD")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (fuses norms, modulation and casts: recommended on GPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 or fp32 on any device")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute blocks in backward (less memory)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available; "
@@ -73,7 +77,7 @@ def run_train_dit(args) -> dict:
                          ema_decay=args.ema_decay, grad_clip=args.grad_clip, steps=args.steps, minutes=args.minutes,
                          log_every=args.log_every, save_every=args.save_every, keep_every=args.keep_every,
                          sample_every=args.sample_every, sample_n=args.sample_n, sample_steps=args.sample_steps,
-                         fd_n=args.fd_n, compile=args.compile, grad_checkpointing=args.grad_checkpointing,
+                         fd_n=args.fd_n, compile=args.compile, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
                          seed=args.seed, device=args.device, stop_at=args.stop_at, digest_file=args.digest_file)
     res = train_dit(args.latents, args.out, cfg, vae_dir=args.vae, resume=args.resume, progress=not args.quiet)
     summary = {"out": str(res.out), "step": res.step, "loss": res.loss, "model": cfg.model, "params": res.params,

@@ -273,10 +273,21 @@ class LatentShards(torch.utils.data.Dataset):
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         """``(z - latents_mean) / latents_std``: unit-scale latents for the diffusion model."""
-        return (z - self.latents_mean.to(z.device)) / self.latents_std.to(z.device)
+        mean, std = self._scale_on(z.device)
+        return (z - mean) / std
 
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.latents_std.to(z.device) + self.latents_mean.to(z.device)
+        mean, std = self._scale_on(z.device)
+        return z * std + mean
+
+    def _scale_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latent scale on ``device``, copied there once (a host-to-GPU copy every step would make the host
+        wait for the GPU's queue to drain)."""
+        key = str(device)
+        cache = self.__dict__.setdefault("_scale_cache", {})
+        if key not in cache:
+            cache[key] = (self.latents_mean.to(device), self.latents_std.to(device))
+        return cache[key]
 
 
 def _shard_ids_and_meta(path: Path) -> tuple[list[str], dict]:

@@ -55,11 +55,25 @@ def choose_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; a no-op (fp32) elsewhere."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+#: ``--precision`` choices: ``auto`` is bf16 autocast on CUDA and fp32 elsewhere (CPU bf16 is slower than
+#: fp32 on most CPUs); ``bf16`` forces autocast (on CPU too: how the tests run the GPU's mixed-precision
+#: path); ``fp32`` turns it off (debugging a GPU run). Weights, optimiser and EMA stay fp32 in every case.
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast(device: torch.device | str, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (``auto``) or wherever ``precision`` is ``bf16``; a no-op (fp32) otherwise."""
+    if precision not in PRECISIONS:
+        raise RSGeoPruneError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type
+    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
+        return torch.autocast(kind, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def uses_bf16(device: torch.device | str, precision: str = "auto") -> bool:
+    """Whether :func:`autocast` turns bf16 on for this device and precision."""
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
 
 
 # -- data order -----------------------------------------------------------------------------------
@@ -121,7 +135,10 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        # a run saved by a process that saw 8 GPUs may resume in one that sees fewer (another node, a narrower
+        # CUDA_VISIBLE_DEVICES): restore the devices there are; the trainers draw from their own generators
+        for i, s in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.cpu(), device=i)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -156,7 +173,8 @@ def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
     restore the RNG states; returns ``{"step", "epoch", "position", "extra"}``."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: ranks resuming together do not each read the whole file (an XL/2 state is ~11 GB) into RAM
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except FileNotFoundError as exc:
         raise RSGeoPruneError(f"{path}: no training state to resume from; drop --resume or give the run's --out") from exc
     except Exception as exc:  # a truncated or foreign file
@@ -225,5 +243,5 @@ def _plain(v):
     return v
 
 
-__all__ = ["EpochSampler", "MetricsLog", "STATE_FORMAT", "autocast", "choose_device", "epoch_order",
-           "load_state", "progress_bar", "read_metrics", "rng_state", "save_state", "seed_everything", "set_rng_state"]
+__all__ = ["EpochSampler", "MetricsLog", "PRECISIONS", "STATE_FORMAT", "autocast", "choose_device", "epoch_order",
+           "load_state", "progress_bar", "read_metrics", "rng_state", "save_state", "seed_everything", "set_rng_state", "uses_bf16"]

@@ -195,11 +195,13 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
                               "lower --batch-size or select more tiles")
     channels = int(train_ds[0]["image"].shape[0])
     model = build_vae(cfg.preset, channels=channels, downsample=cfg.downsample).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     lpips = _load_lpips(cfg.lpips, device) if cfg.lpips_weight > 0 else None
     step, epoch, position, best_val, best_step = 0, 0, 0, math.inf, -1
     if resume:
-        pos = load_state(out / STATE_FILE, model=model, optimizer=opt, map_location=device)
+        # to the CPU: the optimiser moves its state to the parameters' device itself, and a non-fused AdamW with
+        # its step counts on the GPU would read them back to the host for every parameter, every step
+        pos = load_state(out / STATE_FILE, model=model, optimizer=opt, map_location="cpu")
         step, epoch, position = pos["step"], pos["epoch"], pos["position"]
         best_val, best_step = pos["extra"].get("best_val", math.inf), pos["extra"].get("best_step", -1)
     log = MetricsLog(out / "metrics.jsonl")

@@ -10,7 +10,7 @@ import torch
 
 from rsgeo_prune.errors import RSGeoPruneError
 from rsgeo_prune.train.state import (EpochSampler, MetricsLog, autocast, choose_device, epoch_order, load_state,
-                                     read_metrics, rng_state, save_state, set_rng_state)
+                                     read_metrics, rng_state, save_state, set_rng_state, uses_bf16)
 
 torch.set_num_threads(1)
 
@@ -105,3 +105,27 @@ def test_device_autocast_and_metrics_log(tmp_path):
         log.log(step=2, loss=np.float32(0.25))
     recs = read_metrics(tmp_path / "m.jsonl")
     assert [(r["step"], r["loss"]) for r in recs] == [(1, 0.5), (2, 0.25)]
+
+
+def test_precision_picks_the_autocast():
+    x = torch.ones(2, 2)
+    with autocast("cpu", "bf16"):  # the GPU's mixed-precision path, on the CPU
+        assert (x @ x).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):
+        with autocast("cpu", precision):
+            assert (x @ x).dtype == torch.float32
+    assert uses_bf16("cuda") and not uses_bf16("cuda", "fp32") and uses_bf16("cpu", "bf16") and not uses_bf16("cpu")
+    with pytest.raises(RSGeoPruneError, match="precision 'fp16'"):
+        autocast("cpu", "fp16")
+
+
+def test_cuda_rng_states_of_more_gpus_than_there_are_restore_the_ones_there_are(monkeypatch):
+    """A state saved where 8 GPUs were visible resumes where 2 are: the first 2 are restored, nothing raises."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, int(s[0]))))
+    state = {k: v for k, v in rng_state().items() if k != "cuda"}
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    set_rng_state(state)
+    assert restored == [(0, 0), (1, 1)]

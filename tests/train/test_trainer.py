@@ -189,3 +189,39 @@ def test_bad_input_gives_one_clear_error(world, tmp_path, capsys):
         assert len(err.splitlines()) == 1 and expected in err, f"{name}: {err}"
     assert _files(world["run"]) == before  # refused resumes touched nothing
     shutil.rmtree(tmp_path / "corrupt")
+
+
+def test_bf16_autocast_path_learns_and_resumes_exactly(world, tmp_path):
+    """The GPU's mixed-precision step (bf16 autocast, fp32 master weights, optimiser and EMA), run on the CPU."""
+    args = ["train-dit", str(world["lat"]), "--steps", str(STEPS), *TRAIN, "--precision", "bf16"]
+    assert main(args + ["--out", str(tmp_path / "full")]) == 0
+    recs = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert recs[0]["precision"] == "bf16 autocast"
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+    full = _state(tmp_path / "full" / "state.pt")
+    assert {t.dtype for t in full["model"].values()} == {torch.float32}
+    assert {t.dtype for t in full["extra"]["ema"].values()} == {torch.float32}
+    fp32 = _state(world["run"] / "state.pt")["model"]["final_layer.linear.weight"]
+    assert not torch.equal(full["model"]["final_layer.linear.weight"], fp32)  # autocast did run
+    assert main(args + ["--out", str(tmp_path / "cut"), "--stop-at", "13"]) == 0
+    assert main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    got = _state(tmp_path / "cut" / "state.pt")
+    for key in ("model", "optimizer", "step"):
+        _assert_same_tensors(got[key], full[key], key)
+    _assert_same_tensors(got["extra"]["ema"], full["extra"]["ema"], "ema")
+
+
+def test_compiled_training_matches_eager_and_saves_plain_weights(world, tmp_path):
+    """--compile (inductor, C++ on the CPU): the same steps as eager to float tolerance, and a checkpoint whose
+    keys are the bare model's (no ``_orig_mod.``), which ``sample`` reads."""
+    args = ["train-dit", str(world["lat"]), "--steps", "6", *TRAIN, "--save-every", "6"]
+    assert main(args + ["--out", str(tmp_path / "eager")]) == 0
+    assert main(args + ["--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    eager, compiled = _state(tmp_path / "eager" / "state.pt"), _state(tmp_path / "compiled" / "state.pt")
+    assert eager["model"].keys() == compiled["model"].keys() == compiled["extra"]["ema"].keys()
+    for key in eager["model"]:
+        torch.testing.assert_close(compiled["model"][key], eager["model"][key], atol=2e-5, rtol=1e-4)
+    assert read_metrics(tmp_path / "compiled" / "metrics.jsonl")[0]["compile"] is True
+    assert main(["sample", str(tmp_path / "compiled" / "state.pt"), "--vae", str(world["vae"]), "--n", "2",
+                 "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
