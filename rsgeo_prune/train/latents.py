@@ -157,9 +157,9 @@ class ShardedRows:
     Pickling keeps the paths, not the maps (DataLoader workers and spawned processes map the files again).
     """
 
-    def __init__(self, paths: list[Path], name: str):
-        self.paths, self.name = [Path(p) for p in paths], name
-        self._layouts = [_tensor_layout(p, name) for p in self.paths]  # (offset, shape) per shard
+    def __init__(self, paths: list[Path], layouts: list[tuple[int, list[int]]]):
+        """``layouts``: per shard, the tensor's byte offset and shape (:func:`_tensor_layout`)."""
+        self.paths, self._layouts = [Path(p) for p in paths], layouts
         shapes = {tuple(shape[1:]) for _, shape in self._layouts}
         if len(shapes) > 1:
             raise RSGeoPruneError(f"{self.paths[0].parent}: shards of different latent shapes {sorted(shapes)}; "
@@ -206,24 +206,36 @@ class ShardedRows:
         return np.where(rows < 0, rows + n, rows)
 
 
-def _tensor_layout(path: Path, name: str) -> tuple[int, list[int]]:
-    """Byte offset and shape of tensor ``name`` in a safetensors file (format: an 8-byte little-endian header
-    length, the JSON header, then the data; offsets in the header count from the data's start)."""
+def _shard_header(path: Path) -> tuple[dict, int, int]:
+    """The JSON header of a safetensors shard, where its data starts and the file's size (format: an 8-byte
+    little-endian header length, the JSON header, then the data). One read gives the tile ids and digests
+    (``__metadata__``) and where each tensor lies, without reading a tensor."""
     try:
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
-        size = path.stat().st_size
-        info = header[name]
-        begin, end = info["data_offsets"]
-        shape = [int(v) for v in info["shape"]]
+        json.loads(header["__metadata__"]["tile_ids"])  # present and readable, checked once here
+        return header, 8 + n, path.stat().st_size
     except (OSError, ValueError, KeyError, struct.error, TypeError) as exc:
         raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
                               "run rsgeo-prune encode again with this --out") from None
-    if info.get("dtype") != "F16" or end - begin != 2 * int(np.prod(shape)) or 8 + n + end > size:
+
+
+def _tensor_layout(path: Path, header: tuple[dict, int, int], name: str) -> tuple[int, list[int]]:
+    """Byte offset and shape of tensor ``name`` of a shard whose :func:`_shard_header` is ``header`` (the
+    offsets in the JSON count from the data's start)."""
+    entries, data_start, size = header
+    try:
+        info = entries[name]
+        begin, end = info["data_offsets"]
+        shape = [int(v) for v in info["shape"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
+                              "run rsgeo-prune encode again with this --out") from None
+    if info.get("dtype") != "F16" or end - begin != 2 * int(np.prod(shape)) or data_start + end > size:
         raise RSGeoPruneError(f"{path}: tensor {name!r} is not whole float16 data (file cut short or another "
                               "writer); run rsgeo-prune encode again with this --out")
-    return 8 + n + begin, shape
+    return data_start + begin, shape
 
 
 class LatentShards(torch.utils.data.Dataset):
@@ -242,15 +254,19 @@ class LatentShards(torch.utils.data.Dataset):
             raise RSGeoPruneError(f"{root}: no {INDEX_FILE} (encoding unfinished or not an encode folder); "
                                   "run rsgeo-prune encode again with this --out")
         self.index = json.loads(index_path.read_text())
-        ids, paths = [], []
+        ids, paths, layouts = [], [], {"mean": [], "logvar": []}
         for name in self.index["shards"]:
-            t, meta = _shard_ids_and_meta(root / name)
+            path = root / name
+            header = _shard_header(path)
+            meta = header[0]["__metadata__"]
             if meta.get("vae_digest") != self.index["vae_digest"]:
-                raise RSGeoPruneError(f"{root / name}: shard of another VAE than {INDEX_FILE}; encode again")
-            ids += t
-            paths.append(root / name)
+                raise RSGeoPruneError(f"{path}: shard of another VAE than {INDEX_FILE}; encode again")
+            ids += json.loads(meta["tile_ids"])
+            paths.append(path)
+            for tensor, per_shard in layouts.items():
+                per_shard.append(_tensor_layout(path, header, tensor))
         self.tile_ids = ids
-        self.mean, self.logvar = ShardedRows(paths, "mean"), ShardedRows(paths, "logvar")
+        self.mean, self.logvar = ShardedRows(paths, layouts["mean"]), ShardedRows(paths, layouts["logvar"])
         if len(self.mean) != len(ids) or len(self.logvar) != len(ids):
             raise RSGeoPruneError(f"{root}: {len(ids)} tile ids for {len(self.mean)} latents; encode again")
         if in_memory:
@@ -258,6 +274,7 @@ class LatentShards(torch.utils.data.Dataset):
         c = self.mean.shape[1]
         self.latents_mean = torch.tensor(self.index["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
         self.latents_std = torch.tensor(self.index["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
+        self._scale_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -284,23 +301,9 @@ class LatentShards(torch.utils.data.Dataset):
         """The latent scale on ``device``, copied there once (a host-to-GPU copy every step would make the host
         wait for the GPU's queue to drain)."""
         key = str(device)
-        cache = self.__dict__.setdefault("_scale_cache", {})
-        if key not in cache:
-            cache[key] = (self.latents_mean.to(device), self.latents_std.to(device))
-        return cache[key]
-
-
-def _shard_ids_and_meta(path: Path) -> tuple[list[str], dict]:
-    """The tile ids and metadata of a shard, without reading its tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        return json.loads(meta.pop("tile_ids")), meta
-    except Exception as exc:  # safetensors raises its own error types for a cut or foreign file
-        raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
-                              "run rsgeo-prune encode again with this --out") from None
+        if key not in self._scale_cache:
+            self._scale_cache[key] = (self.latents_mean.to(device), self.latents_std.to(device))
+        return self._scale_cache[key]
 
 
 __all__ = ["LatentShards", "ShardedRows", "encode_catalog", "read_shard", "shard_name", "write_shard"]

@@ -62,17 +62,16 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def autocast(device: torch.device | str, precision: str = "auto") -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (``auto``) or wherever ``precision`` is ``bf16``; a no-op (fp32) otherwise."""
-    if precision not in PRECISIONS:
-        raise RSGeoPruneError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    kind = torch.device(device).type
-    if precision == "bf16" or (precision == "auto" and kind == "cuda"):
-        return torch.autocast(kind, dtype=torch.bfloat16)
+    """bf16 autocast where :func:`uses_bf16` says so; a no-op (fp32) otherwise."""
+    if uses_bf16(device, precision):
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def uses_bf16(device: torch.device | str, precision: str = "auto") -> bool:
-    """Whether :func:`autocast` turns bf16 on for this device and precision."""
+    """bf16 on CUDA (``auto``) or wherever ``precision`` is ``bf16``."""
+    if precision not in PRECISIONS:
+        raise RSGeoPruneError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
 
 
