@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import RSGeoPruneError
 
 
@@ -38,7 +40,9 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune train-vae CATALOG --out DIR``."""
-    from .vae import PRESETS, VAETrainConfig
+    from .dataset import VAL_BY
+    from .state import PRECISIONS
+    from .vae import LR_SCHEDULES, PRESETS, VAETrainConfig
 
     d = VAETrainConfig()
     _add_data_arguments(p)
@@ -51,7 +55,23 @@ def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--ssim-weight", type=float, default=d.ssim_weight)
     p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file (nothing is downloaded)")
     p.add_argument("--lpips-weight", type=float, default=0.0)
-    p.add_argument("--val-fraction", type=float, default=0.05, help="share of tiles (by tile_id hash) for validation")
+    p.add_argument("--val-fraction", type=float, default=0.05,
+                   help="share of tiles held out for validation (whole scenes or years: at least one)")
+    p.add_argument("--val-by", choices=VAL_BY, default="scene",
+                   help="hold out whole scenes (default; a catalog of one scene falls back to hash), whole acquisition "
+                        "years (from a datetime column or a YYYYMMDD file name), or tiles by id hash. With scene or "
+                        "year, a hash split of the training scenes is reported next to it (val_hash)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help=f"after {d.warmup_steps} warm-up steps (at most a tenth of --steps): cosine decay to "
+                        f"{d.min_lr_ratio} x lr at --steps or at the end of --minutes, or constant")
+    p.add_argument("--jitter-gain", type=float, default=d.jitter_gain,
+                   help=f"per-band gain jitter of training tiles, log-uniform in [1/(1+g), 1+g] (default {d.jitter_gain}; 0: off)")
+    p.add_argument("--jitter-offset", type=float, default=d.jitter_offset,
+                   help=f"per-band offset jitter in [0, 1] units (default {d.jitter_offset}; 0: off)")
+    p.add_argument("--jitter-gamma", type=float, default=d.jitter_gamma,
+                   help=f"per-tile gamma jitter, log-uniform in [1/(1+g), 1+g] (default {d.jitter_gamma}; 0: off)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="auto: bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere")
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--no-dihedral", action="store_true", help="no random rotations and flips")
@@ -87,29 +107,45 @@ def _positive(name: str, value) -> None:
 
 def run_train_vae(args) -> dict:
     """Train the VAE; returns (and prints) a summary with the validation metrics."""
-    from .dataset import CatalogDataset, hash_split, load_table, select_rows
+    from .dataset import CatalogDataset, hash_split, load_table, select_rows, split_validation
     from .vae import VAETrainConfig, train_vae
 
     for name in ("steps", "batch_size", "val_every", "save_every", "crop", "minutes"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
     if not 0 < args.val_fraction < 1:
         raise RSGeoPruneError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
+    for name in ("jitter_gain", "jitter_offset", "jitter_gamma"):
+        v = getattr(args, name)
+        if not 0 <= v <= 1:  # also refuses nan
+            raise RSGeoPruneError(f"--{name.replace('_', '-')} {v}: must be between 0 and 1 (0 turns it off)")
     table = select_rows(load_table(args.catalog), _selection(args), source=str(args.catalog))
-    is_val = hash_split(table["tile_id"].astype(str), args.val_fraction)
-    if is_val.all() or not is_val.any():
+    val_by = args.val_by
+    if val_by != "hash" and table["scene_id" if "scene_id" in table else "href"].nunique() < 2:
+        val_by = "hash"  # one scene: nothing to hold out whole (the summary's val_by says so)
+    is_val = split_validation(table, val_by, args.val_fraction)
+    # next to whole held-out scenes, a hash split of the training scenes: the number that measures memorisation
+    is_hash = ~is_val & hash_split(table["tile_id"].astype(str), args.val_fraction) if val_by != "hash" \
+        else np.zeros(len(table), bool)
+    if is_val.all() or not is_val.any() or (is_val | is_hash).all():
         raise RSGeoPruneError(f"{args.catalog}: {len(table)} tiles give an empty training or validation split; "
                               "select more tiles or change --val-fraction")
     # raw file values cross the DataLoader (4x fewer bytes for uint8); the trainer scales on its device
     common = dict(bands=args.bands, crop=args.crop, nodata=args.nodata, seed=args.seed, output="raw")
-    train_ds = CatalogDataset(table[~is_val], select="all", dihedral=not args.no_dihedral, **common)
+    train_ds = CatalogDataset(table[~is_val & ~is_hash], select="all", dihedral=not args.no_dihedral, **common)
     val_ds = CatalogDataset(table[is_val], select="all", random_crop=False, **common)
+    monitor = {"val_hash": CatalogDataset(table[is_hash], select="all", random_crop=False, **common)} \
+        if is_hash.any() else {}
     cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
                          ssim_weight=args.ssim_weight, lpips=args.lpips, lpips_weight=args.lpips_weight,
                          steps=args.steps, minutes=args.minutes, val_every=args.val_every,
-                         save_every=args.save_every, num_workers=args.workers, seed=args.seed, device=args.device)
-    res = train_vae(train_ds, val_ds, args.out, cfg, resume=args.resume, progress=not args.quiet)
+                         save_every=args.save_every, num_workers=args.workers, seed=args.seed, device=args.device,
+                         lr_schedule=args.lr_schedule, jitter_gain=args.jitter_gain, jitter_offset=args.jitter_offset,
+                         jitter_gamma=args.jitter_gamma, precision=args.precision)
+    res = train_vae(train_ds, val_ds, args.out, cfg, resume=args.resume, progress=not args.quiet, monitor=monitor)
     summary = {"out": str(args.out), "step": res.step, "best_step": res.best_step, "best_val_loss": res.best_val,
-               "train_tiles": len(train_ds), "val_tiles": len(val_ds), **res.metrics}
+               "val_by": val_by, "train_tiles": len(train_ds), "val_tiles": len(val_ds),
+               "val_hash_tiles": int(is_hash.sum()), **res.metrics,
+               **({"val_hash": res.monitor["val_hash"]} if "val_hash" in res.monitor else {})}
     print(json.dumps(summary))
     return summary
 

@@ -21,6 +21,8 @@ resumed run sees the same samples as an uninterrupted one, whatever the worker c
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -98,6 +100,75 @@ def hash_split(tile_ids: Sequence[str], val_fraction: float, *, salt: str = "rsg
     h = np.array([int.from_bytes(hashlib.sha1(f"{salt}{t}".encode()).digest()[:8], "big") for t in tile_ids],
                  dtype=np.float64)
     return h / 2.0**64 < float(val_fraction)
+
+
+#: ``--val-by`` choices: hold out whole scenes (source files / collection images), whole acquisition
+#: years, or tiles by the hash of their id (the last measures memorisation of the training scenes'
+#: radiometry, not what encoding next year's imagery needs).
+VAL_BY = ("scene", "year", "hash")
+
+#: A date in a file name, as NAIP (``m_4709963_se_14_1_20200831``) and most product ids write it:
+#: eight digits YYYYMMDD between non-digits.
+_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+def acquisition_year(row) -> int | None:
+    """The acquisition year of a catalog row: its ``datetime`` column where present, else a
+    ``YYYYMMDD`` date in the source file's name (NAIP's convention); None when neither says."""
+    value = row.get("datetime") if hasattr(row, "get") else None
+    if value is not None and not (isinstance(value, float) and math.isnan(value)):
+        try:
+            return int(pd.Timestamp(value).year)
+        except (ValueError, TypeError):
+            pass
+    m = _NAME_DATE.search(Path(str(row.get("href", ""))).stem)
+    return int(m.group(1)) if m else None
+
+
+def validation_groups(table: pd.DataFrame, by: str) -> pd.Series:
+    """The group each row belongs to under ``--val-by``: scene id, acquisition year (as text) or tile id."""
+    if by not in VAL_BY:
+        raise RSGeoPruneError(f"val-by {by!r}: choose one of {', '.join(VAL_BY)}")
+    if by == "hash":
+        return table["tile_id"].astype(str)
+    if by == "scene":
+        col = "scene_id" if "scene_id" in table else "href"
+        return table[col].astype(str)
+    years = [acquisition_year(r) for r in table.to_dict("records")]
+    missing = [i for i, y in enumerate(years) if y is None]
+    if missing:
+        href = table["href"].iloc[missing[0]]
+        raise RSGeoPruneError(f"{href}: no acquisition date (no datetime column, no YYYYMMDD in the file name) for "
+                              f"--val-by year ({len(missing)} of {len(table)} tiles); use --val-by scene")
+    return pd.Series([str(y) for y in years], index=table.index)
+
+
+def split_validation(table: pd.DataFrame, by: str = "scene", fraction: float = 0.05, *,
+                     salt: str = "rsgeo-val") -> np.ndarray:
+    """``True`` for validation rows: whole groups (see :func:`validation_groups`) held out.
+
+    ``hash`` is :func:`hash_split` per tile. For ``scene`` and ``year``, groups are taken in the order
+    of ``sha1(salt + group)`` until they hold at least ``fraction`` of the tiles: at least one group,
+    never all of them (a catalog of one group raises: the caller falls back to ``hash``). The choice
+    depends only on the group names and sizes, so it is the same on every machine and rerun.
+    """
+    if not 0 < fraction < 1:
+        raise RSGeoPruneError(f"validation fraction {fraction}: must be between 0 and 1")
+    groups = validation_groups(table, by)
+    if by == "hash":
+        return hash_split(groups, fraction, salt=salt)
+    sizes = groups.value_counts()
+    if len(sizes) < 2:
+        raise RSGeoPruneError(f"--val-by {by}: the tiles come from one {by} ({sizes.index[0]}); "
+                              "nothing can be held out whole: use --val-by hash")
+    order = sorted(sizes.index, key=lambda g: hashlib.sha1(f"{salt}{g}".encode()).digest())
+    held, count = [], 0
+    for g in order[:-1]:  # never every group
+        held.append(g)
+        count += int(sizes[g])
+        if count >= fraction * len(table):
+            break
+    return groups.isin(held).to_numpy()
 
 
 def check_hrefs(hrefs: Sequence[str], source: str = "catalog") -> None:
@@ -364,5 +435,5 @@ def _row_records(table: pd.DataFrame) -> list[dict]:
     return recs
 
 
-__all__ = ["CatalogDataset", "check_hrefs", "default_bands", "dihedral", "hash_split", "load_table", "select_rows",
-           "to_model_range"]
+__all__ = ["VAL_BY", "CatalogDataset", "acquisition_year", "check_hrefs", "default_bands", "dihedral", "hash_split",
+           "load_table", "select_rows", "split_validation", "to_model_range", "validation_groups"]

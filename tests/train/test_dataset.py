@@ -268,3 +268,50 @@ def test_raw_batch_of_mixed_dtypes_is_still_exact(tmp_path):
     assert batch["image"].dtype == torch.int32
     out = raw.to_model_range(batch)
     assert torch.equal(out["image"], torch.stack([flt[i]["image"] for i in range(len(flt))]))
+
+
+def _split_table():
+    rows = []
+    for year, day in (("2010", "0629"), ("2012", "0731"), ("2014", "0720"), ("2016", "0816")):
+        for k in range(25):
+            rows.append({"tile_id": f"m_1_{year}{day}/{k}", "scene_id": f"m_1_{year}{day}",
+                         "href": f"/data/m_4709963_se_14_1_{year}{day}.tif"})
+    return pd.DataFrame(rows)
+
+
+def test_acquisition_year_from_a_datetime_column_or_the_file_name():
+    from rsgeo_prune.train.dataset import acquisition_year
+
+    assert acquisition_year({"href": "/x/m_4709963_se_14_1_20200831.tif"}) == 2020
+    assert acquisition_year({"href": "/x/m_4709963_se_14_1_20200831.tif", "datetime": "2019-05-01T00:00:00Z"}) == 2019
+    assert acquisition_year({"href": "/x/scene_123456789.tif"}) is None  # nine digits: not a date
+    assert acquisition_year({"href": "/x/LC08_20201399.tif"}) is None  # month 13: not a date
+
+
+def test_split_validation_holds_out_whole_scenes_and_years():
+    from rsgeo_prune.train.dataset import split_validation
+
+    table = _split_table()
+    for by in ("scene", "year"):
+        v = split_validation(table, by, 0.05)
+        held = set(table["scene_id"][v])
+        assert len(held) == 1 and v.sum() == 25  # one whole acquisition, however small the fraction
+        assert not (set(table["scene_id"][~v]) & held)
+        np.testing.assert_array_equal(v, split_validation(table.iloc[::-1], by, 0.05)[::-1])  # order-free
+    assert split_validation(table, "scene", 0.3).sum() == 50  # two scenes reach 30 %
+    assert split_validation(table, "scene", 0.99).sum() == 75  # never every scene
+    per_tile = split_validation(table, "hash", 0.3)
+    assert 0 < per_tile.sum() < 100 and len(set(table["scene_id"][per_tile])) > 1
+
+
+def test_split_validation_bad_input_names_the_problem():
+    from rsgeo_prune.train.dataset import split_validation
+
+    table = _split_table()
+    with pytest.raises(RSGeoPruneError, match="one scene"):
+        split_validation(table[table["scene_id"] == table["scene_id"][0]], "scene", 0.1)
+    undated = table.assign(href="/data/scene.tif")
+    with pytest.raises(RSGeoPruneError, match="no acquisition date"):
+        split_validation(undated, "year", 0.1)
+    with pytest.raises(RSGeoPruneError, match="val-by 'month'"):
+        split_validation(table, "month", 0.1)

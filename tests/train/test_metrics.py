@@ -266,3 +266,56 @@ def test_report_names_space_digest_and_n(tiles, caplog):
 def test_errors_name_the_value_and_the_fix(tiles, call, match):
     with pytest.raises(RSGeoPruneError, match=match):
         call(tiles)
+
+
+# -- precision and recall (Kynkäänniemi et al. 2019) ---------------------------------------------------
+def test_precision_recall_of_a_set_with_itself_is_one():
+    from rsgeo_prune.train.metrics import precision_recall
+
+    x = np.random.default_rng(0).normal(size=(200, 8))
+    pr = precision_recall(x, x, k=3)
+    assert pr.precision == 1.0 and pr.recall == 1.0 and (pr.k, pr.n_real, pr.n_fake) == (3, 200, 200)
+
+
+def test_precision_recall_of_far_apart_sets_is_zero():
+    from rsgeo_prune.train.metrics import precision_recall
+
+    rng = np.random.default_rng(1)
+    pr = precision_recall(rng.normal(size=(100, 4)), rng.normal(size=(100, 4)) + 100.0, k=3)
+    assert pr.precision == 0.0 and pr.recall == 0.0
+
+
+def test_a_generator_of_one_mode_out_of_two_has_full_precision_and_half_recall_and_misses_that_class():
+    from rsgeo_prune.train.metrics import precision_recall
+
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(150, 4)), rng.normal(size=(150, 4)) + 50.0  # two well-separated classes
+    real = np.concatenate([a, b])
+    labels = ["common"] * 150 + ["rare"] * 150
+    fake = rng.normal(size=(300, 4))  # mode collapse onto "common"
+    pr = precision_recall(real, fake, k=3, real_classes=labels)
+    assert pr.precision > 0.9  # a k-NN manifold of 150 samples in 4-d misses a few tail samples
+    assert 0.45 <= pr.recall <= 0.5
+    assert pr.class_recall["rare"] == 0.0 and pr.class_recall["common"] > 0.9
+
+
+def test_precision_recall_ball_rule_on_a_line():
+    """Known answer by hand: real points 0,1,2,3,4 (k = 1: every radius 1); a fake at 5 lies in 4's ball,
+    a fake at 5.5 in none; fakes 5 and 5.5 (k = 1: radius 0.5 each) cover real 5 only."""
+    from rsgeo_prune.train.metrics import precision_recall
+
+    real = np.array([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    fake = np.array([[5.0], [5.5]])
+    pr = precision_recall(real, fake, k=1)
+    assert pr.precision == 0.5 and pr.recall == 0.0
+    pr2 = precision_recall(real, np.array([[4.0], [4.5]]), k=1)
+    assert pr2.precision == 1.0 and pr2.recall == 0.2  # only real 4 within 0.5 of a fake
+
+
+@pytest.mark.parametrize("k", [0, 5, 2.5])
+def test_precision_recall_refuses_a_bad_k(k):
+    from rsgeo_prune.train.metrics import precision_recall
+
+    x = np.random.default_rng(3).normal(size=(5, 2))
+    with pytest.raises(RSGeoPruneError, match="k "):
+        precision_recall(x, x, k=k)

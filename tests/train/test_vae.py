@@ -113,3 +113,53 @@ def test_bad_output_folder_leaves_nothing(tiles, tmp_path):
     with pytest.raises(RSGeoPruneError, match="fewer than one batch"):
         train_vae(CatalogDataset(tiles, select=tiles["tile_id"][:2].tolist()), ds, tmp_path / "x", _cfg(), progress=False)
     assert not (tmp_path / "x" / "state.pt").exists() and not (tmp_path / "x" / "vae").exists()
+
+
+def test_learning_rate_warms_up_then_decays_by_steps_or_by_the_clock():
+    from rsgeo_prune.train.vae import lr_factor
+
+    cfg = VAETrainConfig(steps=1000, warmup_steps=100, min_lr_ratio=0.1)
+    assert lr_factor(cfg, 0) == pytest.approx(0.01) and lr_factor(cfg, 99) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100) == pytest.approx(1.0) and lr_factor(cfg, 550) == pytest.approx(0.55)
+    assert lr_factor(cfg, 1000) == pytest.approx(0.1)
+    assert lr_factor(VAETrainConfig(steps=30, warmup_steps=100), 3) == pytest.approx(1.0)  # warm-up <= steps / 10
+    timed = VAETrainConfig(steps=10**7, minutes=10, warmup_steps=100, min_lr_ratio=0.0)
+    assert lr_factor(timed, 5000, elapsed_s=300) == pytest.approx(0.5)  # half the clock: half way down
+    assert lr_factor(VAETrainConfig(lr_schedule="constant"), 1900) == 1.0
+
+
+def test_precision_auto_is_fp32_without_amx_and_refuses_unknown_names(monkeypatch):
+    import rsgeo_prune.train.vae as vae_mod
+
+    monkeypatch.setattr(vae_mod, "cpu_has_amx", lambda: False)
+    assert vae_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(vae_mod, "cpu_has_amx", lambda: True)
+    assert vae_mod.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert vae_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(RSGeoPruneError, match="precision 'fp16'"):
+        vae_mod.resolve_precision("fp16", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_exact_with_jitter_in_either_precision(tiles, tmp_path, precision):
+    ds = CatalogDataset(tiles, dihedral=True)
+    cfg = dict(precision=precision, jitter_gain=0.3, jitter_offset=0.1, jitter_gamma=0.3)
+    train_vae(ds, ds, tmp_path / "a", _cfg(**cfg), progress=False)
+    train_vae(ds, ds, tmp_path / "b", _cfg(stop_at=6, **cfg), progress=False)
+    train_vae(ds, ds, tmp_path / "b", _cfg(**cfg), resume=True, progress=False)
+    a, b = build_vae("tiny"), build_vae("tiny")
+    load_state(tmp_path / "a" / "state.pt", model=a)
+    load_state(tmp_path / "b" / "state.pt", model=b)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_monitor_sets_are_logged_and_reported_but_never_choose_the_checkpoint(tiles, tmp_path):
+    ds = CatalogDataset(tiles)
+    other = CatalogDataset(tiles, select=tiles["tile_id"][:4].tolist())
+    res = train_vae(ds, ds, tmp_path / "run", _cfg(), progress=False, monitor={"held": other})
+    logged = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val_loss" in r]
+    assert len(logged) == 2 and all("held_psnr" in r and "held_sam_deg" in r for r in logged)
+    assert res.monitor["held"]["tiles"] == 4 and "bicubic_x8" in res.monitor["held"]
+    report = json.loads((tmp_path / "run" / "vae" / "rsgeo_vae.json").read_text())
+    assert report["monitor"]["held"]["vae"]["psnr"] == res.monitor["held"]["vae"]["psnr"]
