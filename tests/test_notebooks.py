@@ -15,7 +15,8 @@ EXPECTED = {
     "01_regional_curation.ipynb": [r"STAC items in the region: \[", r"'selected': \d+", r"\d+ catalog rows; \d+ STAC items"],
     "02_training_catalog.ipynb": [r"rsgeo_prune \d", r"\d+ training tiles; a batch: \(8, 4, \d+, \d+\) torch\.float32"],
     "03_train_from_catalog.ipynb": [r"VAE: validation PSNR \d+\.\d+ dB", r"latents: \d+ x \(4, 8, 8\)",
-                                    r"DiT: 200 steps", r"FD at step 200: \d+\.\d+", r"feature space rsgeo-default sha256:[0-9a-f]{16}"],
+                                    r"DiT: 200 steps", r"FD at step 200: \d+\.\d+, precision [01]\.\d{3}, recall [01]\.\d{3}",
+                                    r"feature space random-cnn-0 sha256:[0-9a-f]{16}"],
 }
 
 

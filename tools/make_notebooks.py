@@ -30,9 +30,9 @@ TRAIN_IMPORTS = """
 
 import torch
 torch.set_num_threads(1)
-from rsgeo_prune.train.dataset import CatalogDataset, hash_split
+from rsgeo_prune.train.dataset import CatalogDataset, load_table, split_validation
 from rsgeo_prune.train.latents import LatentShards, encode_catalog
-from rsgeo_prune.train.metrics import compare_sets
+from rsgeo_prune.train.metrics import feature_space, frechet_distance, precision_recall
 from rsgeo_prune.train.sampling import (decode_latents, denormalise, diffusion_of, ema_model, generate_latents,
                                         grid_image, read_checkpoint)
 from rsgeo_prune.train.trainer import DiTTrainConfig, train_dit
@@ -238,13 +238,15 @@ catalog, counts = run_pipeline(scenes, WORK / "run", [reference], TileConfig(til
                                RunConfig(budget=0.5, k=7), progress=False)
 print(counts)'''))
     c.append(md("## 2. A VAE trained from scratch on the kept tiles\n\n`CatalogDataset` reads each kept tile by its "
-                "window; a hash split of the tile ids keeps 15 % for validation (the checkpoint with the lowest "
-                "validation loss is kept). The `tiny` preset is for tests: expect blurry reconstructions."))
+                "window; one whole scene is held out for validation (`split_validation(..., \"scene\")`, what "
+                "`train-vae --val-by scene` does: the number the checkpoint is chosen by is then one that transfers to "
+                "an acquisition the model never saw). Training batches get radiometric jitter (per-band gain and "
+                "offset, per-tile gamma). The `tiny` preset is for tests: expect blurry reconstructions."))
     c.append(code('''cat_path = WORK / "run" / "catalog.parquet"
-ids = CatalogDataset(cat_path).tile_ids
-val = hash_split(ids, 0.15)
-train_ds = CatalogDataset(cat_path, select=[t for t, v in zip(ids, val) if not v], dihedral=True)
-val_ds = CatalogDataset(cat_path, select=[t for t, v in zip(ids, val) if v])
+kept = load_table(cat_path).query("kept").reset_index(drop=True)
+val = split_validation(kept, "scene", 0.15)
+train_ds = CatalogDataset(kept[~val], select="all", dihedral=True)
+val_ds = CatalogDataset(kept[val], select="all")
 vae_res = train_vae(train_ds, val_ds, WORK / "vae", VAETrainConfig(preset="tiny", steps=80, batch_size=16, lr=2e-3,
                                                                   val_every=40, save_every=80), progress=False)
 m = vae_res.metrics
@@ -277,9 +279,12 @@ tiles = samples(200)
 fig, ax = plt.subplots(1, 2, figsize=(10, 5))
 for a, (name, bands) in zip(ax, [("RGB", (0, 1, 2)), ("NIR-R-G", (3, 0, 1))]):
     a.imshow(grid_image(tiles[:36], bands)); a.set_title(f"EMA samples, step 200, {name}"); a.axis("off")'''))
-    c.append(md("## 6. Fréchet distance vs steps\n\nFD in the named, digested `rsgeo-default` feature space between "
-                "64 EMA samples and the held-out scene's tiles. With 64 samples in 1,064 dimensions the number is "
-                "biased and noisy: it shows the mechanics, not a result (`benchmarks/convergence.py` is the "
+    c.append(md("## 6. Fréchet distance, precision and recall vs steps\n\nIn the named, digested `random-cnn-0` "
+                "feature space (a fixed random CNN that no selector embeds with, and that responds to structure; "
+                "`rsgeo-default`, the selectors' own embedder, is the secondary space), 64 EMA samples against the "
+                "held-out scene's tiles: FD, and improved precision (share of samples that look like some real tile: "
+                "quality) and recall (share of real tiles some sample looks like: coverage), k = 3. With 64 samples "
+                "the numbers are noisy: they show the mechanics, not a result (`benchmarks/convergence.py` is the "
                 "experiment)."))
     c.append(code('''import rasterio
 
@@ -287,14 +292,22 @@ with rasterio.open(heldout.path) as src:
     a = src.read()
 ref = np.stack([a[:, r:r + 64, q:q + 64] for r in range(0, a.shape[1], 64) for q in range(0, a.shape[2], 64)
                 if a[:, r:r + 64, q:q + 64].any(axis=0).all()])
+space = feature_space("random-cnn-0", channels=4)
+ref_feats = space(ref)
 curve = {}
 for step in (50, 100, 150, 200):
-    rep = compare_sets(samples(step), ref, "rsgeo-default", kid_subsets=10, kid_subset_size=32, threads=1)
-    curve[step] = rep.fd
-    print(f"FD at step {step}: {rep.fd:.4f}")
-print(f"feature space {rep.feature} sha256:{rep.digest[:16]}, n_samples={rep.n_a}, n_reference={rep.n_b}")
-plt.figure(figsize=(5, 3)); plt.plot(list(curve), list(curve.values()), "o-"); plt.xlabel("DiT steps")
-plt.ylabel("FD (rsgeo-default)"); plt.title("EMA samples vs held-out tiles");'''))
+    feats = space(samples(step))
+    pr = precision_recall(ref_feats, feats, k=3)
+    curve[step] = (frechet_distance(feats, ref_feats), pr.precision, pr.recall)
+    print(f"FD at step {step}: {curve[step][0]:.4f}, precision {pr.precision:.3f}, recall {pr.recall:.3f}")
+print(f"feature space {space.name} sha256:{space.digest[:16]}, n_samples={len(feats)}, n_reference={len(ref_feats)}")
+fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+ax[0].plot(list(curve), [v[0] for v in curve.values()], "o-"); ax[0].set_ylabel("FD (random-cnn-0)")
+ax[1].plot(list(curve), [v[1] for v in curve.values()], "o-", label="precision")
+ax[1].plot(list(curve), [v[2] for v in curve.values()], "s-", label="recall"); ax[1].legend()
+for a in ax:
+    a.set_xlabel("DiT steps")
+fig.suptitle("EMA samples vs held-out tiles");'''))
     return nb
 
 
