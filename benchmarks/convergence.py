@@ -142,7 +142,7 @@ SYNTH_DUP_SHARE = 0.15  # ... share of a scene's tiles overwritten by noisy, shi
 SYNTH_DUP_NOISE = 3.0   # std (uint8 levels) of the copies' noise
 EVAL_SEED = 12345       # generation seed of every sample set (a second seed, +1, measures sampling noise)
 CHECK_K = 2.0           # --check tolerance: CHECK_K · sqrt(sd_c² + sd_f²) + CHECK_K · noise
-FILTER_OVERDRAW = 3     # full-filtered: draw this many times n_fd samples, keep the first n_fd that pass
+FILTER_OVERDRAW = 2     # full-filtered: draw this many times n_fd samples, keep the first n_fd that pass (n reported)
 
 
 def registry_newcomers() -> list[str]:
@@ -746,6 +746,12 @@ def write_markdown(path: Path, res: dict) -> None:
     rr = res["verdict"]["rare_recall"]
     if rr.get("full") is not None:
         L += ["", f"Rare-class (solar_farm) recall on `{TARGET}`: rs-prune {rr['rs-prune']:.3f}, full {rr['full']:.3f}."]
+    filt = {st: [res["runs"][f"full/{sd}"]["filtered"][str(st)]["n"] for sd in p["seeds"]]
+            for st in p["checkpoints"] if str(st) in res["runs"][f"full/{p['seeds'][0]}"]["filtered"]}
+    if filt:
+        L += ["", f"full-filtered: of {FILTER_OVERDRAW * p['n_fd']} samples drawn per checkpoint, the first "
+              f"{p['n_fd']} passing Stage I's rule are kept; passing (per seed): "
+              + "; ".join(f"step {st}: {', '.join(map(str, v))}" for st, v in filt.items()) + "."]
     L += ["", f"Steps to reach full's final FD ({PRIMARY}, {TARGET}, "
           f"{t[f'full|{last}|{PRIMARY}|{TARGET}|fd']['mean']:.4f}): "
           + ", ".join(f"{m} {('%.0f' % s) if s is not None else 'not reached'}" for m, s in res["steps_to_full"].items())
