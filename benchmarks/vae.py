@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--no-jitter", action="store_true", help="train without radiometric jitter")
+    ap.add_argument("--sam-weight", type=float, default=0.0, help="weight of the spectral-angle loss term")
     ap.add_argument("--precision", choices=PRECISIONS, default="auto")
     ap.add_argument("--no-probe", action="store_true", help="skip the step-time table")
     ap.add_argument("--out", default=None, help="run folder (default: a new temporary folder)")
@@ -134,7 +135,7 @@ def main() -> None:
     cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr,
                          steps=args.steps or 10**7, minutes=None if args.steps else args.minutes,
                          val_every=args.val_every, save_every=args.val_every, num_workers=args.workers,
-                         val_tiles=64, precision=args.precision, **jitter)
+                         val_tiles=64, precision=args.precision, sam_weight=args.sam_weight, **jitter)
     monitor = {"holdout": torch.utils.data.Subset(test_ds, spread(len(test_ds), 64)), "val_hash": hash_ds}
     monitor["holdout"].fill = test_ds.fill
     print(f"\ntraining {args.preset} ({precision}, jitter {'off' if args.no_jitter else 'on'}) on {len(train_ds)} tiles of "

@@ -53,6 +53,8 @@ def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--kl-weight", type=float, default=d.kl_weight)
     p.add_argument("--ssim-weight", type=float, default=d.ssim_weight)
+    p.add_argument("--sam-weight", type=float, default=d.sam_weight,
+                   help="weight of a spectral-angle term, mean (1 - cos) of pixel spectra (default 0: off)")
     p.add_argument("--lpips", default=None, help="local TorchScript LPIPS file (nothing is downloaded)")
     p.add_argument("--lpips-weight", type=float, default=0.0)
     p.add_argument("--val-fraction", type=float, default=0.05,
@@ -136,7 +138,7 @@ def run_train_vae(args) -> dict:
     monitor = {"val_hash": CatalogDataset(table[is_hash], select="all", random_crop=False, **common)} \
         if is_hash.any() else {}
     cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                         ssim_weight=args.ssim_weight, lpips=args.lpips, lpips_weight=args.lpips_weight,
+                         ssim_weight=args.ssim_weight, sam_weight=args.sam_weight, lpips=args.lpips, lpips_weight=args.lpips_weight,
                          steps=args.steps, minutes=args.minutes, val_every=args.val_every,
                          save_every=args.save_every, num_workers=args.workers, seed=args.seed, device=args.device,
                          lr_schedule=args.lr_schedule, jitter_gain=args.jitter_gain, jitter_offset=args.jitter_offset,

@@ -9,7 +9,7 @@ trains on ``(z - latents_mean) / latents_std``, never on Stable Diffusion's 0.18
 
 Loss per batch (images in [-1, 1], nodata pixels left out of the reconstruction terms)::
 
-    L1(x̂, x) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB) + kl_weight · KL(q(z|x) ‖ N(0, I))
+    L1(x̂, x) + sam_weight · (1 − cos ∠(x̂, x)) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB) + kl_weight · KL(q(z|x) ‖ N(0, I))
 
 Run layout under ``out``: ``state.pt`` (training state for ``--resume``), ``vae/`` (best checkpoint
 by validation loss, diffusers format), ``metrics.jsonl``, ``recon.png``, ``report.json``.
@@ -152,6 +152,7 @@ class VAETrainConfig:
     weight_decay: float = 0.0
     kl_weight: float = 1e-6
     ssim_weight: float = 0.0
+    sam_weight: float = 0.0  # spectral-angle term: mean (1 − cos) between predicted and true pixel spectra
     lpips_weight: float = 0.0
     lpips: str | None = None  # a local TorchScript file: f(x, y) on (N, 3, H, W) in [-1, 1] -> distances
     steps: int = 2000
@@ -382,6 +383,13 @@ def _loss_terms(model, x: torch.Tensor, valid: torch.Tensor, cfg: VAETrainConfig
     kl = post.kl().float().mean() / x[0].numel()  # per pixel and band, so kl_weight does not depend on tile size
     terms = {"l1": l1, "kl": kl}
     loss = l1 + cfg.kl_weight * kl
+    if cfg.sam_weight > 0:
+        # in [0, 1] units, as SAM is reported; nodata pixels left out like the L1 term
+        p01, t01 = ((y + 1) / 2).clamp_min(SAM_EPS), ((x + 1) / 2).clamp_min(SAM_EPS)
+        cos = F.cosine_similarity(p01, t01, dim=1, eps=1e-8)
+        sam = ((1 - cos) * valid.to(cos.dtype)).sum() / valid.sum().clamp_min(1)
+        terms["sam"] = sam
+        loss = loss + cfg.sam_weight * sam
     if cfg.ssim_weight > 0:
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 

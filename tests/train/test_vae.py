@@ -163,3 +163,19 @@ def test_monitor_sets_are_logged_and_reported_but_never_choose_the_checkpoint(ti
     assert res.monitor["held"]["tiles"] == 4 and "bicubic_x8" in res.monitor["held"]
     report = json.loads((tmp_path / "run" / "vae" / "rsgeo_vae.json").read_text())
     assert report["monitor"]["held"]["vae"]["psnr"] == res.monitor["held"]["vae"]["psnr"]
+
+
+def test_spectral_angle_term_is_one_minus_cosine_on_valid_pixels():
+    from rsgeo_prune.train.vae import _loss_terms
+
+    seed_everything(0)
+    vae = build_vae("tiny").eval()
+    x = torch.rand(2, 4, 32, 32) * 2 - 1
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :8] = False
+    cfg = VAETrainConfig(preset="tiny", sam_weight=10.0, kl_weight=1e-6)
+    seed_everything(1)
+    terms = _loss_terms(vae, x, valid, cfg)
+    assert 0 < float(terms["sam"]) < 1
+    torch.testing.assert_close(terms["loss"], terms["l1"] + 1e-6 * terms["kl"] + 10.0 * terms["sam"])
+    assert "sam" not in _loss_terms(vae, x, valid, VAETrainConfig(preset="tiny"))
