@@ -281,10 +281,12 @@ def check_run_key(out: Path, saved: dict | None, key: dict) -> None:
         flag = "--" + name.replace("_", "-")
 
         def shown(v):
-            return f"without {flag}" if v in (None, False, "None") else flag if v is True else f"with {flag} {v}"
+            if v is None or v is False or v == "None":
+                return f"without {flag}"
+            return f"with {flag}" if v is True else f"with {flag} {','.join(map(str, v)) if isinstance(v, list) else v}"
 
-        raise RSGeoPruneError(f"{out}: the run was made {shown(saved.get(name))}, not {shown(value)}; resume with its "
-                              "own options or choose a new --out")
+        was = shown(saved.get(name))
+        raise RSGeoPruneError(f"{out}: the run was made {was}, not {shown(value)}; resume {was} or choose a new --out")
 
 
 def check_tile_size(ds, factor: int, model: str = "VAE") -> None:
@@ -298,7 +300,7 @@ def check_tile_size(ds, factor: int, model: str = "VAE") -> None:
     if getattr(ds, "crop", None) is not None:
         raise InvalidOption("crop", ds.crop, f"must be a multiple of {factor}, the {model}'s downsampling ({fix})")
     raise RSGeoPruneError(f"tiles of {size[0]}x{size[1]} px: not a multiple of {factor}, the {model}'s downsampling; "
-                          f"train on crops ({fix}) or tile with a multiple of {factor}")
+                          f"use crops ({fix}) or tiles of a multiple of {factor}")
 
 
 def lr_factor(cfg: VAETrainConfig, step: int, elapsed_s: float = 0.0) -> float:
