@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import torch
 
+from rsgeo_prune import atomic
 from rsgeo_prune.catalog import write_geoparquet
 from rsgeo_prune.cli import main
 from rsgeo_prune.config import TileConfig
@@ -287,7 +288,7 @@ def test_a_raster_changed_in_place_is_encoded_again_and_the_dit_run_on_it_is_not
     assert _run(capsys, *enc, "--out", tmp_path / "b")[0] == 0
     first = _files(tmp_path / "a")
     assert first == _files(tmp_path / "b")  # two encodes: the same bytes
-    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a").iterdir()} == {oct(0o666 & ~_umask())}
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a").iterdir()} == {oct(0o666 & ~atomic._UMASK)}
     assert _run(capsys, "train-dit", tmp_path / "a", "--out", tmp_path / "dit", *DIT)[0] == 0
     # rewrite the raster in place: other pixels, the same size and modification time
     st = scene.stat()
@@ -325,12 +326,6 @@ def test_a_new_layout_leaves_no_stale_shard_and_a_killed_reencode_no_index(w, tm
     assert not (out / "index.json").exists()  # never an index over shards of two layouts
     monkeypatch.undo()
     assert _run(capsys, *enc, "--shard-size", "5")[0] == 0 and len(lat.LatentShards(out)) == 12
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------
