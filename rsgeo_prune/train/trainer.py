@@ -451,6 +451,7 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
 
 def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool,
           progress: bool, step: int, epoch: int, position: int) -> DiTTrainResult:
+    """The run of :func:`train_dit` from ``step``, its inputs checked: DDP/compile wrapping, then the loop."""
     state_path = out / STATE_FILE
     train_model = model
     if d.active:

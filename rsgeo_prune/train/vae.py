@@ -387,6 +387,7 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
 
 def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: str, lpips, key: dict, resume: bool,
            progress: bool, monitor: dict) -> VAETrainResult:
+    """The run of :func:`train_vae`, its inputs checked: the loop, then the finished model into ``out/vae``."""
     state_path = out / STATE_FILE
     seed_everything(cfg.seed)
     channels = int(train_ds[0]["image"].shape[0])
