@@ -10,7 +10,7 @@ import logging
 import sys
 from typing import Sequence
 
-from .errors import InvalidOption, RSGeoPruneError
+from .errors import ArgumentParser, RSGeoPruneError, one_line
 from .select import METHODS
 from .rundir import package_version
 from .status import ENTROPY, PRE_FILTERS, summary_line
@@ -51,7 +51,7 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rsgeo-prune", formatter_class=_Formatter,
         description="Curate remote-sensing tile corpora for diffusion training (RS-Prune).\n\n"
                     "Stages: tiles (grid, nodata and urban fractions, pre-filters) → entropy (Stage I) → "
@@ -322,13 +322,13 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_training(args) -> int:
-    """train-vae, encode, train-dit, sample: run functions beside their code in ``rsgeo_prune.train``."""
+    """train-vae, encode, train-dit, sample: run functions beside their code in ``rsgeo_prune.train``, whose
+    errors and Ctrl-C are one line naming the command (``rsgeo-prune train-vae: …``), as under ``python -m``."""
     from .train import commands, dit_commands
 
     runners = {"train-vae": commands.run_train_vae, "encode": commands.run_encode,
                "train-dit": dit_commands.run_train_dit, "sample": dit_commands.run_sample}
-    runners[args.command](args)
-    return 0
+    return commands.run_command(args.command, runners[args.command], args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,11 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "train-dit": _cmd_training, "sample": _cmd_training}
     try:
         return commands[args.command](args)
-    except InvalidOption as exc:  # the library names the value; the CLI adds its flag
-        print(f"rsgeo-prune: error: {exc.with_flag('--' + exc.option.replace('_', '-'))}", file=sys.stderr)
-        return 2
-    except RSGeoPruneError as exc:
-        print(f"rsgeo-prune: error: {exc}", file=sys.stderr)
+    except RSGeoPruneError as exc:  # the library names the value; one_line adds an option's flag
+        print(f"rsgeo-prune: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # every output is written atomically: what finished is kept, and a rerun resumes from it

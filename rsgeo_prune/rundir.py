@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,10 +37,35 @@ def package_version(name: str = "rsgeo_prune") -> str | None:
         return None
 
 
-def file_identity(path: str | Path) -> list:
-    """What identifies an input file cheaply: absolute path, size and modification time (ns)."""
+def file_identity(path: str | Path, *, content: bool = False) -> list:
+    """What identifies an input file cheaply: absolute path, size and modification time (ns); with
+    ``content``, also :func:`content_digest` (catches a file rewritten with its old size and time)."""
     st = Path(path).stat()
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+    ident = [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+    return ident + [content_digest(path)] if content else ident
+
+
+#: Files up to this size are hashed whole by :func:`content_digest`; larger ones by samples.
+WHOLE_HASH_BYTES = 16 << 20
+_SAMPLE_BYTES, _SAMPLES = 64 << 10, 16
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes where that is cheap: whole up to :data:`WHOLE_HASH_BYTES`, else of its
+    first and last 64 KiB and 16 evenly spaced 64 KiB blocks (headers, tile indexes and a sample of the
+    data: about 1 MiB read per file, whatever its size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size <= WHOLE_HASH_BYTES:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:
+            step = (size - _SAMPLE_BYTES) // (_SAMPLES + 1)
+            for off in [0, *(step * k for k in range(1, _SAMPLES + 1)), size - _SAMPLE_BYTES]:
+                fh.seek(off)
+                h.update(fh.read(_SAMPLE_BYTES))
+    return h.hexdigest()
 
 
 def input_identities(paths) -> list:
@@ -129,5 +155,5 @@ class RunDir:
             tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
 
 
-__all__ = ["PARTS_DIR", "RunDir", "STAGE_FILES", "digest", "embedder_identity", "file_identity", "input_identities",
+__all__ = ["PARTS_DIR", "RunDir", "STAGE_FILES", "content_digest", "digest", "embedder_identity", "file_identity", "input_identities",
            "package_version"]

@@ -1,6 +1,8 @@
 """Front-end glue of the training wing: argparse registration and run functions for the
-``train-vae`` and ``encode`` sub-commands (the CLI wires them; they raise
-:class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input, which the CLI prints as one line, exit 2).
+``train-vae`` and ``encode`` sub-commands, and :func:`run_command`, which runs any training command the
+way both front ends (``rsgeo-prune`` and ``python -m``) do: bad input is one line on stderr
+(``rsgeo-prune <command>: …``) and exit code 2, Ctrl-C one line saying what a rerun continues from
+and exit code 130. Every option is checked before any output folder is created.
 
 Also runnable on its own: ``python -m rsgeo_prune.train.commands train-vae CATALOG --out DIR``.
 """
@@ -14,14 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RSGeoPruneError
+from ..errors import ArgumentParser, RSGeoPruneError, check_number, one_line
 
 
 def _bands(text: str) -> list[int]:
     try:
-        return [int(b) for b in text.split(",") if b.strip()]
+        bands = [int(b) for b in text.split(",") if b.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: give 1-based band indexes such as 1,2,3,4") from exc
+    twice = next((b for k, b in enumerate(bands) if b in bands[:k]), None)
+    if twice is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: band {twice} is given twice; give distinct bands such as 1,2,3,4")
+    return bands
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,9 +108,11 @@ def _selection(args):
     return args.select
 
 
-def _positive(name: str, value) -> None:
-    if value is not None and value <= 0:
-        raise RSGeoPruneError(f"{name} {value}: must be positive")
+def _check_data_options(args) -> None:
+    """The options every command reading a catalog shares (the datasets check bands and crop against the tiles)."""
+    if args.crop is not None:
+        check_number("crop", args.crop, 1, whole=True, example=64)
+    check_number("workers", args.workers, 0, whole=True, example=2)
 
 
 def run_train_vae(args) -> dict:
@@ -112,14 +120,15 @@ def run_train_vae(args) -> dict:
     from .dataset import CatalogDataset, hash_split, load_table, select_rows, split_validation
     from .vae import VAETrainConfig, train_vae
 
-    for name in ("steps", "batch_size", "val_every", "save_every", "crop", "minutes"):
-        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
-    if not 0 < args.val_fraction < 1:
-        raise RSGeoPruneError(f"--val-fraction {args.val_fraction}: must be between 0 and 1")
-    for name in ("jitter_gain", "jitter_offset", "jitter_gamma"):
-        v = getattr(args, name)
-        if not 0 <= v <= 1:  # also refuses nan
-            raise RSGeoPruneError(f"--{name.replace('_', '-')} {v}: must be between 0 and 1 (0 turns it off)")
+    cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
+                         ssim_weight=args.ssim_weight, sam_weight=args.sam_weight, lpips=args.lpips,
+                         lpips_weight=args.lpips_weight, steps=args.steps, minutes=args.minutes,
+                         val_every=args.val_every, save_every=args.save_every, num_workers=args.workers,
+                         seed=args.seed, device=args.device, lr_schedule=args.lr_schedule,
+                         jitter_gain=args.jitter_gain, jitter_offset=args.jitter_offset,
+                         jitter_gamma=args.jitter_gamma, precision=args.precision)  # checks every value
+    _check_data_options(args)
+    check_number("val_fraction", args.val_fraction, 0, 1, open_low=True, open_high=True, example=0.05)
     table = select_rows(load_table(args.catalog), _selection(args), source=str(args.catalog))
     val_by = args.val_by
     if val_by != "hash" and table["scene_id" if "scene_id" in table else "href"].nunique() < 2:
@@ -137,13 +146,8 @@ def run_train_vae(args) -> dict:
     val_ds = CatalogDataset(table[is_val], select="all", random_crop=False, **common)
     monitor = {"val_hash": CatalogDataset(table[is_hash], select="all", random_crop=False, **common)} \
         if is_hash.any() else {}
-    cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                         ssim_weight=args.ssim_weight, sam_weight=args.sam_weight, lpips=args.lpips, lpips_weight=args.lpips_weight,
-                         steps=args.steps, minutes=args.minutes, val_every=args.val_every,
-                         save_every=args.save_every, num_workers=args.workers, seed=args.seed, device=args.device,
-                         lr_schedule=args.lr_schedule, jitter_gain=args.jitter_gain, jitter_offset=args.jitter_offset,
-                         jitter_gamma=args.jitter_gamma, precision=args.precision)
-    res = train_vae(train_ds, val_ds, args.out, cfg, resume=args.resume, progress=not args.quiet, monitor=monitor)
+    res = train_vae(train_ds, val_ds, args.out, cfg, resume=args.resume, progress=not args.quiet, monitor=monitor,
+                    split={"val_by": val_by, "val_fraction": args.val_fraction})
     summary = {"out": str(args.out), "step": res.step, "best_step": res.best_step, "best_val_loss": res.best_val,
                "val_by": val_by, "train_tiles": len(train_ds), "val_tiles": len(val_ds),
                "val_hash_tiles": int(is_hash.sum()), **res.metrics,
@@ -157,8 +161,9 @@ def run_encode(args) -> dict:
     from .dataset import CatalogDataset
     from .latents import encode_catalog
 
-    for name in ("shard_size", "batch_size", "crop"):
-        _positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    _check_data_options(args)
+    for name in ("shard_size", "batch_size"):
+        check_number(name, getattr(args, name), 1, whole=True)
     ds = CatalogDataset(args.catalog, select=_selection(args), bands=args.bands, crop=args.crop, random_crop=False,
                         nodata=args.nodata, output="raw")
     index = encode_catalog(ds, args.vae, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
@@ -168,20 +173,41 @@ def run_encode(args) -> dict:
     return index
 
 
+def interrupt_hint(command: str, args) -> str:
+    """What a rerun continues from after Ctrl-C, and the command line that does it."""
+    out = Path(args.out)
+    if command in ("train-vae", "train-dit"):
+        if (out / "state.pt").exists():
+            again = "rerun the same command" if args.resume else "rerun the same command with --resume"
+            return f"the last saved state in {out} is kept; {again} to continue from it"
+        return "nothing was saved; rerun the same command"
+    if command == "encode" and any(out.glob("shard-*.safetensors")):
+        return f"finished shards in {out} are kept; rerun the same command to continue"
+    return "nothing was written; rerun the same command"
+
+
+def run_command(command: str, run, args) -> int:
+    """Run one training command: 0, or one line on stderr and 2 (bad input) or 130 (Ctrl-C)."""
+    try:
+        run(args)
+    except RSGeoPruneError as exc:
+        print(f"rsgeo-prune {command}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rsgeo-prune {command}: interrupted; {interrupt_hint(command, args)}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def run_subcommands(prog: str, commands: dict, argv=None) -> int:
     """A small command line of ``{name: (help, add_arguments, run)}`` (what ``python -m`` and
-    ``torchrun -m`` call); bad input is one line on stderr and exit code 2."""
-    ap = argparse.ArgumentParser(prog=prog)
+    ``torchrun -m`` call), with :func:`run_command`'s errors."""
+    ap = ArgumentParser(prog=prog)
     sub = ap.add_subparsers(dest="command", required=True)
     for name, (text, add_arguments, _) in commands.items():
         add_arguments(sub.add_parser(name, help=text))
     args = ap.parse_args(argv)
-    try:
-        commands[args.command][2](args)
-    except RSGeoPruneError as exc:
-        print(f"rsgeo-prune {args.command}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args.command, commands[args.command][2], args)
 
 
 def main(argv=None) -> int:

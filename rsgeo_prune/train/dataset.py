@@ -286,6 +286,15 @@ class CatalogDataset(torch.utils.data.Dataset):
     def channels(self) -> int:
         return len(self.bands)
 
+    @property
+    def tile_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` of every sample: the crop, else the one size of the raster tiles; None
+        for collection images without a crop (their size is known only when read)."""
+        if self.crop is not None:
+            return self.crop, self.crop
+        sizes = {(int(r["height"]), int(r["width"])) for r in self._rows if not is_image_row(r)}
+        return sizes.pop() if len(sizes) == 1 and all(not is_image_row(r) for r in self._rows) else None
+
     def digest(self) -> str:
         """sha256 of what the samples are made of: tile ids, hrefs, windows, bands and crop."""
         h = hashlib.sha256()
@@ -293,6 +302,24 @@ class CatalogDataset(torch.utils.data.Dataset):
         for tid, r in zip(self.tile_ids, self._rows):
             h.update(f"{tid}|{r['href']}|{r.get('row_off')}|{r.get('col_off')}|{r.get('height')}|{r.get('width')}\n".encode())
         return h.hexdigest()
+
+    def source_digest(self, rows: range | None = None) -> str:
+        """sha256 of the identities of the files that ``rows`` (default: all) are read from: path, size,
+        modification time and a content digest (:func:`rsgeo_prune.rundir.file_identity`), so a raster
+        rewritten in place gives another digest; a remote href counts by its name."""
+        from ..rundir import digest, file_identity
+
+        cache = self.__dict__.setdefault("_identities", {})
+        hrefs = sorted({str(self._rows[i]["href"]) for i in (range(len(self)) if rows is None else rows)})
+        for href in hrefs:
+            if href not in cache:
+                remote = "://" in href or href.startswith("/vsi")
+                try:
+                    cache[href] = [href] if remote else file_identity(href, content=True)
+                except OSError as exc:
+                    raise RSGeoPruneError(f"{href}: raster cannot be read ({exc.strerror or exc}); restore the file "
+                                          "or rebuild the catalog") from exc
+        return digest([cache[h] for h in hrefs])
 
     # -- named steps ---------------------------------------------------------------------------
     def _read(self, row: dict, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -323,6 +350,10 @@ class CatalogDataset(torch.utils.data.Dataset):
             bands = [int(b) for b in bands]
             if not bands:
                 raise RSGeoPruneError("bands: empty selection; give 1-based band indexes such as 1,2,3,4")
+            twice = next((b for k, b in enumerate(bands) if b in bands[:k]), None)
+            if twice is not None:
+                raise RSGeoPruneError(f"bands {','.join(map(str, bands))}: band {twice} is given twice; "
+                                      "give distinct bands such as 1,2,3,4")
             low = int(counts.min()) if len(counts) else None
             bad = [b for b in bands if b < 1 or (low is not None and b > low)]
             if bad:

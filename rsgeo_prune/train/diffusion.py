@@ -151,6 +151,8 @@ class DDPM(Diffusion):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         if variance not in ("small", "large"):
             raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+        if not 0.0 <= eta <= 1.0:  # also refuses NaN
+            raise ValueError(f"eta must be in [0, 1], got {eta!r}")
         kwargs = model_kwargs or {}
         ts = self.timesteps(steps)
         acp = self.alphas_cumprod.tolist()

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 
-
 def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune train-dit LATENTS --out DIR``."""
     from .diffusion import DIFFUSIONS
@@ -97,7 +96,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sampler", default=None, choices=("ddpm", "ddim", "euler"),
                    help="ddpm (ancestral) or ddim for a ddpm model, euler for a flow model (default: ddpm / euler)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 250 for ddpm, 50 otherwise)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0: deterministic); "
+                                                            "with --sampler ddim only")
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--format", default="npy", choices=("npy", "tif"),

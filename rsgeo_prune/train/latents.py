@@ -3,11 +3,17 @@
 ``encode_catalog`` writes ``out/shard-00000.safetensors, ...``: tensors ``mean`` and ``logvar``
 ``(n, 4, H/8, W/8)`` float16 (the posterior ``q(z|x) = N(mean, exp(logvar))``), and in the
 safetensors metadata the shard's ``tile_ids`` (JSON list, row order), the VAE digest, the catalog
-digest and the latent scale. ``out/index.json`` (written last) lists the shards.
+digest (tiles, windows, bands, crop, nodata), the source digest (identities of the files the shard's
+tiles are read from: path, size, modification time, content) and the latent scale.
+``out/index.json`` (written last) lists the shards and carries the digests of the whole encoding.
 
 Shard ``k`` always holds tiles ``[k·shard_size, (k+1)·shard_size)`` of the dataset's order, and each
 is written to a temporary name and renamed, so a killed run leaves only whole shards: rerunning the
-command keeps those that match (same VAE, same catalog digest, same tiles) and encodes the rest.
+command keeps those that match (same VAE, catalog, tiles and source files) and encodes the rest; a
+source raster changed in place re-encodes the shards that read it. Shards of another VAE or catalog are
+refused; shards left over from another layout (``--shard-size``) are removed. ``index.json`` is removed
+before the first shard is rewritten, so it only ever lists one whole encoding. The same inputs give the
+same bytes (the safetensors header is written with sorted keys).
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_output, check_writable
-from ..errors import RSGeoPruneError
+from ..atomic import atomic_output, check_writable, output_folder
+from ..errors import RSGeoPruneError, check_number
+from ..rundir import digest
 from .dataset import to_model_range
 from .state import autocast, choose_device, progress_bar
-from .vae import latent_scale, load_vae, vae_digest
+from .vae import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
 
 INDEX_FILE = "index.json"
 FORMAT = "rsgeo-latents/1"
+#: Metadata that names the encoding a shard belongs to: a folder holds shards of one encoding only.
+ENCODING_KEYS = ("vae_digest", "catalog_digest")
 
 
 def shard_name(k: int) -> str:
@@ -39,54 +48,71 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
 
     Args:
         ds: a :class:`~rsgeo_prune.train.dataset.CatalogDataset` (no random crop, no dihedral: a tile's
-            latent must not depend on a draw).
+            latent must not depend on a draw), tiles or crop a multiple of the VAE's downsampling.
         vae_dir: the ``--out`` of ``train-vae`` (or its ``vae/`` folder).
-        out: shard folder; created if needed.
+        out: shard folder; created at the first shard (nothing is created when an input is refused).
         shard_size: tiles per shard.
     Returns:
         the index (also written to ``out/index.json``).
     """
     if getattr(ds, "random_crop", False) and getattr(ds, "crop", None) is not None or getattr(ds, "dihedral", False):
         raise RSGeoPruneError("encode: the dataset draws random crops or flips; encode with a centred crop and no dihedral")
+    check_number("shard_size", shard_size, 1, whole=True, example=1024)
+    check_number("batch_size", batch_size, 1, whole=True, example=32)
+    check_number("workers", num_workers, 0, whole=True, example=2)
     out = Path(out)
-    check_writable(out / INDEX_FILE)
-    _remove_temporaries(out)
+    check_writable(out / INDEX_FILE, create=False)
     dev = choose_device(device)
     vae = load_vae(vae_dir, dev)
     if vae.config.in_channels != ds.channels:
         raise RSGeoPruneError(f"{vae_dir}: VAE takes {vae.config.in_channels} bands, the selection has {ds.channels}; "
                               "select the bands the VAE was trained on (--bands)")
+    factor = vae_downsampling(vae_dir)
+    check_tile_size(ds, factor)
     meta = {"format": FORMAT, "vae_digest": vae_digest(vae_dir), "catalog_digest": ds.digest(),
             "latents_mean": json.dumps(latent_scale(vae)[0].flatten().tolist()),
             "latents_std": json.dumps(latent_scale(vae)[1].flatten().tolist()),
             "bands": json.dumps(list(ds.bands)), "shard_size": str(shard_size)}
     n_shards = (len(ds) + shard_size - 1) // shard_size
-    done = [k for k in range(n_shards) if _shard_matches(out / shard_name(k), meta, ds.tile_ids[k * shard_size:(k + 1) * shard_size])]
-    todo = [k for k in range(n_shards) if k not in set(done)]
-    bar = progress_bar(len(ds), sum(min(shard_size, len(ds) - k * shard_size) for k in done), progress, unit="tile")
-    try:
-        for k in todo:
-            lo, hi = k * shard_size, min((k + 1) * shard_size, len(ds))
-            mean, logvar = _encode_range(vae, ds, lo, hi, batch_size, dev, num_workers, bar)
-            write_shard(out / shard_name(k), mean, logvar, ds.tile_ids[lo:hi], {**meta, "shard": str(k)})
-    finally:
-        bar.close()
-    index = {"format": FORMAT, "tiles": len(ds), "shards": [shard_name(k) for k in range(n_shards)],
-             "shard_size": shard_size, "latent_shape": list(_shard_shape(out / shard_name(0))),
-             **{k: (json.loads(v) if k in ("latents_mean", "latents_std", "bands") else v) for k, v in meta.items()
-                if k != "shard_size"}}
-    with atomic_output(out / INDEX_FILE) as tmp:
-        tmp.write_text(json.dumps(index, indent=2))
+    ranges = [range(k * shard_size, min((k + 1) * shard_size, len(ds))) for k in range(n_shards)]
+    sources = [ds.source_digest(r) for r in ranges]
+    _check_encoding(out, meta)
+    todo = [k for k, r in enumerate(ranges)
+            if not _shard_matches(out / shard_name(k), [ds.tile_ids[i] for i in r], sources[k])]
+    bar = progress_bar(len(ds), len(ds) - sum(len(ranges[k]) for k in todo), progress, unit="tile")
+    with output_folder(out, keep=lambda: any(out.glob("shard-*.safetensors"))):
+        try:
+            _remove_temporaries(out)
+            if todo:  # the index lists one whole encoding: gone until every shard of this one is there
+                (out / INDEX_FILE).unlink(missing_ok=True)
+            for k in todo:
+                mean, logvar = _encode_range(vae, ds, ranges[k], batch_size, dev, num_workers, bar, factor)
+                write_shard(out / shard_name(k), mean, logvar, [ds.tile_ids[i] for i in ranges[k]],
+                            {**meta, "shard": str(k), "source_digest": sources[k]})
+        finally:
+            bar.close()
+        _remove_stale_shards(out, n_shards)
+        index = {"format": FORMAT, "tiles": len(ds), "shards": [shard_name(k) for k in range(n_shards)],
+                 "shard_size": shard_size, "latent_shape": list(_shard_shape(out / shard_name(0))),
+                 **{k: (json.loads(v) if k in ("latents_mean", "latents_std", "bands") else v) for k, v in meta.items()
+                    if k != "shard_size"},
+                 "source_digest": digest(sources)}
+        with atomic_output(out / INDEX_FILE) as tmp:
+            tmp.write_text(json.dumps(index, indent=2))
     return index
 
 
 @torch.no_grad()
-def _encode_range(vae, ds, lo: int, hi: int, batch_size: int, device, num_workers: int, bar):
-    sub = torch.utils.data.Subset(ds, range(lo, hi))
+def _encode_range(vae, ds, rows: range, batch_size: int, device, num_workers: int, bar, factor: int):
+    sub = torch.utils.data.Subset(ds, rows)
     loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(0))
     means, logvars = [], []
     for batch in loader:
+        h, w = batch["image"].shape[-2:]
+        if h % factor or w % factor:  # collection images: their size is known only now
+            raise RSGeoPruneError(f"{batch['tile_id'][0]}: image of {h}x{w} px, not a multiple of {factor} (the VAE's "
+                                  f"downsampling); encode crops (--crop {max(factor, min(h, w) // factor * factor)})")
         with autocast(device):
             post = vae.encode(to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)["image"]).latent_dist
         means.append(post.mean.float().cpu().half())
@@ -96,14 +122,24 @@ def _encode_range(vae, ds, lo: int, hi: int, batch_size: int, device, num_worker
 
 
 def write_shard(path: Path, mean: torch.Tensor, logvar: torch.Tensor, tile_ids, meta: dict) -> Path:
-    """One safetensors shard, written to a temporary name and renamed."""
-    from safetensors.torch import save_file
-
+    """One safetensors shard (``mean``, ``logvar`` as float16, ``meta`` and ``tile_ids`` as metadata), written to a
+    temporary name and renamed. Written here rather than by ``safetensors.save_file``, whose header order varies
+    from call to call: the same tensors and metadata give the same bytes."""
     if len(tile_ids) != mean.shape[0]:
         raise ValueError("one tile_id per latent")
-    with atomic_output(path) as tmp:
-        save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp),
-                  metadata={**meta, "tile_ids": json.dumps(list(tile_ids))})
+    header, blobs, offset = {}, [], 0
+    for name, t in sorted({"mean": mean, "logvar": logvar}.items()):
+        data = t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes()
+        header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    header["__metadata__"] = {**{k: str(v) for k, v in meta.items()}, "tile_ids": json.dumps(list(tile_ids))}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for data in blobs:
+            fh.write(data)
     return path
 
 
@@ -117,33 +153,50 @@ def read_shard(path: str | Path) -> tuple[list[str], torch.Tensor, torch.Tensor,
     return json.loads(meta.pop("tile_ids")), mean, logvar, meta
 
 
-def _shard_matches(path: Path, meta: dict, tile_ids) -> bool:
-    """A finished shard of this very encoding (same VAE, catalog, tiles); one of another encoding is an error."""
+def _check_encoding(out: Path, meta: dict) -> None:
+    """Every shard already in ``out`` belongs to this encoding (same VAE and catalog); one of another is an
+    error, before anything is written (an unreadable one is encoded again)."""
+    for path in sorted(out.glob("shard-*.safetensors")):
+        try:
+            got = _shard_header(path)[0]["__metadata__"]
+        except RSGeoPruneError:
+            continue
+        for key in ENCODING_KEYS:
+            if got.get(key) != meta[key]:
+                raise RSGeoPruneError(f"{path}: a shard of another {key.split('_')[0]} ({key} differs); "
+                                      "encode into a new --out or delete the old shards")
+
+
+def _shard_matches(path: Path, tile_ids: list[str], source: str) -> bool:
+    """A whole shard of these tiles, read from source files of this identity (``source``)."""
     if not path.exists():
         return False
     try:
-        ids, mean, _, got = read_shard(path)
-    except Exception:
-        path.unlink()  # unreadable: encode it again
-        return False
-    for key in ("vae_digest", "catalog_digest"):
-        if got.get(key) != meta[key]:
-            raise RSGeoPruneError(f"{path}: a shard of another {key.split('_')[0]} ({key} differs); "
-                                  "encode into a new --out or delete the old shards")
-    return ids == list(tile_ids) and mean.shape[0] == len(tile_ids)
+        header = _shard_header(path)
+        for tensor in ("mean", "logvar"):
+            _tensor_layout(path, header, tensor)
+    except RSGeoPruneError:
+        return False  # cut short or unreadable: encoded again
+    meta = header[0]["__metadata__"]
+    return json.loads(meta["tile_ids"]) == tile_ids and meta.get("source_digest") == source
 
 
 def _shard_shape(path: Path) -> tuple:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return tuple(f.get_slice("mean").get_shape()[1:])
+    return tuple(_tensor_layout(path, _shard_header(path), "mean")[1][1:])
 
 
 def _remove_temporaries(out: Path) -> None:
     """Temporary shards of a killed run (``atomic_output`` names them ``.<stem>.tmp-<pid>.safetensors``)."""
     for tmp in out.glob(".shard-*.tmp-*"):
         tmp.unlink(missing_ok=True)
+
+
+def _remove_stale_shards(out: Path, n_shards: int) -> None:
+    """Shards past the last of this layout (an earlier encoding with a smaller ``--shard-size``)."""
+    keep = {shard_name(k) for k in range(n_shards)}
+    for path in out.glob("shard-*.safetensors"):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 class ShardedRows:
@@ -253,14 +306,24 @@ class LatentShards(torch.utils.data.Dataset):
         if not index_path.exists():
             raise RSGeoPruneError(f"{root}: no {INDEX_FILE} (encoding unfinished or not an encode folder); "
                                   "run rsgeo-prune encode again with this --out")
-        self.index = json.loads(index_path.read_text())
+        try:
+            self.index = json.loads(index_path.read_text())
+            names = [str(n) for n in self.index["shards"]]
+            c = len(self.index["latents_mean"])
+            if not names or c != len(self.index["latents_std"]) or not all(k in self.index for k in ENCODING_KEYS):
+                raise ValueError("no shards, or an incomplete latent scale or digests")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RSGeoPruneError(f"{index_path}: not a readable latent index ({type(exc).__name__}: {exc}); "
+                                  "run rsgeo-prune encode again with this --out") from None
         ids, paths, layouts = [], [], {"mean": [], "logvar": []}
-        for name in self.index["shards"]:
+        for name in names:
             path = root / name
             header = _shard_header(path)
             meta = header[0]["__metadata__"]
-            if meta.get("vae_digest") != self.index["vae_digest"]:
-                raise RSGeoPruneError(f"{path}: shard of another VAE than {INDEX_FILE}; encode again")
+            for key in ENCODING_KEYS:
+                if meta.get(key) != self.index[key]:
+                    raise RSGeoPruneError(f"{path}: a shard of another {key.split('_')[0]} than {INDEX_FILE} ({key} "
+                                          "differs); run rsgeo-prune encode again with this --out")
             ids += json.loads(meta["tile_ids"])
             paths.append(path)
             for tensor, per_shard in layouts.items():
@@ -271,7 +334,9 @@ class LatentShards(torch.utils.data.Dataset):
             raise RSGeoPruneError(f"{root}: {len(ids)} tile ids for {len(self.mean)} latents; encode again")
         if in_memory:
             self.mean, self.logvar = self.mean[:], self.logvar[:]
-        c = self.mean.shape[1]
+        if self.mean.shape[1] != c:
+            raise RSGeoPruneError(f"{index_path}: a latent scale of {c} channels for {self.mean.shape[1]}-channel "
+                                  "latents; run rsgeo-prune encode again with this --out")
         self.latents_mean = torch.tensor(self.index["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
         self.latents_std = torch.tensor(self.index["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
         self._scale_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

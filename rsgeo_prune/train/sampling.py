@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_output, check_writable
-from ..errors import RSGeoPruneError
+from ..atomic import atomic_folder, atomic_output, check_writable
+from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .diffusion import make_diffusion
 from .dit import DIT_CONFIGS, build_dit
 from .state import STATE_FORMAT, autocast
@@ -209,24 +209,47 @@ def _write_tiff(levels: np.ndarray, path: Path) -> None:
             dst.write(levels)
 
 
+#: What ``sample`` writes into its ``--out``: a folder holding these only is a previous sample output, replaced whole.
+SAMPLE_ENTRIES = frozenset({"samples.json", "latents.npy", "tiles", *(f"grid_{v}.png" for v in VIEWS)})
+
+
+def check_sample_out(out: Path) -> None:
+    """``out`` is new, empty, or a previous ``sample`` output (which the new one replaces as a whole); a
+    folder holding anything else is refused, so no run is mixed with another and no other file is lost."""
+    check_writable(out / "samples.json", create=False)
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        if names and ("samples.json" not in names or not names <= SAMPLE_ENTRIES):
+            raise InvalidOption("out", str(out), "holds other files; choose a new or empty folder (a previous "
+                                                 "sample output there is replaced whole)")
+
+
 def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Path, *, n: int = 64,
-                     sampler: str | None = None, steps: int | None = None, eta: float = 0.0, seed: int = 0,
+                     sampler: str | None = None, steps: int | None = None, eta: float | None = None, seed: int = 0,
                      batch_size: int = 16, fmt: str = "npy", device: str | None = None) -> dict:
     """``rsgeo-prune sample``: ``n`` tiles from a checkpoint's EMA weights, decoded by the VAE the latents came from.
 
     Writes under ``out``: ``tiles/sample-*.npy|tif`` (one C-band tile each), ``latents.npy`` (the denormalised
     latents ``(n, C, h, w)`` float32, what the VAE decoded), ``grid_rgb.png`` / ``grid_nirrg.png`` (the first 64),
     and ``samples.json`` (checkpoint, step, sampler, steps, seed, VAE digest). Returns that summary.
+
+    Every option is checked first (``eta`` is DDIM's only); ``out`` must be new, empty or an earlier sample output,
+    and the files appear there together, as one folder, when all are written.
     """
     from .state import choose_device
     from .vae import load_vae, vae_digest
 
-    if n < 1 or batch_size < 1 or (steps is not None and steps < 1):
-        raise RSGeoPruneError(f"n {n}, batch size {batch_size}, steps {steps}: must be positive")
+    check_number("n", n, 1, whole=True, example=64)
+    check_number("batch_size", batch_size, 1, whole=True, example=16)
+    if steps is not None:
+        check_number("steps", steps, 1, whole=True, example=50)
+    if eta is not None:
+        check_number("eta", eta, 0, 1, example="0 for a deterministic DDIM")
+    check_seed("seed", seed)
     if fmt not in ("npy", "tif"):
-        raise RSGeoPruneError(f"format {fmt!r}: choose npy or tif")
+        raise InvalidOption("format", fmt, "choose npy or tif")
     out = Path(out)
-    check_writable(out / "samples.json")
+    check_sample_out(out)
     dev = choose_device(device)
     state = read_checkpoint(checkpoint, hint="give another checkpoint")
     model, info = ema_model(state, dev)
@@ -236,23 +259,33 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
         raise RSGeoPruneError(f"{vae_dir}: not the VAE the model's latents were encoded with (digest {digest[:12]}…, "
                               f"latents {lat['vae_digest'][:12]}…); give that VAE's folder")
     sampler = check_sampler(cfg["diffusion"], sampler)
+    if eta is not None and sampler != "ddim":
+        raise InvalidOption("eta", eta, f"applies to --sampler ddim only (this samples with {sampler}); "
+                                        "drop it or add --sampler ddim")
+    if sampler in SAMPLERS["ddpm"] and steps is not None and steps > 1000:
+        raise InvalidOption("steps", steps, "must be at most 1000, the DDPM's timesteps")
     steps = steps or (250 if sampler == "ddpm" else 50)
+    eta = 0.0 if eta is None else eta
     diffusion = diffusion_of(cfg)
     vae = load_vae(vae_dir, dev)
     z = generate_latents(model, diffusion, n, latent_shape=tuple(lat["latent_shape"]), steps=steps, sampler=sampler,
                          eta=eta, seed=seed, batch_size=batch_size, device=dev)
+    if not bool(torch.isfinite(z).all()):
+        raise RSGeoPruneError(f"{checkpoint}: sampling gave non-finite latents (damaged EMA weights?); "
+                              "sample another checkpoint")
     z = denormalise(z, lat)
     tiles = decode_latents(vae, z, batch_size=batch_size, device=dev)
-    with atomic_output(out / "latents.npy") as tmp, open(tmp, "wb") as fh:
-        np.save(fh, z.numpy())
-    write_tiles(tiles, out / "tiles", fmt)
-    grids = write_grids(tiles[:64], out, "grid")
     summary = {"checkpoint": str(checkpoint), "step": info["step"], "model": cfg["model"],
                "diffusion": cfg["diffusion"], "sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "n": n,
-               "tile_shape": list(tiles.shape[1:]), "format": fmt, "vae_digest": digest,
-               "grids": {k: str(v) for k, v in grids.items()}, "out": str(out)}
-    with atomic_output(out / "samples.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+               "tile_shape": list(tiles.shape[1:]), "format": fmt, "vae_digest": digest, "out": str(out)}
+    with atomic_folder(out) as tmp:
+        with atomic_output(tmp / "latents.npy") as part, open(part, "wb") as fh:
+            np.save(fh, z.numpy())
+        write_tiles(tiles, tmp / "tiles", fmt)
+        grids = write_grids(tiles[:64], tmp, "grid")
+        summary["grids"] = {k: str(out / v.name) for k, v in grids.items()}
+        with atomic_output(tmp / "samples.json") as part:
+            part.write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -263,6 +296,6 @@ def diffusion_of(cfg: dict):
     return make_diffusion(cfg["diffusion"])
 
 
-__all__ = ["DIT_STATE_KIND", "SAMPLERS", "VIEWS", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
+__all__ = ["DIT_STATE_KIND", "SAMPLE_ENTRIES", "SAMPLERS", "VIEWS", "check_sample_out", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
            "ema_model", "generate_latents", "grid_image", "read_checkpoint", "sample_to_folder", "seeded_generator",
            "write_grids", "write_png", "write_tiles"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import time
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_output
-from ..errors import RSGeoPruneError
+from ..errors import InvalidOption, RSGeoPruneError
 
 #: Format tag of the state files; bumped when the layout changes.
 STATE_FORMAT = "rsgeo-train-state/1"
@@ -166,10 +167,9 @@ def save_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
     return path
 
 
-def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               map_location: str | torch.device = "cpu", restore_rng: bool = True) -> dict:
-    """Load a :func:`save_state` file (``weights_only=True``) into ``model`` and ``optimizer`` and
-    restore the RNG states; returns ``{"step", "epoch", "position", "extra"}``."""
+def read_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The raw :func:`save_state` dictionary at ``path`` (``weights_only``, memory-mapped: reading its
+    ``step`` and ``extra`` costs nothing), or one clear error for a missing, truncated or foreign file."""
     path = Path(path)
     try:
         # mmap: ranks resuming together do not each read the whole file (an XL/2 state is ~11 GB) into RAM
@@ -177,9 +177,26 @@ def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
     except FileNotFoundError as exc:
         raise RSGeoPruneError(f"{path}: no training state to resume from; drop --resume or give the run's --out") from exc
     except Exception as exc:  # a truncated or foreign file
-        raise RSGeoPruneError(f"{path}: not a readable training state ({exc}); delete it or start a new --out") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RSGeoPruneError(f"{path}: not a readable training state ({first}); delete it or start a new --out") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise RSGeoPruneError(f"{path}: not an rsgeo-prune training state; start a new --out")
+    return state
+
+
+def check_resume_steps(path: Path, saved_step: int, steps: int) -> None:
+    """A resumed run continues forward: ``steps`` (the run's total) below the saved step is refused."""
+    if steps < saved_step:
+        raise InvalidOption("steps", steps, f"the run in {path.parent} is at step {saved_step} already; give "
+                                            f"--steps {saved_step} or more to continue it")
+
+
+def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+               map_location: str | torch.device = "cpu", restore_rng: bool = True) -> dict:
+    """Load a :func:`save_state` file (``weights_only=True``) into ``model`` and ``optimizer`` and
+    restore the RNG states; returns ``{"step", "epoch", "position", "extra"}``."""
+    path = Path(path)
+    state = read_state(path, map_location)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -190,6 +207,52 @@ def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
     if restore_rng:
         set_rng_state(state["rng"])
     return {k: state[k] for k in ("step", "epoch", "position", "extra")}
+
+
+class LossNotFinite(RSGeoPruneError):
+    """Training stopped: the loss became NaN or infinite (nothing after the last finite step was saved)."""
+
+
+class FiniteWatch:
+    """The first step whose loss was not finite, kept on the loss's device: :meth:`update` queues two small
+    kernels and never waits for the device; :meth:`check` (at log, validation and save steps) reads it."""
+
+    def __init__(self, device: torch.device | str):
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Record ``loss`` of optimiser step ``step`` (1-based: the step it was computed for)."""
+        loss = loss.detach().float()
+        first = (self.step < 0) & ~torch.isfinite(loss)
+        self.step.masked_fill_(first, step)
+        self.value = torch.where(first, loss, self.value)
+
+    def check(self, hint, *, all_ranks: bool = False) -> None:
+        """Raise :class:`LossNotFinite` (``loss became NaN at step N; <hint()>``) if a loss was not finite;
+        with ``all_ranks`` (a collective call: every process of a DDP run makes it at the same step) if one
+        was on any rank, so that all of them stop together."""
+        step = self.step
+        if all_ranks:
+            import torch.distributed as dist
+
+            none = torch.iinfo(torch.long).max
+            step = torch.where(step < 0, torch.full_like(step, none), step)
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+            step = torch.where(step == none, torch.full_like(step, -1), step)
+        step = int(step.item())
+        if step >= 0:
+            what = "infinite" if math.isinf(float(self.value.item())) else "NaN"
+            raise LossNotFinite(f"loss became {what} at step {step}; {hint()}")
+
+
+def saved_hint(path: Path) -> str:
+    """How to go on after a run stopped on a non-finite loss: from the last state saved at ``path``, if any."""
+    if path.exists():
+        step = read_state(path)["step"]
+        return (f"the state of step {step} in {path.parent} is kept: continue it with --resume and a lower --lr "
+                "(or stronger clipping)")
+    return "nothing was saved; rerun with a lower --lr"
 
 
 def progress_bar(total: int, initial: int = 0, enabled: bool = True, unit: str = "step"):
@@ -242,5 +305,5 @@ def _plain(v):
     return v
 
 
-__all__ = ["EpochSampler", "MetricsLog", "PRECISIONS", "STATE_FORMAT", "autocast", "choose_device", "epoch_order",
-           "load_state", "progress_bar", "read_metrics", "rng_state", "save_state", "seed_everything", "set_rng_state", "uses_bf16"]
+__all__ = ["EpochSampler", "FiniteWatch", "LossNotFinite", "MetricsLog", "PRECISIONS", "STATE_FORMAT", "autocast", "choose_device", "epoch_order",
+           "check_resume_steps", "load_state", "progress_bar", "read_metrics", "read_state", "saved_hint", "rng_state", "save_state", "seed_everything", "set_rng_state", "uses_bf16"]

@@ -37,6 +37,7 @@ Choices, each with its reason:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -51,15 +52,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_writable
-from ..errors import RSGeoPruneError
+from ..atomic import check_writable, output_folder
+from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .diffusion import DIFFUSIONS
 from .dit import DIT_CONFIGS, build_dit, count_parameters
 from .metrics import compare_sets
 from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, read_checkpoint,
                        seeded_generator, write_grids)
-from .state import (PRECISIONS, MetricsLog, autocast, choose_device, epoch_order, load_state, progress_bar, save_state,
-                    uses_bf16)
+from .state import (PRECISIONS, FiniteWatch, MetricsLog, autocast, check_resume_steps, choose_device, epoch_order,
+                    load_state, progress_bar, save_state, saved_hint, uses_bf16)
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -174,32 +175,49 @@ def enable_tf32() -> None:
 
 
 # -- the named steps ------------------------------------------------------------------------------
+#: Path-time distributions of the flow objective (``--time-sampling``; DDPM draws its timesteps uniformly).
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
 def check_config(cfg: DiTTrainConfig) -> None:
-    """Option values in range (one clear error each)."""
+    """Every value finite and in range and the combinations meaningful, before anything runs (one
+    :class:`InvalidOption` naming the first that is not)."""
     if cfg.model not in DIT_CONFIGS:
-        raise RSGeoPruneError(f"model {cfg.model!r}: unknown; choose one of {', '.join(sorted(DIT_CONFIGS))}")
+        raise InvalidOption("model", cfg.model, f"unknown; choose one of {', '.join(sorted(DIT_CONFIGS))}")
     if cfg.diffusion not in DIFFUSIONS:
-        raise RSGeoPruneError(f"diffusion {cfg.diffusion!r}: choose one of {', '.join(sorted(DIFFUSIONS))}")
-    if cfg.time_sampling not in ("uniform", "logit_normal"):
-        raise RSGeoPruneError(f"time sampling {cfg.time_sampling!r}: choose uniform or logit_normal")
+        raise InvalidOption("diffusion", cfg.diffusion, f"choose one of {', '.join(sorted(DIFFUSIONS))}")
+    if cfg.time_sampling not in TIME_SAMPLINGS:
+        raise InvalidOption("time_sampling", cfg.time_sampling, f"choose one of {', '.join(TIME_SAMPLINGS)}")
+    if cfg.time_sampling != "uniform" and cfg.diffusion != "flow":
+        raise InvalidOption("time_sampling", cfg.time_sampling, f"applies to --diffusion flow only ({cfg.diffusion} "
+                                                                "draws its timesteps uniformly); drop it or train flow")
     for name in ("batch_size", "steps", "log_every", "save_every", "sample_n", "sample_steps"):
-        if getattr(cfg, name) <= 0:
-            raise RSGeoPruneError(f"{name.replace('_', ' ')} {getattr(cfg, name)}: must be positive")
-    for name in ("lr", "weight_decay", "grad_clip", "keep_every", "sample_every", "fd_n"):
-        if getattr(cfg, name) < 0:
-            raise RSGeoPruneError(f"{name.replace('_', ' ')} {getattr(cfg, name)}: must not be negative")
-    if not 0 <= cfg.ema_decay < 1:
-        raise RSGeoPruneError(f"ema decay {cfg.ema_decay}: must be in [0, 1)")
+        check_number(name, getattr(cfg, name), 1, whole=True)
+    for name in ("keep_every", "sample_every", "fd_n"):
+        check_number(name, getattr(cfg, name), 0, whole=True)
+    if cfg.diffusion == "ddpm" and cfg.sample_steps > 1000:
+        raise InvalidOption("sample_steps", cfg.sample_steps, "must be at most 1000, the DDPM's timesteps")
+    check_number("lr", cfg.lr, 0, open_low=True, example="1e-4")
+    check_number("weight_decay", cfg.weight_decay, 0, example=0.0)
+    check_number("grad_clip", cfg.grad_clip, 0, example="1.0; 0 turns clipping off")
+    check_number("ema_decay", cfg.ema_decay, 0, 1, open_high=True, example=0.9999)
+    if cfg.minutes is not None:
+        check_number("minutes", cfg.minutes, 0, open_low=True, example=60)
+    check_seed("seed", cfg.seed)
     if cfg.precision not in PRECISIONS:
-        raise RSGeoPruneError(f"precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if cfg.minutes is not None and cfg.minutes <= 0:
-        raise RSGeoPruneError(f"minutes {cfg.minutes}: must be positive")
+        raise InvalidOption("precision", cfg.precision, f"choose one of {', '.join(PRECISIONS)}")
+    if cfg.stop_at is not None:
+        check_number("stop_at", cfg.stop_at, 1, whole=True)
 
 
 def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str | Path | None):
     """The :class:`~rsgeo_prune.train.latents.LatentShards` of ``root``, checked against the batch split and the VAE."""
     from .latents import LatentShards
 
+    if vae_dir is not None:
+        from .vae import vae_folder
+
+        vae_folder(vae_dir)  # there, before the latents are read
     ds = LatentShards(root)
     if len(ds) < cfg.batch_size:
         raise RSGeoPruneError(f"{root}: {len(ds)} latents, fewer than one global batch of {cfg.batch_size}; "
@@ -222,15 +240,19 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
 
 
 def latents_info(ds, root) -> dict:
-    """What a checkpoint records about its latents (``sample`` denormalises and checks the VAE with it)."""
-    return {"root": str(root), "vae_digest": ds.index["vae_digest"], "tiles": len(ds),
+    """What a checkpoint records about its latents (``sample`` denormalises and checks the VAE with it; a resume
+    checks that the latents are the run's: same VAE, catalog, source files, count and shape)."""
+    return {"root": str(root), "vae_digest": ds.index["vae_digest"], "catalog_digest": ds.index["catalog_digest"],
+            "source_digest": ds.index.get("source_digest"), "tiles": len(ds),
             "latent_shape": list(ds.mean.shape[1:]), "latents_mean": ds.latents_mean.flatten().tolist(),
             "latents_std": ds.latents_std.flatten().tolist()}
 
 
 def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
-    """A resumed run must be the same run: same model, diffusion, global batch, seed and latents (VAE, count)."""
-    extra = read_checkpoint(path, hint="start a new --out")["extra"]
+    """A resumed run must be the same run: same model, diffusion, global batch, seed and latents (VAE, catalog,
+    source files, count, shape), and it goes forward (``cfg.steps`` not below the saved step)."""
+    state = read_checkpoint(path, hint="start a new --out")
+    extra = state["extra"]
     saved, lat = extra["config"], extra["latents"]
     for key in RESUME_KEYS:
         if saved.get(key) != getattr(cfg, key):
@@ -241,9 +263,14 @@ def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
         raise RSGeoPruneError(f"{info['root']}: latents from another VAE than the run's (digest "
                               f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
                               f"{lat['root']} or start a new --out")
+    if lat.get("catalog_digest") != info["catalog_digest"] or lat.get("source_digest") != info["source_digest"]:
+        what = "catalog" if lat.get("catalog_digest") != info["catalog_digest"] else "version of the source rasters"
+        raise RSGeoPruneError(f"{info['root']}: latents of another {what} than the run's (encoded from other tiles "
+                              f"or files); resume with {lat['root']} or start a new --out")
     if lat["tiles"] != info["tiles"] or lat["latent_shape"] != info["latent_shape"]:
         raise RSGeoPruneError(f"{info['root']}: {info['tiles']} latents {info['latent_shape']}, the run had "
                               f"{lat['tiles']} {lat['latent_shape']}; resume with {lat['root']} or start a new --out")
+    check_resume_steps(path, int(state["step"]), cfg.steps)
 
 
 def ema_decay(cfg: DiTTrainConfig, step: int) -> float:
@@ -400,7 +427,7 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
     # every rank runs the same checks, so bad input ends all of them at once (not rank 0 alone, with the
     # others left waiting in DDP's first broadcast); rank 0 cannot write state.pt before all ranks joined DDP
     state_path = out / STATE_FILE
-    check_writable(state_path)
+    check_writable(state_path, create=False)
     if not resume and state_path.exists():
         raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it "
                               "or choose a new --out")
@@ -417,6 +444,15 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
         pos = load_state(state_path, model=model, optimizer=opt, map_location="cpu")
         ema.load_state_dict(pos["extra"]["ema"])
         step, epoch, position = pos["step"], pos["epoch"], pos["position"]
+    # the loop writes; a new run that fails before its first saved state leaves no folder behind
+    with output_folder(out, keep=state_path.exists) if d.is_main else contextlib.nullcontext():
+        return _loop(model, ema, opt, ds, info, out, cfg, d, vae_dir, resume, progress, step, epoch, position)
+
+
+def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool,
+          progress: bool, step: int, epoch: int, position: int) -> DiTTrainResult:
+    """The run of :func:`train_dit` from ``step``, its inputs checked: DDP/compile wrapping, then the loop."""
+    state_path = out / STATE_FILE
     train_model = model
     if d.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -461,6 +497,7 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
     cache: dict = {}
     t_start = t_window = time.perf_counter()
     loss_sum = torch.zeros((), device=d.device)
+    watch = FiniteWatch(d.device)
     window, last_loss, last = 0, None, {}
     try:
         while step < cfg.steps:
@@ -471,10 +508,15 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
             loss, gnorm = run_step(mean, logvar, seeded_generator(d.device, cfg.seed, step, d.rank), step)
             step += 1
             loss_sum += loss
+            watch.update(loss, step)
             window += 1
             bar.update(1)
             if cfg.stop_at is not None and step >= cfg.stop_at:
                 return DiTTrainResult(step, None, out, d.world, per_rank, cfg.batch_size, n_params)  # a simulated kill
+            if step % cfg.log_every == 0 or step == cfg.steps or step % cfg.save_every == 0 or \
+                    (cfg.sample_every and step % cfg.sample_every == 0) or (cfg.keep_every and step % cfg.keep_every == 0):
+                # a diverged run logs, samples and saves nothing; the same steps on every rank (a collective check)
+                watch.check(lambda: saved_hint(state_path), all_ranks=d.active)
             out_of_time = False
             if step % cfg.log_every == 0 or step == cfg.steps:
                 last_loss, out_of_time, rec = _log_window(cfg, d, step, epoch, loss_sum, window, gnorm, t_window,
@@ -539,7 +581,8 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
                             vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
     """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for tests
     and benchmarks: each tile is a few smooth per-channel patterns (learnable, unlike white noise) with a small
-    posterior variance. ``vae_digest`` names the (pretend) VAE."""
+    posterior variance. ``vae_digest`` names the (pretend) VAE; the catalog digest names ``seed``, ``n`` and
+    ``shape``, so other latents are other latents to a resumed run."""
     from ..atomic import atomic_output
     from .latents import FORMAT, INDEX_FILE, shard_name, write_shard
 
@@ -551,7 +594,7 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
     coef = torch.randn(n, c, basis.shape[0], generator=g) * torch.tensor([1.0, 0.8, 0.8, 0.5, 0.5, 0.5])
     mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
     logvar = torch.full_like(mean, -6.0)
-    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": "synthetic",
+    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": f"synthetic-{seed}-{n}-{c}x{h}x{w}",
             "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
             "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
             "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}

@@ -11,8 +11,14 @@ Loss per batch (images in [-1, 1], nodata pixels left out of the reconstruction 
 
     L1(x̂, x) + sam_weight · (1 − cos ∠(x̂, x)) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB) + kl_weight · KL(q(z|x) ‖ N(0, I))
 
-Run layout under ``out``: ``state.pt`` (training state for ``--resume``), ``vae/`` (best checkpoint
-by validation loss, diffusers format), ``metrics.jsonl``, ``recon.png``, ``report.json``.
+Run layout under ``out``: ``state.pt`` (training state for ``--resume``, with the run key),
+``best/`` (the best checkpoint so far, while training), ``vae/`` (the finished model: the best
+checkpoint by validation loss with its latent scale and report, diffusers format, written as a whole
+at the end), ``metrics.jsonl``, ``recon.png``.
+
+A run is keyed by what made it (:func:`run_key`: the tiles of each split, their source files'
+identities, bands, crop, the validation split and the config); ``--resume`` continues only a run of
+the same key, and every option is checked before anything is written.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,12 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_output, check_writable
-from ..errors import RSGeoPruneError
+from ..atomic import atomic_folder, atomic_output, check_writable, output_folder
+from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .dataset import to_model_range
 from .augment import RadiometricJitter
-from .state import (PRECISIONS, EpochSampler, MetricsLog, autocast, choose_device, load_state, progress_bar,
-                    save_state, seed_everything)
+from .state import (PRECISIONS, EpochSampler, FiniteWatch, LossNotFinite, MetricsLog, autocast, check_resume_steps,
+                    choose_device, load_state, progress_bar, read_state, save_state, saved_hint, seed_everything)
 
 #: Named sizes of the KL autoencoder (8x downsampling = 4 blocks). Step times: batch 16 of
 #: 4 x 64 x 64 tiles, one CPU thread of this machine, forward + backward + AdamW.
@@ -56,6 +61,7 @@ PRESETS: dict[str, dict] = {
 }
 
 VAE_DIR = "vae"
+BEST_DIR = "best"
 STATE_FILE = "state.pt"
 REPORT_FILE = "rsgeo_vae.json"
 #: Pixels are clamped to at least this (a quarter of one uint8 level) before the spectral angle, so
@@ -96,15 +102,32 @@ def build_vae(preset: str = "small", *, channels: int = 4, latent_channels: int 
                          sample_size=sample_size, scaling_factor=1.0, **p)
 
 
+def vae_folder(path: str | Path) -> Path:
+    """The folder of a saved VAE: ``path/vae`` (a train-vae ``--out``) or ``path`` itself; one clear error
+    when neither holds one (an unfinished run has no ``vae/`` yet)."""
+    path = Path(path)
+    if (path / VAE_DIR / "config.json").exists():
+        return path / VAE_DIR
+    if not (path / "config.json").exists():
+        raise RSGeoPruneError(f"{path}: no VAE here (config.json missing); give the --out of a finished train-vae "
+                              "run or its vae/ folder")
+    return path
+
+
+def vae_downsampling(path: str | Path) -> int:
+    """The spatial factor of a saved VAE (8 for the presets), read from its config."""
+    try:
+        cfg = json.loads((vae_folder(path) / "config.json").read_text())
+        return 2 ** (len(cfg["block_out_channels"]) - 1)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RSGeoPruneError(f"{path}: VAE config cannot be read ({exc}); retrain or restore the folder") from exc
+
+
 def load_vae(path: str | Path, device: str | torch.device = "cpu"):
     """The VAE saved by :func:`train_vae` (``out/vae`` or ``out``), in eval mode."""
     from diffusers import AutoencoderKL
 
-    path = Path(path)
-    if (path / VAE_DIR / "config.json").exists():
-        path = path / VAE_DIR
-    if not (path / "config.json").exists():
-        raise RSGeoPruneError(f"{path}: no VAE here (config.json missing); give the --out of train-vae or its vae/ folder")
+    path = vae_folder(path)
     try:
         vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
     except Exception as exc:
@@ -114,9 +137,7 @@ def load_vae(path: str | Path, device: str | torch.device = "cpu"):
 
 def vae_digest(path: str | Path) -> str:
     """sha256 of a saved VAE's config and weights (names the model in latent shards and reports)."""
-    path = Path(path)
-    if (path / VAE_DIR / "config.json").exists():
-        path = path / VAE_DIR
+    path = vae_folder(path)
     h = hashlib.sha256()
     for f in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
         if f.name == REPORT_FILE:
@@ -180,6 +201,35 @@ class VAETrainConfig:
     channels_last: bool = False
     stop_at: int | None = None  # stop (as if killed) after this step without a final save: tests of --resume
 
+    def __post_init__(self):
+        """Every value in range, before anything runs (one :class:`InvalidOption` naming the first that is not)."""
+        if self.preset not in PRESETS:
+            raise InvalidOption("preset", self.preset, f"unknown; choose one of {', '.join(PRESETS)}")
+        if not isinstance(self.downsample, int) or self.downsample < 2 or self.downsample & (self.downsample - 1):
+            raise InvalidOption("downsample", self.downsample, "must be a power of two >= 2 (8 is the default)")
+        for name in ("steps", "batch_size", "val_every", "val_tiles", "save_every", "log_every"):
+            check_number(name, getattr(self, name), 1, whole=True)
+        check_number("warmup_steps", self.warmup_steps, 0, whole=True)
+        check_number("workers", self.num_workers, 0, whole=True, example=2)  # the command line's name
+        check_seed("seed", self.seed)
+        check_number("lr", self.lr, 0, open_low=True, example="1e-3")
+        for name in ("weight_decay", "kl_weight", "ssim_weight", "sam_weight", "lpips_weight"):
+            check_number(name, getattr(self, name), 0)
+        check_number("min_lr_ratio", self.min_lr_ratio, 0, 1)
+        if self.minutes is not None:
+            check_number("minutes", self.minutes, 0, open_low=True, example=60)
+        for name in ("jitter_gain", "jitter_offset", "jitter_gamma"):
+            check_number(name, getattr(self, name), 0, 1, example="0.1; 0 turns it off")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise InvalidOption("lr_schedule", self.lr_schedule, f"choose one of {', '.join(LR_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise InvalidOption("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+        if self.lpips_weight > 0 and not self.lpips:
+            raise InvalidOption("lpips_weight", self.lpips_weight, "needs a local LPIPS file (--lpips FILE); "
+                                                                   "nothing is downloaded")
+        if self.stop_at is not None:
+            check_number("stop_at", self.stop_at, 1, whole=True)
+
 
 @dataclass
 class VAETrainResult:
@@ -192,6 +242,65 @@ class VAETrainResult:
 
 
 LR_SCHEDULES = ("cosine", "constant")
+
+#: Settings a resumed run may change: how long and how often, where and in what precision it runs, and the
+#: optimiser's step size (lower it to go on after a NaN). Every other setting is part of the run key.
+RESUMABLE = ("steps", "minutes", "val_every", "save_every", "log_every", "num_workers", "device", "precision",
+             "channels_last", "stop_at", "lr", "weight_decay")
+
+
+def run_key(train_ds, val_ds, cfg: VAETrainConfig, monitor: dict | None = None, split: dict | None = None) -> dict:
+    """What a VAE run is made of, ``{name: value}`` in the order a mismatch is reported: the data options
+    (bands, crop, nodata, flips), how the validation tiles were chosen (``split``, e.g. ``{"val_by": "scene",
+    "val_fraction": 0.05}``), the config less :data:`RESUMABLE`, the tiles of each split (catalog rows,
+    windows) and the identities of their source files (path, size, time, content)."""
+    reader = getattr(train_ds, "reader", None)
+    key = {"bands": list(getattr(train_ds, "bands", [])), "crop": getattr(train_ds, "crop", None),
+           "nodata": repr(getattr(reader, "nodata", None)), "no_dihedral": not getattr(train_ds, "dihedral", True),
+           **(split or {}), **{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}}
+    sets = {"train": train_ds, "validation": val_ds, **{f"monitor {n}": d for n, d in sorted((monitor or {}).items())}}
+    key["tiles"] = {name: ds.digest() if hasattr(ds, "digest") else None for name, ds in sets.items()}
+    key["sources"] = {name: ds.source_digest() if hasattr(ds, "source_digest") else None for name, ds in sets.items()}
+    return key
+
+
+def check_run_key(out: Path, saved: dict | None, key: dict) -> None:
+    """Refuse to resume the run in ``out`` unless it was made with ``key`` (one line naming what differs)."""
+    if not isinstance(saved, dict):
+        raise RSGeoPruneError(f"{out}: a run without a run key (made by an older rsgeo-prune); start a new --out")
+    for name, value in key.items():
+        if saved.get(name) == value:
+            continue
+        if name == "tiles":
+            raise RSGeoPruneError(f"{out}: the run was made on other tiles (another catalog, --select, --tile-ids, "
+                                  "--val-by or --val-fraction); resume with its own catalog and options or choose "
+                                  "a new --out")
+        if name == "sources":
+            raise RSGeoPruneError(f"{out}: the source rasters of the run changed since it was made (size, time or "
+                                  "content); restore them or choose a new --out")
+        flag = "--" + name.replace("_", "-")
+
+        def shown(v):
+            if v is None or v is False or v == "None":
+                return f"without {flag}"
+            return f"with {flag}" if v is True else f"with {flag} {','.join(map(str, v)) if isinstance(v, list) else v}"
+
+        was = shown(saved.get(name))
+        raise RSGeoPruneError(f"{out}: the run was made {was}, not {shown(value)}; resume {was} or choose a new --out")
+
+
+def check_tile_size(ds, factor: int, model: str = "VAE") -> None:
+    """Tiles (or crops) must be a multiple of the model's downsampling ``factor``: any other size would be
+    encoded to latents of another footprint, or fail in the decoder."""
+    size = getattr(ds, "tile_size", None)
+    if size is None or all(s % factor == 0 for s in size):
+        return
+    fits = min(size) // factor * factor
+    fix = f"e.g. --crop {fits}" if fits else f"tiles of at least {factor} px"
+    if getattr(ds, "crop", None) is not None:
+        raise InvalidOption("crop", ds.crop, f"must be a multiple of {factor}, the {model}'s downsampling ({fix})")
+    raise RSGeoPruneError(f"tiles of {size[0]}x{size[1]} px: not a multiple of {factor}, the {model}'s downsampling; "
+                          f"use crops ({fix}) or tiles of a multiple of {factor}")
 
 
 def lr_factor(cfg: VAETrainConfig, step: int, elapsed_s: float = 0.0) -> float:
@@ -233,51 +342,76 @@ def jitter_of(cfg: VAETrainConfig) -> RadiometricJitter:
 
 
 def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainConfig(), *, resume: bool = False,
-              progress: bool = True, monitor: dict | None = None) -> VAETrainResult:
+              progress: bool = True, monitor: dict | None = None, split: dict | None = None) -> VAETrainResult:
     """Train a VAE from scratch on ``train_ds``; keep the checkpoint with the lowest loss on ``val_ds``.
 
     Args:
         train_ds, val_ds: :class:`~rsgeo_prune.train.dataset.CatalogDataset` (or any dataset of
             ``{"image", "valid"}`` dicts with ``set_epoch``); images ``(C, H, W)`` in [-1, 1].
         out: run folder (see module docstring).
-        resume: continue from ``out/state.pt`` (same data order, RNG and optimiser state).
+        resume: continue from ``out/state.pt`` (same data order, RNG and optimiser state); refused unless the
+            run was made with the same :func:`run_key`, or when ``cfg.steps`` is below its step.
         monitor: ``{name: dataset}`` also evaluated (PSNR, SAM; ``val_tiles`` tiles) at each validation and
             in full in the report, never used to choose the checkpoint: e.g. a hash split of the training
             scenes next to held-out scenes, or held-out years in the benchmark.
+        split: how the caller chose the validation tiles (``{"val_by": ..., "val_fraction": ...}``), part of the key.
     Returns:
         the last step, the best validation loss and its step, and the final validation metrics.
+
+    Everything that can be refused is checked before ``out`` is created; a run that fails before its first
+    saved state leaves no folder behind, and a non-finite loss stops it (:class:`~.state.LossNotFinite`) with
+    the last good state kept.
     """
     out = Path(out)
-    _check_out(out, resume)
-    device = choose_device(cfg.device)
-    seed_everything(cfg.seed)
+    monitor = dict(monitor or {})
+    state_path = out / STATE_FILE
+    check_writable(state_path, create=False)
+    if not resume and state_path.exists():
+        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it or choose a new --out")
     if len(train_ds) < cfg.batch_size:
         raise RSGeoPruneError(f"{len(train_ds)} training tiles: fewer than one batch of {cfg.batch_size}; "
                               "lower --batch-size or select more tiles")
+    for ds in (train_ds, val_ds, *monitor.values()):
+        check_tile_size(ds, cfg.downsample)
+    device = choose_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    lpips = _load_lpips(cfg.lpips, device) if cfg.lpips_weight > 0 else None
+    key = run_key(train_ds, val_ds, cfg, monitor, split)
+    if resume:
+        saved = read_state(state_path)
+        check_run_key(out, saved["extra"].get("key"), key)
+        check_resume_steps(state_path, int(saved["step"]), cfg.steps)
+    with output_folder(out, keep=state_path.exists):
+        return _train(train_ds, val_ds, out, cfg, device, precision, lpips, key, resume, progress, monitor)
+
+
+def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: str, lpips, key: dict, resume: bool,
+           progress: bool, monitor: dict) -> VAETrainResult:
+    """The run of :func:`train_vae`, its inputs checked: the loop, then the finished model into ``out/vae``."""
+    state_path = out / STATE_FILE
+    seed_everything(cfg.seed)
     channels = int(train_ds[0]["image"].shape[0])
     model = build_vae(cfg.preset, channels=channels, downsample=cfg.downsample).to(device)
-    precision = resolve_precision(cfg.precision, device)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     jitter = jitter_of(cfg)
-    monitor = dict(monitor or {})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    lpips = _load_lpips(cfg.lpips, device) if cfg.lpips_weight > 0 else None
     step, epoch, position, best_val, best_step, elapsed_before = 0, 0, 0, math.inf, -1, 0.0
     if resume:
         # to the CPU: the optimiser moves its state to the parameters' device itself, and a non-fused AdamW with
         # its step counts on the GPU would read them back to the host for every parameter, every step
-        pos = load_state(out / STATE_FILE, model=model, optimizer=opt, map_location="cpu")
+        pos = load_state(state_path, model=model, optimizer=opt, map_location="cpu")
         step, epoch, position = pos["step"], pos["epoch"], pos["position"]
         best_val, best_step = pos["extra"].get("best_val", math.inf), pos["extra"].get("best_step", -1)
         elapsed_before = float(pos["extra"].get("elapsed_s", 0.0))
     log = MetricsLog(out / "metrics.jsonl")
     bar = progress_bar(cfg.steps, step, progress)
+    watch = FiniteWatch(device)
     t_start, tiles_seen, t_window = time.perf_counter(), 0, time.perf_counter()
 
     def checkpoint():
-        save_state(out / STATE_FILE, model=model, optimizer=opt, step=step, epoch=epoch, position=position,
-                   extra={"best_val": best_val, "best_step": best_step, "config": asdict(cfg),
+        save_state(state_path, model=model, optimizer=opt, step=step, epoch=epoch, position=position,
+                   extra={"best_val": best_val, "best_step": best_step, "config": asdict(cfg), "key": key,
                           "elapsed_s": elapsed_before + time.perf_counter() - t_start})
 
     stopped = False
@@ -298,8 +432,14 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
                 terms["loss"].backward()
                 opt.step()
                 step += 1
+                watch.update(terms["loss"], step)
                 position += x.shape[0]
                 tiles_seen += x.shape[0]
+                out_of_time = cfg.minutes is not None and time.perf_counter() - t_start > cfg.minutes * 60
+                last = step >= cfg.steps or out_of_time
+                validate, save = step % cfg.val_every == 0 or last, step % cfg.save_every == 0 or last
+                if step % cfg.log_every == 0 or validate or save:
+                    watch.check(lambda: saved_hint(state_path))  # a diverged run logs, compares and saves nothing
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     now = time.perf_counter()
                     rate = tiles_seen / max(now - t_window, 1e-9)
@@ -310,9 +450,10 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
                 if cfg.stop_at is not None and step >= cfg.stop_at:
                     stopped = True  # a simulated kill: no final save
                     return VAETrainResult(step, best_val, best_step, out=out)
-                out_of_time = cfg.minutes is not None and time.perf_counter() - t_start > cfg.minutes * 60
-                if step % cfg.val_every == 0 or step == cfg.steps or out_of_time:
+                if validate:
                     val = validation_loss(model, val_ds, cfg, device)
+                    if not math.isfinite(val):
+                        raise LossNotFinite(f"validation loss became {val} at step {step}; {saved_hint(state_path)}")
                     extra = {}
                     for name, ds in monitor.items():
                         m = evaluate(model, ds, cfg, device, baseline=False, limit=cfg.val_tiles)["vae"]
@@ -321,10 +462,10 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
                             lr=opt.param_groups[0]["lr"], **extra)
                     if val < best_val:
                         best_val, best_step = val, step
-                        save_vae(model, out / VAE_DIR)
-                if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+                        save_vae(model, out / BEST_DIR)
+                if save:
                     checkpoint()
-                if step >= cfg.steps or out_of_time:
+                if last:
                     stopped = True
                     break
             else:  # the epoch ran out: the next one starts at its first sample
@@ -332,9 +473,12 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
     finally:
         bar.close()
         log.close()
-    best = load_vae(out, device)
+    if not (out / BEST_DIR / "config.json").exists() and not (out / VAE_DIR / "config.json").exists():
+        save_vae(model, out / BEST_DIR)  # resumed at its last step before any validation: the model as it is
+    best = load_vae(out / BEST_DIR if (out / BEST_DIR / "config.json").exists() else out, device)
     finish_vae(best, train_ds, val_ds, out, cfg, device, step=step, best_step=best_step, best_val=best_val,
                monitor=monitor)
+    shutil.rmtree(out / BEST_DIR, ignore_errors=True)  # vae/ holds it now, with its latent scale and report
     report = json.loads((out / VAE_DIR / REPORT_FILE).read_text())
     return VAETrainResult(step, best_val, best_step, report["validation"], out, report.get("monitor", {}))
 
@@ -354,12 +498,6 @@ def finish_vae(vae, train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, *,
         "latents_mean": mean.tolist(), "latents_std": std.tolist(), "validation": metrics, "monitor": monitored,
     })
     recon_grid(vae, val_ds, out / "recon.png", device)
-
-
-def _check_out(out: Path, resume: bool) -> None:
-    check_writable(out / STATE_FILE)
-    if not resume and (out / STATE_FILE).exists():
-        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it or choose a new --out")
 
 
 def _epoch_loader(ds, cfg: VAETrainConfig, epoch: int, position: int):
@@ -393,7 +531,7 @@ def _loss_terms(model, x: torch.Tensor, valid: torch.Tensor, cfg: VAETrainConfig
     if cfg.ssim_weight > 0:
         from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
-        s = ssim((y * w + x * (1 - w)).clamp(-1, 1), x, data_range=2.0)
+        s = ssim((y * w + x * (1 - w)).clamp(-1, 1), x, data_range=2.0, kernel_size=ssim_window(*x.shape[-2:]))
         terms["ssim"] = s
         loss = loss + cfg.ssim_weight * (1 - s)
     if lpips is not None:
@@ -471,26 +609,13 @@ def measure_latent_scale(vae, ds, cfg: VAETrainConfig, device, max_tiles: int = 
 
 
 def save_vae(vae, path: Path, report: dict | None = None) -> Path:
-    """``save_pretrained`` (safetensors) into a temporary folder, then swap it in for ``path``, so
-    ``path`` always holds a whole checkpoint (the old one until the new one is complete)."""
-    path = Path(path)
-    check_writable(path / "config.json")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    """``save_pretrained`` (safetensors) and the report, written as one folder that takes the place of
+    ``path`` whole (:func:`~rsgeo_prune.atomic.atomic_folder`: the old checkpoint until the new one is complete)."""
+    with atomic_folder(path) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(_jsonable(report), indent=2))
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise RSGeoPruneError(f"{path}: checkpoint cannot be written ({exc.strerror or exc}); choose another --out") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def _jsonable(v):
@@ -518,26 +643,33 @@ class ReconMetrics:
     """Per-band PSNR and SSIM and the spectral angle, on images in [0, 1] (torchmetrics).
 
     PSNR is computed per tile (``dim=(1, 2, 3)``), capped at :data:`PSNR_CAP` dB (a constant tile
-    reconstructed exactly would be infinite) and averaged; SSIM averages its per-tile maps; SAM is
-    the mean angle between predicted and true pixel spectra, in degrees.
+    reconstructed exactly would be infinite) and averaged; SSIM averages its per-tile maps (an 11-px
+    Gaussian window, narrower on tiles smaller than that); SAM is the mean angle between predicted and
+    true pixel spectra, in degrees (None for one band: a single value has no angle).
     """
 
     def __init__(self, channels: int):
-        from torchmetrics.image import PeakSignalNoiseRatio, SpectralAngleMapper, StructuralSimilarityIndexMeasure
+        from torchmetrics.image import PeakSignalNoiseRatio, SpectralAngleMapper
 
         self.channels = channels
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="none")
         self.psnr_band = [PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="none") for _ in range(channels)]
-        self.ssim_band = [StructuralSimilarityIndexMeasure(data_range=1.0) for _ in range(channels)]
-        self.sam = SpectralAngleMapper()
+        self.ssim_band = None  # made at the first update, with a window that fits the tiles
+        self.sam = SpectralAngleMapper() if channels > 1 else None
 
     def update(self, pred01: torch.Tensor, target01: torch.Tensor) -> None:
+        from torchmetrics.image import StructuralSimilarityIndexMeasure
+
         pred01, target01 = pred01.float().clamp(0, 1).cpu(), target01.float().clamp(0, 1).cpu()
+        if self.ssim_band is None:
+            k = ssim_window(*pred01.shape[-2:])
+            self.ssim_band = [StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k) for _ in range(self.channels)]
         self.psnr.update(pred01, target01)
         for b in range(self.channels):
             self.psnr_band[b].update(pred01[:, b:b + 1], target01[:, b:b + 1])
             self.ssim_band[b].update(pred01[:, b:b + 1], target01[:, b:b + 1])
-        self.sam.update(pred01.clamp_min(SAM_EPS), target01.clamp_min(SAM_EPS))
+        if self.sam is not None:
+            self.sam.update(pred01.clamp_min(SAM_EPS), target01.clamp_min(SAM_EPS))
 
     def compute(self) -> dict:
         def tile_mean(m):
@@ -545,8 +677,13 @@ class ReconMetrics:
 
         return {"psnr": tile_mean(self.psnr),
                 "psnr_band": [tile_mean(m) for m in self.psnr_band],
-                "ssim_band": [float(m.compute()) for m in self.ssim_band],
-                "sam_deg": math.degrees(float(self.sam.compute()))}
+                "ssim_band": [float(m.compute()) for m in self.ssim_band or []],
+                "sam_deg": math.degrees(float(self.sam.compute())) if self.sam is not None else None}
+
+
+def ssim_window(height: int, width: int) -> int:
+    """SSIM's Gaussian window: 11 px, or the largest odd size that fits a smaller tile."""
+    return max(1, min(11, (min(height, width) - 1) // 2 * 2 + 1))
 
 
 @torch.no_grad()
@@ -599,6 +736,7 @@ def recon_grid(vae, ds, path: Path, device="cpu", n: int = 8) -> Path:
     return path
 
 
-__all__ = ["LR_SCHEDULES", "PRESETS", "ReconMetrics", "cpu_has_amx", "jitter_of", "lr_factor", "resolve_precision", "VAETrainConfig", "VAETrainResult", "bicubic_x8", "build_vae", "evaluate",
+__all__ = ["BEST_DIR", "LR_SCHEDULES", "PRESETS", "RESUMABLE", "check_run_key", "check_tile_size", "run_key",
+           "ssim_window", "vae_downsampling", "vae_folder", "ReconMetrics", "cpu_has_amx", "jitter_of", "lr_factor", "resolve_precision", "VAETrainConfig", "VAETrainResult", "bicubic_x8", "build_vae", "evaluate",
            "latent_scale", "load_vae", "measure_latent_scale", "recon_grid", "save_vae", "train_vae", "vae_digest",
            "validation_loss"]
