@@ -44,6 +44,8 @@ accepted); a non-finite input gives a non-finite output with no canonical promis
 * :func:`canonical_matmul`: ``(M, n) @ (n, K)``.
 * :func:`canonical_pair_dots`: ``a[rows[p]] · b[cols[p]]`` for a list of pairs (row-major ``b``).
 * :func:`unit_rows`: row ℓ2-normalisation with a canonical norm.
+* :func:`float32_screen_error`: how far a fast float32 product may lie from the canonical value
+  (for screens that recompute only the entries near a decision).
 """
 
 from __future__ import annotations
@@ -63,6 +65,18 @@ def gamma(m, u: float = U64):
     """Higham's ``γ_m = m·u / (1 - m·u)``: the relative error bound of an ``m``-term sum (arrays ok)."""
     m = np.asarray(m, np.float64)
     return m * u / (1.0 - m * u)
+
+
+def float32_screen_error(d: int, norm_a, norm_b):
+    """A bound on ``|S - canonical|`` for a float32 BLAS dot product ``S`` of ``d``-vectors with
+    ℓ2 norms ``norm_a``, ``norm_b`` (arrays broadcast), for any summation order, FMA or not.
+
+    ``S`` is within ``γ_d(2^-24)·‖a‖·‖b‖`` of the exact sum (plus ``d·2^-125`` for products that
+    underflow), and the canonical value within ``2^-23·‖a‖·‖b‖`` of it. Screens that compare a
+    float32 product with a threshold (``dedup``) or with another product (``kmeans.assign``)
+    multiply this by their own safety factor: only values inside the margin are recomputed.
+    """
+    return (gamma(d, U32) + 2.0 * U32) * (np.asarray(norm_a, np.float64) * norm_b) + d * 2.0 ** -125
 
 
 def canonical_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

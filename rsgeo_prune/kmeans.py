@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from .errors import InvalidOption, RSGeoPruneError
-from .exact import U32, canonical_pair_dots, gamma, row_norms, unit_rows
+from .exact import canonical_pair_dots, float32_screen_error, row_norms, unit_rows
 
 DEFAULT_K = 200  # centroids (over-clustering the reference classes, RS-Prune §3.3)
 
@@ -131,7 +131,8 @@ def _screen(part: np.ndarray, centroids: np.ndarray, norm_e: np.ndarray, max_nor
     d = part.shape[1]
     with torch.inference_mode():
         s = (torch.from_numpy(part) @ torch.from_numpy(centroids).T).numpy()
-    margin = 2.0 * (2.0 * (gamma(d, U32) + 2.0 * U32) * norm_e * max_norm_c + d * 2.0 ** -125)
+    # both the maximum and the candidate are screened values (2x), doubled again for safety
+    margin = 4.0 * float32_screen_error(d, norm_e, max_norm_c)
     return _candidates(s, margin)
 
 

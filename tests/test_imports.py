@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rsgeo_prune"
 LAYERS = [
     "errors", "status", "atomic", "_parallel", "exact", "synth",
     "sources", "tiling", "masks", "entropy", "pixels", "embed",
-    "kmeans", "centroids", "select", "catalog", "stac", "rundir",
+    "kmeans", "centroids", "places", "dedup", "select", "catalog", "stac", "rundir",
     "train",
     "config", "scheduler", "embed_cache", "tile_table", "pipeline",
     "viz", "demo", "cli",
