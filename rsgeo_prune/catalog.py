@@ -31,7 +31,7 @@ from .errors import RSGeoPruneError
 CATALOG_COLUMNS = (
     "tile_id", "scene_id", "href", "row_off", "col_off", "height", "width", "crs", "transform",
     "geometry", "gsd", "bands", "dtype", "nodata_frac", "urban_frac", "entropy", "entropy_bands",
-    "cluster", "similarity", "kept", "pruned_by", "rank",
+    "cluster", "similarity", "kept", "pruned_by", "duplicate_of", "rank",
 )
 METADATA_KEY = b"rsgeo_prune"
 WORLD = (-180.0, -90.0, 180.0, 90.0)
@@ -91,11 +91,15 @@ def _oriented(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out
 
 
-def write_catalog(table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None) -> Path:
-    """The run catalog: spatial row order and file metadata (version, config, bank digest)."""
+def write_catalog(table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None,
+                  copies: dict | None = None) -> Path:
+    """The run catalog: spatial row order and file metadata (version, config, bank digest, and the
+    copies skipped by kind when the selection removed copies)."""
     gdf = spatial_order(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
-    return write_geoparquet(gdf, path, metadata={"version": _package_version(), "config": config,
-                                                 "centroid_bank_digest": bank_digest})
+    metadata = {"version": _package_version(), "config": config, "centroid_bank_digest": bank_digest}
+    if copies is not None:
+        metadata["copies"] = copies
+    return write_geoparquet(gdf, path, metadata=metadata)
 
 
 def _package_version() -> str:
@@ -122,15 +126,18 @@ def catalog_metadata(path: str | Path) -> dict:
     return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
 
 
-def write_embeddings(tile_id, embeddings: np.ndarray, path: str | Path, *, source=None,
+def write_embeddings(tile_id, embeddings: np.ndarray, path: str | Path, *, source=None, pixel_digest=None,
                      metadata: dict[bytes, bytes] | None = None) -> Path:
-    """``tile_id`` + ``embedding`` (fixed-size list of float32) [+ ``source``], zstd, atomically."""
+    """``tile_id`` + ``embedding`` (fixed-size list of float32) [+ ``source``] [+ ``pixel_digest``,
+    nullable], zstd, atomically."""
     z = np.ascontiguousarray(embeddings, np.float32)
     values = pa.array(z.reshape(-1), pa.float32())
     columns = {"tile_id": pa.array(list(map(str, tile_id)), pa.string()),
                "embedding": pa.FixedSizeListArray.from_arrays(values, z.shape[1] if z.ndim == 2 else 0)}
     if source is not None:  # identity of the file each tile was read from (reuse across runs)
         columns["source"] = pa.array(list(map(str, source)), pa.string())
+    if pixel_digest is not None:  # sha256 of the tile's levels (exact copies), null where not computed
+        columns["pixel_digest"] = pa.array(list(pixel_digest), pa.string())
     table = pa.table(columns).replace_schema_metadata(metadata)
     with atomic_output(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")

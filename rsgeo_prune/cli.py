@@ -10,7 +10,9 @@ import logging
 import sys
 from typing import Sequence
 
+from .dedup import DEFAULT_COSINE, DEFAULT_MAX_PER_PLACE
 from .errors import ArgumentParser, RSGeoPruneError, one_line
+from .places import DEFAULT_IOU
 from .select import METHODS
 from .rundir import package_version
 from .status import ENTROPY, PRE_FILTERS, summary_line
@@ -124,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--budget-count", type=int, default=None, metavar="N", help="keep exactly N tiles instead")
     sel.add_argument("--method", default="rs-prune", choices=list(METHODS),
                      help="selection: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()))
+    dup = run.add_argument_group("copies (rs-prune, rs-prune-dedup)")
+    dup.add_argument("--dedup-cosine", type=float, default=None, metavar="TAU",
+                     help="skip exact copies (equal pixel digests) and tiles whose cosine to a chosen tile of their "
+                          "cluster is >= TAU, in (0, 1]; their slots go to the next distinct tiles "
+                          f"(pruned_by='duplicate', duplicate_of=the copied tile); default: off ({DEFAULT_COSINE} with "
+                          "rs-prune-dedup)")
+    dup.add_argument("--max-per-place", type=int, default=None, metavar="N",
+                     help="keep at most N tiles of one place: tiles of different files whose footprints overlap by "
+                          "IoU >= --place-iou (ties: most recent acquisition first); default: off "
+                          f"({DEFAULT_MAX_PER_PLACE} with rs-prune-dedup)")
+    dup.add_argument("--place-iou", type=float, default=DEFAULT_IOU, metavar="F",
+                     help="footprint intersection over union that makes two tiles one place, in (0, 1]")
     _add_model_options(run)
     scale = run.add_argument_group("scale and output")
     scale.add_argument("--scheduler", default="threads", metavar="S",
@@ -271,15 +285,19 @@ def _cmd_run(args) -> int:
     tile_cfg = _tile_config(args)
     run_cfg = RunConfig(budget=args.budget, budget_count=args.budget_count, k=args.k, embedder=args.embedder,
                         nir_view=args.nir_view, method=args.method, seed=args.seed, chunk=args.chunk,
-                        export_tiles=args.export_tiles)
+                        export_tiles=args.export_tiles, dedup_cosine=args.dedup_cosine,
+                        max_per_place=args.max_per_place, place_iou=args.place_iou)
     catalog, counts = run_pipeline(args.inputs, args.out, args.reference, tile_cfg, run_cfg, scheduler=args.scheduler,
                                    progress=not args.quiet)
     if not args.quiet:
-        from .status import pruned_counts
+        from .status import DUPLICATE, pruned_counts
 
         print(f"{counts['tiles']} tiles → {args.out}/catalog.parquet ({args.method}):")
         for stage, n in pruned_counts(catalog).items():
-            print(f"  pruned by {stage:<9} {n:>8}")
+            if stage == DUPLICATE and not run_cfg.removes_copies:
+                continue
+            kinds = ", ".join(f"{counts[k]} {k}" for k in counts if k.endswith(" copies")) if stage == DUPLICATE else ""
+            print(f"  pruned by {stage:<9} {n:>8}" + (f"  ({kinds})" if kinds else ""))
         print(f"  kept               {counts['selected']:>8}")
     return 0
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .dedup import DEFAULT_COSINE, DEFAULT_MAX_PER_PLACE, check_cosine, check_max_per_place
 from .errors import InvalidOption
 from .kmeans import DEFAULT_K
+from .places import DEFAULT_IOU, check_iou
 
 MAX_ENTROPY_BITS = 8.0  # 256 levels: H ≤ log2(256)
 
@@ -81,10 +83,13 @@ class RunConfig:
     seed: int = 0
     chunk: int = 4096  # tiles per embedding/assignment task
     export_tiles: bool = False  # also write each kept tile as a COG and point its STAC asset at it
+    dedup_cosine: float | None = None  # skip exact copies and tiles this close to a chosen one of their cluster
+    max_per_place: int | None = None  # keep at most this many tiles of one place (other files, footprint IoU)
+    place_iou: float = DEFAULT_IOU  # footprints overlapping this much are one place
 
     def __post_init__(self):
         from .embed import NIR_VIEWS
-        from .select import METHODS
+        from .select import COPY_METHODS, METHODS
 
         if self.method not in METHODS:
             raise InvalidOption("method", self.method, f"must be one of {', '.join(METHODS)}")
@@ -101,13 +106,49 @@ class RunConfig:
             raise InvalidOption("seed", self.seed, "must be a whole number in [0, 2**32) (e.g. 0)")
         if self.nir_view not in NIR_VIEWS:
             raise InvalidOption("nir_view", self.nir_view, f"must be one of {', '.join(NIR_VIEWS)}")
+        check_cosine(self.dedup_cosine)
+        check_max_per_place(self.max_per_place)
+        check_iou(self.place_iou)
+        for name in ("dedup_cosine", "max_per_place"):
+            if getattr(self, name) is not None and self.method not in COPY_METHODS:
+                raise InvalidOption(name, getattr(self, name), f"applies to the quota selection: use method "
+                                    f"{' or '.join(COPY_METHODS)} (not {self.method})")
+        if self.place_iou != DEFAULT_IOU and self.effective_max_per_place is None:
+            raise InvalidOption("place_iou", self.place_iou, "applies with max_per_place (or method rs-prune-dedup)")
+
+    @property
+    def removes_copies(self) -> bool:
+        """Whether the selection skips copies (method rs-prune-dedup, or a copy option given)."""
+        return self.effective_dedup_cosine is not None or self.effective_max_per_place is not None
+
+    @property
+    def effective_dedup_cosine(self) -> float | None:
+        """τ of the near-copy test: the given one, rs-prune-dedup's default, or None (no test)."""
+        if self.dedup_cosine is not None or self.method != "rs-prune-dedup":
+            return self.dedup_cosine
+        return DEFAULT_COSINE
+
+    @property
+    def effective_max_per_place(self) -> int | None:
+        """Tiles kept per place: the given number, rs-prune-dedup's default, or None (no limit)."""
+        if self.max_per_place is not None or self.method != "rs-prune-dedup":
+            return self.max_per_place
+        return DEFAULT_MAX_PER_PLACE
 
     @property
     def k_or_default(self) -> int:
         return DEFAULT_K if self.k is None else self.k
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The options; the copy options only where they act, so runs without them keep the stage
+        keys and catalog metadata they had before those options existed."""
+        out = asdict(self)
+        for name in ("dedup_cosine", "max_per_place"):
+            if out[name] is None:
+                del out[name]
+        if self.effective_max_per_place is None:
+            del out["place_iou"]
+        return out
 
 
 __all__ = ["DEFAULT_K", "MAX_ENTROPY_BITS", "RunConfig", "TileConfig"]

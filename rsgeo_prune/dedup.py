@@ -15,7 +15,9 @@ while skipping, in that one walk:
   (:mod:`rsgeo_prune.places`).
 
 A skipped tile frees its slot for the next distinct tile, so exactly ``min(B, distinct)`` tiles are
-chosen. Each skipped tile records the tile it copies (the earliest chosen one in priority order).
+chosen. Each skipped tile records the tile it copies: the earliest chosen one in priority order
+(near and same-place copies), or its byte-identical original (exact copies; when the walk skipped
+that original, the tile the original copies), so a copy never names another copy.
 
 **Cost follows the quota.** Near-copy tests need the cosines of a cluster's tiles to the chosen
 tiles before them, never a cluster's full ``n x n`` matrix: the walk runs in a compiled kernel over
@@ -141,6 +143,11 @@ def select_distinct(cluster, order, embeddings, budget: int, k: int, *, cosine: 
         mine = members[bounds[c]:bounds[c] + new]
         near.add_prefix_rows(mine[old:], mine[:old][state[mine[:old]] == _CHOSEN])
         prefix[c] = new
+    # a byte copy of a tile the walk skipped names the tile that one copies: no copy names a copy
+    exact = np.flatnonzero(state == _EXACT)
+    via = copy_of[exact]
+    skipped = (state[via] == _NEAR) | (state[via] == _PLACE)
+    copy_of[exact[skipped]] = copy_of[via[skipped]]
     return DistinctSelection(state == _CHOSEN, copy_of, _KIND_OF_STATE[state])
 
 

@@ -1,5 +1,5 @@
-"""The orchestrator: tiles → masks → entropy → embed → assign → select → catalog → STAC, in a
-resumable run directory.
+"""The orchestrator: tiles → masks → entropy → embed → assign → select (skipping copies when asked)
+→ catalog → STAC, in a resumable run directory.
 
 :func:`run_pipeline` is an outline of named steps. Each step reads or writes one artifact of the
 run directory (:mod:`rsgeo_prune.rundir`) and is skipped when its key is unchanged. Everything
@@ -19,17 +19,19 @@ import numpy as np
 import pandas as pd
 
 from .atomic import check_writable
-from .catalog import read_catalog, to_geodataframe, write_catalog, write_geoparquet
+from .catalog import catalog_metadata, read_catalog, to_geodataframe, write_catalog, write_geoparquet
 from .centroids import CentroidBank, build_centroid_bank, check_reference
 from .config import RunConfig, TileConfig
+from .dedup import KIND_NAMES
 from .embed_cache import embed_candidates
 from .errors import InvalidOption, RSGeoPruneError
 from .rundir import RunDir, digest, embedder_identity, input_identities, package_version
 from .scheduler import assign_in_tasks, cached_embedder, check_scheduler, dask_scheduler
+from .places import acquisition_dates, same_place_partners
 from .select import METHODS, SelectionInputs, rank_in_cluster, run_selection
 from .sources import RasterScene, resolve_inputs
 from .stac import write_stac
-from .status import PRE_FILTERS, SELECTION
+from .status import DUPLICATE, PRE_FILTERS, SELECTION
 from .tile_table import entropy_stage, tiles_stage
 from .tiling import TILE_TABLE_VERSION
 
@@ -76,10 +78,11 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
             counts.update(embedded=0, selected=int(catalog["kept"].sum()))
             log.info("run: unchanged, nothing to do")
         else:
-            z, counts["embedded"] = _embed_step(plan, table, cand, workers, progress)
-            selection = _select_step(plan, z, table, cand, budget, bank)
+            z, digests, counts["embedded"] = _embed_step(plan, table, cand, workers, progress)
+            selection = _select_step(plan, z, digests, table, cand, budget, bank)
             catalog = _catalog_step(plan, table, cand, selection, bank)
             counts["selected"] = int(selection.chosen.sum())
+        counts.update(_copy_counts(plan, catalog))
     _stac_step(plan, catalog)
     log.info("run: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
     return catalog, counts
@@ -182,28 +185,38 @@ def _finished(plan: RunPlan) -> bool:
 
 
 def _embed_step(plan: RunPlan, table: pd.DataFrame, cand: np.ndarray, workers: int, progress: bool):
-    """Embeddings of the candidates (``embeddings.parquet``), reusing earlier ones."""
+    """Embeddings of the candidates (``embeddings.parquet``), reusing earlier ones, and their pixel
+    digests when exact copies are to be found (else None)."""
     cfg = plan.run_cfg
     plan.run.forget("select")
     plan.run.forget("embed")
-    z, embedded = embed_candidates(plan.run, table.iloc[cand], embedder_spec=cfg.embedder, nir_view=cfg.nir_view,
-                                   embedder_id=plan.embedder_id, dim=cached_embedder(cfg.embedder, cfg.nir_view).dim,
-                                   nodata=plan.tile_cfg.nodata, chunk=cfg.chunk, workers=workers, progress=progress)
+    z, embedded, digests = embed_candidates(
+        plan.run, table.iloc[cand], embedder_spec=cfg.embedder, nir_view=cfg.nir_view, embedder_id=plan.embedder_id,
+        dim=cached_embedder(cfg.embedder, cfg.nir_view).dim, nodata=plan.tile_cfg.nodata, chunk=cfg.chunk,
+        workers=workers, progress=progress, digests=cfg.effective_dedup_cosine is not None)
     plan.run.mark("embed", plan.keys["embed"], rows=len(cand))
-    return z, embedded
+    return z, digests, embedded
 
 
-def _select_step(plan: RunPlan, z, table: pd.DataFrame, cand: np.ndarray, budget: int, bank):
-    """Assignment to the bank's centroids (when there is one) and the chosen method."""
+def _select_step(plan: RunPlan, z, digests, table: pd.DataFrame, cand: np.ndarray, budget: int, bank):
+    """Assignment to the bank's centroids (when there is one) and the chosen method; with copy
+    removal also the candidates' same-place partners and acquisition dates."""
     cfg = plan.run_cfg
     cluster = similarity = None
     if bank is not None:
         cluster, similarity = assign_in_tasks(z, bank.centroids, cfg.chunk)
     entropy = table["entropy"].to_numpy(np.float64, na_value=np.nan)[cand] if "entropy" in table \
         else np.full(len(cand), np.nan)
+    copies = {}
+    if cfg.removes_copies:
+        rows = table.iloc[cand]
+        per_place = cfg.effective_max_per_place
+        copies = dict(dedup_cosine=cfg.effective_dedup_cosine, max_per_place=per_place, digests=digests,
+                      places=same_place_partners(rows, cfg.place_iou) if per_place is not None else None,
+                      acquired=acquisition_dates(rows))
     inputs = SelectionInputs(embeddings=z, tile_id=table["tile_id"].to_numpy()[cand].astype(str), entropy=entropy,
                              budget=budget, seed=cfg.seed, k=bank.k if bank is not None else cfg.k, chunk=cfg.chunk,
-                             cluster=cluster, similarity=similarity)
+                             cluster=cluster, similarity=similarity, **copies)
     return run_selection(cfg.method, inputs)
 
 
@@ -223,10 +236,27 @@ def _catalog_step(plan: RunPlan, table: pd.DataFrame, cand: np.ndarray, selectio
     dropped = cand[~selection.chosen]
     table.loc[dropped, "kept"] = False
     table.loc[dropped, "pruned_by"] = SELECTION
+    copies = None
+    if selection.copy_of is not None:
+        ids = table["tile_id"].to_numpy().astype(str)
+        is_copy = selection.copy_kind > 0
+        duplicate_of = np.full(n, None, dtype=object)
+        duplicate_of[cand[is_copy]] = ids[cand[selection.copy_of[is_copy]]]
+        table.loc[cand[is_copy], "pruned_by"] = DUPLICATE
+        table["duplicate_of"] = pd.array(duplicate_of, dtype="string")
+        copies = {name: int((selection.copy_kind == kind).sum()) for kind, name in KIND_NAMES.items()}
     write_catalog(to_geodataframe(table), plan.run.artifact("select"), config=plan.config,
-                  bank_digest=bank.digest if bank is not None else None)
+                  bank_digest=bank.digest if bank is not None else None, copies=copies)
     plan.run.mark("select", plan.keys["select"], kept=int(selection.chosen.sum()))
     return read_catalog(plan.run.artifact("select"))
+
+
+def _copy_counts(plan: RunPlan, catalog) -> dict[str, int]:
+    """``{"exact copies": a, "near copies": b, "same place copies": c}`` when the run removes copies."""
+    if not plan.run_cfg.removes_copies:
+        return {}
+    found = catalog_metadata(plan.run.artifact("select")).get("copies", {})
+    return {f"{name} copies": int(found.get(name, 0)) for name in KIND_NAMES.values()}
 
 
 def _stac_step(plan: RunPlan, catalog) -> None:

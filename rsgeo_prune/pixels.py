@@ -10,7 +10,7 @@ Values come in three forms:
 
 * **raw** — the file's own dtype and values (:meth:`PixelReader.read`), for exports;
 * **levels** — uint8, the 256 levels Stage I and the embedders see (:meth:`PixelReader.read_levels`,
-  :func:`read_tile_pixels`);
+  :func:`read_tile_pixels`), and their sha256 :func:`pixel_digest` (exact copies have equal digests);
 * **unit** — float32 in [0, 1] (:meth:`PixelReader.read_unit`), for training.
 
 The scaling rule (documented in the README, shared with Stage I): uint8 is used as is (``/ 255``
@@ -23,6 +23,7 @@ nodata value, its mask band, or NaN, in every band) are reported in a ``valid`` 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import threading
@@ -144,6 +145,13 @@ class PixelReader:
         """``uint8 (C, H, W)``: the 256 levels Stage I and the embedders see (no mask is read)."""
         tile = self.read(row, with_valid=False)
         return tile.stretch.to_levels(tile.data)
+
+    def read_levels_and_digest(self, row) -> tuple[np.ndarray, str]:
+        """The levels of :meth:`read_levels` and their :func:`pixel_digest` (the mask is read only
+        for rows that may hold nodata: ``nodata_frac`` above 0 or unknown)."""
+        tile = self.read(row, with_valid=_may_hold_nodata(row))
+        levels = tile.stretch.to_levels(tile.data)
+        return levels, pixel_digest(levels, tile.valid)
 
     def profile(self, row) -> dict:
         """rasterio profile facts of the row's raster (count, dtype, crs, nodata) for exports."""
@@ -276,6 +284,14 @@ def _nodata_pattern(dtype: np.dtype, nodata: float | None) -> tuple:
     return nd, int(word)
 
 
+def _may_hold_nodata(row) -> bool:
+    try:
+        frac = _field(row, "nodata_frac")
+    except (AttributeError, KeyError, TypeError):  # no such column: unknown
+        return True
+    return bool(pd.isna(frac) or frac > 0)
+
+
 def _field(row, name: str):
     """A column of a row given as a pandas Series, a namedtuple (itertuples) or a dict."""
     if isinstance(row, dict):
@@ -291,13 +307,48 @@ def read_tile_pixels(table: pd.DataFrame, *, nodata: float | None = None,
     is kept, at most ``batch`` tiles at a time. Every tile is read and scaled on its own, so a
     tile's levels never depend on which other tiles share its batch.
     """
+    for positions, tiles, _ in _read_batches(table, nodata, batch, digests=False):
+        yield positions, tiles
+
+
+def read_tile_pixels_and_digests(table: pd.DataFrame, *, nodata: float | None = None,
+                                 batch: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """As :func:`read_tile_pixels`, with each tile's :func:`pixel_digest` from the same read:
+    yields ``(row positions, tiles, digests (n,) str)``."""
+    yield from _read_batches(table, nodata, batch, digests=True)
+
+
+def tile_digests(table: pd.DataFrame, *, nodata: float | None = None) -> np.ndarray:
+    """``(len(table),)`` pixel digests (hex str) of every row of a tile table."""
+    out = np.empty(len(table), dtype=object)
+    for positions, _, digests in read_tile_pixels_and_digests(table, nodata=nodata):
+        out[positions] = digests
+    return out
+
+
+def pixel_digest(levels: np.ndarray, valid: np.ndarray | None = None) -> str:
+    """sha256 (hex) of a tile as the embedders see it: its shape ``(C, H, W)`` and its uint8 levels,
+    with nodata pixels (``valid`` false) as 0 in every band, so two tiles whose data differ only
+    under nodata have one digest. Equal digests = byte-identical tiles (different files,
+    re-exports)."""
+    if valid is not None and not valid.all():
+        levels = levels.copy()
+        levels[:, ~valid] = 0
+    h = hashlib.sha256(np.asarray(levels.shape, "<i8").tobytes())
+    h.update(np.ascontiguousarray(levels, np.uint8).data)
+    return h.hexdigest()
+
+
+def _read_batches(table: pd.DataFrame, nodata: float | None, batch: int, digests: bool):
     reader = PixelReader(nodata=nodata)
     try:
         for positions in _batches(table, batch):
             rows = table.iloc[positions]
-            tiles = [reader.read_levels(r) for r in rows.itertuples(index=False)]
-            for group in _same_shape(tiles):
-                yield positions[group], np.stack([tiles[j] for j in group])
+            read = [reader.read_levels_and_digest(r) if digests else (reader.read_levels(r), None)
+                    for r in rows.itertuples(index=False)]
+            for group in _same_shape([t for t, _ in read]):
+                yield (positions[group], np.stack([read[j][0] for j in group]),
+                       np.array([read[j][1] for j in group], dtype=object) if digests else None)
     finally:
         reader.close()
 
@@ -322,4 +373,5 @@ def _same_shape(tiles: list[np.ndarray]) -> list[list[int]]:
     return list(shapes.values())
 
 
-__all__ = ["PixelReader", "Stretch", "Tile", "is_image_row", "read_tile_pixels"]
+__all__ = ["PixelReader", "Stretch", "Tile", "is_image_row", "pixel_digest", "read_tile_pixels",
+           "read_tile_pixels_and_digests", "tile_digests"]

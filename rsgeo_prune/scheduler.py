@@ -59,19 +59,32 @@ def cached_embedder(spec: str, nir_view: str):
     return load_embedder(spec, nir_view=nir_view, threads=1)
 
 
-def embed_chunk(rows: pd.DataFrame, spec: str, nir_view: str, nodata) -> np.ndarray:
-    """Task: embeddings ``(len(rows), D)`` of a chunk of tile rows."""
+def embed_chunk(rows: pd.DataFrame, spec: str, nir_view: str, nodata, with_digests: bool = False):
+    """Task: embeddings ``(len(rows), D)`` of a chunk of tile rows (and their pixel digests)."""
     from .embed import embed_table
 
-    return embed_table(rows.reset_index(drop=True), cached_embedder(spec, nir_view), nodata=nodata, progress=False)
+    return embed_table(rows.reset_index(drop=True), cached_embedder(spec, nir_view), nodata=nodata, progress=False,
+                       with_digests=with_digests)
 
 
-def embed_in_tasks(rows: pd.DataFrame, chunks: list[np.ndarray], spec: str, nir_view: str, nodata) -> list[np.ndarray]:
-    """Embeddings of ``rows.iloc[c]`` for every chunk ``c``, as parallel tasks on the current scheduler."""
+def digest_chunk(rows: pd.DataFrame, nodata) -> np.ndarray:
+    """Task: pixel digests of a chunk of tile rows (tiles already embedded)."""
+    from .pixels import tile_digests
+
+    return tile_digests(rows.reset_index(drop=True), nodata=nodata)
+
+
+def embed_in_tasks(rows: pd.DataFrame, chunks: list[np.ndarray], spec: str, nir_view: str, nodata, *,
+                   embed: bool = True, digests: bool = False) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+    """``(embeddings, digests)`` of ``rows.iloc[c]`` for every chunk ``c`` (each None when not asked
+    for), as parallel tasks on the current scheduler."""
     import dask
 
-    tasks = [dask.delayed(embed_chunk)(rows.iloc[c], spec, nir_view, nodata) for c in chunks]
-    return list(dask.compute(*tasks))
+    if embed:
+        tasks = [dask.delayed(embed_chunk)(rows.iloc[c], spec, nir_view, nodata, digests) for c in chunks]
+        return [got if digests else (got, None) for got in dask.compute(*tasks)]
+    tasks = [dask.delayed(digest_chunk)(rows.iloc[c], nodata) for c in chunks]
+    return [(None, got) for got in dask.compute(*tasks)]
 
 
 def _assign_rows(source, start: int, stop: int, centroids: np.ndarray):
@@ -98,4 +111,4 @@ def assign_in_tasks(source, centroids: np.ndarray, chunk: int, n: int | None = N
 
 
 __all__ = ["LOCAL_SCHEDULERS", "assign_in_tasks", "cached_embedder", "check_scheduler", "dask_scheduler",
-           "embed_chunk", "embed_in_tasks"]
+           "digest_chunk", "embed_chunk", "embed_in_tasks"]

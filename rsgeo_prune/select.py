@@ -5,6 +5,8 @@
 * :func:`select_quota`: RS-Prune's selection — quota ``q = ⌊B/K⌋`` per cluster, nearest to the
   centroid first; a cluster with fewer than ``q`` candidates keeps all; the unused budget is filled
   from all not-yet-selected candidates by descending similarity. Exactly ``min(B, N)`` are kept.
+* :func:`select_quota_distinct`: the same selection without copies (exact, near and same-place
+  ones are skipped and the next distinct tiles take their slots; :mod:`rsgeo_prune.dedup`).
 * :func:`select_water_filling`: the alternative allocation — the largest cap ``x`` with
   ``Σ min(x, |P_k|) ≤ B``, each cluster keeps its top ``min(x, |P_k|)``, and the last few slots go
   to the next-nearest tiles of the clusters that still have some.
@@ -19,8 +21,10 @@ from typing import Callable
 
 import numpy as np
 
+from .dedup import DEFAULT_COSINE, DEFAULT_MAX_PER_PLACE, DistinctSelection, select_distinct
 from .errors import RSGeoPruneError
 from .kmeans import assign, spherical_kmeans  # also importable as select.assign
+from .places import Places
 
 
 def _check(cluster, similarity, tile_id, budget):
@@ -120,6 +124,34 @@ def select_quota(cluster, similarity, tile_id, budget: int, k: int) -> np.ndarra
     return selected
 
 
+def select_quota_distinct(cluster, similarity, tile_id, budget: int, k: int, embeddings, *,
+                          cosine: float | None = None, digests=None, places: Places | None = None,
+                          max_per_place: int | None = None, acquired=None, block: int = 256) -> DistinctSelection:
+    """:func:`select_quota` without copies (:func:`rsgeo_prune.dedup.select_distinct`): exact copies
+    (equal ``digests``), near copies (canonical cosine ``≥ cosine`` to a chosen tile of the same
+    cluster) and tiles of a place that already has ``max_per_place`` chosen are skipped, and the
+    next distinct tiles take their slots. Priority: descending similarity, then the most recent
+    ``acquired`` time (unknown last), then ``tile_id``."""
+    cluster, similarity, _ = _check(cluster, similarity, tile_id, budget)
+    order = _descending_order(similarity, _recent_first_ties(tile_id, acquired))
+    return select_distinct(cluster, order, embeddings, budget, k, cosine=cosine, digests=digests, places=places,
+                           max_per_place=max_per_place, block=block)
+
+
+def _recent_first_ties(tile_id, acquired) -> np.ndarray:
+    """Tie ranks: the most recent acquisition first (unknown last), then ``tile_id``."""
+    tie = _tie_rank(tile_id)
+    if acquired is None:
+        return tie
+    acquired = np.asarray(acquired, "datetime64[ns]")
+    known = ~np.isnat(acquired)
+    newest_first = np.where(known, -acquired.view(np.int64), np.iinfo(np.int64).max)
+    order = np.lexsort((tie, newest_first))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
 def select_water_filling(cluster, similarity, tile_id, budget: int) -> np.ndarray:
     """Water-filling allocation of exactly ``min(budget, N)`` tiles, ``(N,)`` bool."""
     cluster, similarity, tie = _check(cluster, similarity, tile_id, budget)
@@ -216,15 +248,29 @@ class SelectionInputs:
     chunk: int = 4096
     cluster: np.ndarray | None = None
     similarity: np.ndarray | None = None
+    # copies (COPY_METHODS): near-copy cosine, tiles per place, pixel digests, same-place partners,
+    # acquisition times (ties: most recent first)
+    dedup_cosine: float | None = None
+    max_per_place: int | None = None
+    digests: np.ndarray | None = None
+    places: Places | None = None
+    acquired: np.ndarray | None = None
+
+    @property
+    def asks_for_copy_removal(self) -> bool:
+        return self.dedup_cosine is not None or self.max_per_place is not None
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The chosen candidates ``(N,)`` bool, and the cluster/similarity the catalog records."""
+    """The chosen candidates ``(N,)`` bool, and the cluster/similarity the catalog records; for the
+    methods that skip copies, the candidate each copy copies (-1: none) and its kind (dedup.KIND_NAMES)."""
 
     chosen: np.ndarray
     cluster: np.ndarray | None
     similarity: np.ndarray | None
+    copy_of: np.ndarray | None = None
+    copy_kind: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +292,18 @@ def _full_kmeans(p: SelectionInputs) -> Selection:
     return Selection(*select_full_kmeans(p.embeddings, p.tile_id, p.budget, p.k, seed=p.seed))
 
 
+def _without_copies(p: SelectionInputs, *, defaults: bool) -> Selection:
+    """The quota selection that skips copies; ``defaults``: rs-prune-dedup's τ and tiles per place
+    where the inputs give none (the place limit only when same-place partners are given)."""
+    cosine = DEFAULT_COSINE if defaults and p.dedup_cosine is None else p.dedup_cosine
+    per_place = DEFAULT_MAX_PER_PLACE if defaults and p.max_per_place is None and p.places is not None \
+        else p.max_per_place
+    got = select_quota_distinct(p.cluster, p.similarity, p.tile_id, p.budget, p.k, p.embeddings, cosine=cosine,
+                                digests=p.digests if cosine is not None else None, places=p.places,
+                                max_per_place=per_place, acquired=p.acquired)
+    return Selection(got.chosen, p.cluster, p.similarity, got.copy_of, got.kind)
+
+
 _METHOD_LIST = (
     Method("rs-prune", "RS-Prune: quota per reference centroid, nearest first, then the global remainder", True,
            lambda p: _with_bank(select_in_tasks(p.cluster, p.similarity, tie_ranks(p.tile_id), p.budget, p.k,
@@ -262,8 +320,12 @@ _METHOD_LIST = (
            lambda p: _with_bank(select_cluster_nearest(p.embeddings, p.tile_id, p.budget, seed=p.seed), p)),
     Method("full-kmeans", "RS-Prune with centroids fitted on all candidates (the costly variant)", False,
            _full_kmeans),
+    Method("rs-prune-dedup", f"RS-Prune without copies: exact copies, near copies (cosine >= {DEFAULT_COSINE} "
+           f"by default) and more than {DEFAULT_MAX_PER_PLACE} tile per place are skipped inside the quota", True,
+           lambda p: _without_copies(p, defaults=True)),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHOD_LIST}
+COPY_METHODS = ("rs-prune", "rs-prune-dedup")  # the methods that take copy options (rs-prune: off by default)
 
 
 def run_selection(method: str, inputs: SelectionInputs) -> Selection:
@@ -273,6 +335,10 @@ def run_selection(method: str, inputs: SelectionInputs) -> Selection:
     m = METHODS[method]
     if m.needs_reference and inputs.cluster is None:
         raise RSGeoPruneError(f"selection method {method} needs reference centroids (reference sets or a bank .npz)")
+    if inputs.asks_for_copy_removal and method not in COPY_METHODS:
+        raise RSGeoPruneError(f"selection method {method} does not remove copies; use {' or '.join(COPY_METHODS)}")
+    if method == "rs-prune" and inputs.asks_for_copy_removal:
+        return _without_copies(inputs, defaults=False)
     return m.choose(inputs)
 
 

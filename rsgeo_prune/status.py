@@ -11,9 +11,10 @@ import pandas as pd
 NODATA = "nodata"        # more nodata than ``max_nodata`` (pre-filter)
 MASK = "mask"            # urban fraction below ``min_urban`` (pre-filter)
 ENTROPY = "entropy"      # Stage I: low information
+DUPLICATE = "duplicate"  # Stage II: a copy of a kept tile (exact, near, or the same place); see duplicate_of
 SELECTION = "selection"  # Stage II: not chosen within the budget
 
-REASONS = (NODATA, MASK, ENTROPY, SELECTION)  # pipeline order
+REASONS = (NODATA, MASK, ENTROPY, DUPLICATE, SELECTION)  # pipeline order
 PRE_FILTERS = (NODATA, MASK)
 
 
@@ -25,7 +26,7 @@ def pruned_counts(table: pd.DataFrame) -> dict[str, int]:
 
 def stage_counts(table: pd.DataFrame) -> dict[str, int]:
     """Tiles left after each stage: ``tiles``, ``after nodata``, ``after mask``, ``after entropy``,
-    ``after selection`` (the last equals the kept tiles of a finished catalog)."""
+    ``after duplicate``, ``after selection`` (the last equals the kept tiles of a finished catalog)."""
     left = len(table)
     out = {"tiles": left}
     for reason, n in pruned_counts(table).items():
@@ -40,5 +41,5 @@ def summary_line(table: pd.DataFrame, *, reasons=REASONS) -> str:
     return f"{int(table['kept'].sum())} kept, " + ", ".join(f"{counts[r]} pruned by {r}" for r in reasons)
 
 
-__all__ = ["ENTROPY", "MASK", "NODATA", "PRE_FILTERS", "REASONS", "SELECTION", "pruned_counts", "stage_counts",
+__all__ = ["DUPLICATE", "ENTROPY", "MASK", "NODATA", "PRE_FILTERS", "REASONS", "SELECTION", "pruned_counts", "stage_counts",
            "summary_line"]

@@ -27,12 +27,13 @@ import pandas as pd
 from .atomic import atomic_output
 from .errors import InvalidOption, RSGeoPruneError
 from .pixels import read_tile_pixels
-from .status import ENTROPY, MASK, NODATA, SELECTION, stage_counts
+from .status import DUPLICATE, ENTROPY, MASK, NODATA, SELECTION, stage_counts
 
 #: Colours of the status classes (kept, and each pruning reason), as RGB.
 STATUS_COLOURS = {
     "kept": (26, 152, 80),
     SELECTION: (116, 173, 209),
+    DUPLICATE: (202, 0, 32),
     ENTROPY: (253, 174, 97),
     MASK: (171, 130, 200),
     NODATA: (150, 150, 150),
@@ -73,7 +74,8 @@ def _colours(catalog: pd.DataFrame, color_by: str) -> np.ndarray:
 
 
 def _tooltip_columns(catalog: pd.DataFrame) -> list[str]:
-    return [c for c in ("tile_id", "pruned_by", "entropy", "cluster", "similarity", "rank") if c in catalog]
+    return [c for c in ("tile_id", "pruned_by", "duplicate_of", "entropy", "cluster", "similarity", "rank")
+            if c in catalog]
 
 
 def interactive_map(catalog, color_by: str = "status"):
@@ -309,8 +311,10 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
     cfg = meta.get("config", {})
     counts = stage_counts(catalog)
     tiles_cfg = cfg.get("tiles", {})
-    figures = {"entropy histogram": plot_entropy(catalog, entropy_min=tiles_cfg.get("entropy_min"),
-                                                 entropy_keep=tiles_cfg.get("entropy_keep"))}
+    figures = {}
+    if "entropy" in catalog:  # a run without a Stage I option has no entropy to plot
+        figures["entropy histogram"] = plot_entropy(catalog, entropy_min=tiles_cfg.get("entropy_min"),
+                                                    entropy_keep=tiles_cfg.get("entropy_keep"))
     if catalog["cluster"].notna().any():
         figures["tiles per cluster"] = plot_cluster_sizes(catalog)
         figures["similarity"] = plot_similarity(catalog)
@@ -331,7 +335,7 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
         sheets["kept tiles (NIR, R, G false colour)"] = contact_sheet(catalog, kept=True, false_colour=True, seed=seed)
 
     # the same number of tiles drawn at random from the same candidates
-    cand = catalog[catalog["pruned_by"].astype("string").fillna("kept").isin(["kept", SELECTION])]
+    cand = catalog[catalog["pruned_by"].astype("string").fillna("kept").isin(["kept", DUPLICATE, SELECTION])]
     n_kept = int(catalog["kept"].sum())
     rnd = cand.sample(min(n_kept, len(cand)), random_state=seed) if len(cand) else cand
     kept = catalog[catalog["kept"].astype(bool)]
@@ -339,7 +343,8 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
     def summary(df):
         clusters = df["cluster"].dropna().astype(int)
         return {"tiles": len(df), "clusters covered": int(clusters.nunique()) if len(clusters) else "-",
-                "mean entropy (bits)": round(float(df["entropy"].astype(float).mean()), 3) if len(df) else "-",
+                "mean entropy (bits)": round(float(df["entropy"].astype(float).mean()), 3)
+                if len(df) and "entropy" in df else "-",
                 "mean similarity": round(float(df["similarity"].astype(float).mean()), 3)
                 if df["similarity"].notna().any() else "-"}
 
@@ -347,8 +352,11 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
     if classes is not None:
         comparison.loc["classes covered"] = [kept["tile_id"].map(classes).nunique(), rnd["tile_id"].map(classes).nunique()]
     parts = [f"<h1>rsgeo_prune run report</h1><p>{html.escape(str(run_dir))} — rsgeo_prune {meta.get('version', '?')}</p>",
-             "<h2>Tiles per stage</h2>", pd.Series(counts, name="tiles").to_frame().to_html(),
-             "<h2>Comparison with a random subset of the same size</h2>", comparison.to_html()]
+             "<h2>Tiles per stage</h2>", pd.Series(counts, name="tiles").to_frame().to_html()]
+    if "copies" in meta:  # the selection skipped copies: how many of each kind
+        parts += ["<h2>Copies skipped by the selection (pruned by duplicate)</h2>",
+                  pd.Series(meta["copies"], name="tiles").rename_axis("kind").to_frame().to_html()]
+    parts += ["<h2>Comparison with a random subset of the same size</h2>", comparison.to_html()]
     for name, fig in figures.items():
         parts.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="{_png(fig)}">')
     for name, img in sheets.items():

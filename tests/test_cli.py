@@ -161,6 +161,14 @@ def _bad_cases(world, small_run):
         "map of STAC items": (["map", str(run_dir / "items.parquet")], ["items.parquet", "not an rsgeo_prune tile table"]),
         "map by cluster of a tile table": (["map", str(run_dir / "tiles.parquet"), "--color-by", "cluster"],
                                            ["--color-by 'cluster'", "no cluster column"]),
+        "dedup-cosine zero": (run + ["--dedup-cosine", "0"], ["--dedup-cosine 0.0", "(0, 1]"]),
+        "dedup-cosine above 1": (run + ["--dedup-cosine", "1.5"], ["--dedup-cosine 1.5", "(0, 1]"]),
+        "dedup-cosine nan": (run + ["--dedup-cosine", "nan"], ["--dedup-cosine nan", "(0, 1]"]),
+        "max-per-place zero": (run + ["--max-per-place", "0"], ["--max-per-place 0", ">= 1"]),
+        "max-per-place negative": (run + ["--max-per-place", "-2"], ["--max-per-place -2", ">= 1"]),
+        "place-iou above 1": (run + ["--max-per-place", "1", "--place-iou", "1.2"], ["--place-iou 1.2", "(0, 1]"]),
+        "copy options with another method": (run + ["--method", "random", "--dedup-cosine", "0.9"],
+                                             ["--dedup-cosine 0.9", "rs-prune or rs-prune-dedup"]),
         "centroids seed negative": (["centroids", ref, "--seed", "-1"], ["--seed -1"]),
         "centroids k above the images": (["centroids", ref, "--k", "100000"], ["k 100000", "reference images"]),
     }
@@ -169,6 +177,8 @@ def _bad_cases(world, small_run):
 CASES = ["chunk negative", "chunk zero", "seed negative", "reference missing", "entropy-min nan",
          "entropy-min above 8 bits", "k with a bank of another K", "bad embedder before tiling",
          "bad scheduler before tiling", "entropy on STAC items", "map of STAC items", "map by cluster of a tile table",
+         "dedup-cosine zero", "dedup-cosine above 1", "dedup-cosine nan", "max-per-place zero", "max-per-place negative",
+         "place-iou above 1", "copy options with another method",
          "centroids seed negative", "centroids k above the images"]
 
 

@@ -75,6 +75,9 @@ def reference(cluster, order, z, budget, k, cosine=None, digests=None, pairs=(),
     for i in order:
         if not examined[i] and chosen.sum() < budget:
             judge(i)
+    for i in np.flatnonzero(kind == EXACT):  # copies never name copies
+        if kind[copy_of[i]] != 0:
+            copy_of[i] = copy_of[copy_of[i]]
     return chosen, copy_of, kind
 
 

@@ -76,19 +76,24 @@ def l2_normalise(z: np.ndarray) -> np.ndarray:
     return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
 
-def embed_table(table, embedder, *, nodata: float | None = None, progress: bool = True) -> np.ndarray:
+def embed_table(table, embedder, *, nodata: float | None = None, progress: bool = True, with_digests: bool = False):
     """Embeddings ``(len(table), D)`` float32 of every row of a tile table (or reference catalog),
-    read through :func:`rsgeo_prune.pixels.read_tile_pixels`."""
+    read through :func:`rsgeo_prune.pixels.read_tile_pixels`. ``with_digests``: also each tile's
+    pixel digest from the same read; returns ``(embeddings, digests (N,) str)``."""
     from tqdm.auto import tqdm
 
-    from ..pixels import read_tile_pixels
+    from ..pixels import read_tile_pixels, read_tile_pixels_and_digests
 
     out = np.zeros((len(table), embedder.dim), np.float32)
+    digests = np.empty(len(table), dtype=object)
+    batches = read_tile_pixels_and_digests(table, nodata=nodata) if with_digests else \
+        ((pos, tiles, None) for pos, tiles in read_tile_pixels(table, nodata=nodata))
     with tqdm(total=len(table), desc="embedding", unit="tile", disable=None if progress else True) as bar:
-        for pos, tiles in read_tile_pixels(table, nodata=nodata):
+        for pos, tiles, found in batches:
             out[pos] = embedder(tiles)
+            digests[pos] = found
             bar.update(len(pos))
-    return out
+    return (out, digests) if with_digests else out
 
 
 def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: int = 64, device: str | None = None,
