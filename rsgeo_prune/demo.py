@@ -15,7 +15,7 @@ import pandas as pd
 from .catalog import read_catalog, write_geoparquet
 from .config import RunConfig, TileConfig
 from .pipeline import run_pipeline
-from .status import pruned_counts, summary_line
+from .status import DUPLICATE, pruned_counts, summary_line
 from .synth import write_reference_set, write_scene
 from .tile_table import tiles_stage
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         kept = catalog.merge(labels[["tile_id", "class"]], on="tile_id")
         kept = kept.loc[kept["kept"], "class"].value_counts()
         print(f"   {runs_dir / method / 'catalog.parquet'} ({method}): {counts['tiles']} tiles → "
-              + ", ".join(f"{n} pruned by {k}" for k, n in pruned_counts(catalog).items())
+              + ", ".join(f"{n} pruned by {k}" for k, n in pruned_counts(catalog).items() if n or k != DUPLICATE)
               + f", {counts['selected']} kept")
         print("      kept classes: " + ", ".join(f"{c} {n}" for c, n in kept.items()))
     print(f"   {runs_dir / 'rs-prune'}/: also bank.npz (the centroid bank), embeddings.parquet, stac/ (STAC catalog "
