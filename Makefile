@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/entropy.py
 	$(PY) benchmarks/selection.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/dedup.py
 
 # the training wing: data throughput, DiT step time (and MFU on a GPU), then the long runs:
 # the VAE quality run (60 min on one CPU core) and the convergence experiment (<= 40 min on 2 cores)
