@@ -221,7 +221,10 @@ def _redundant_scene(path: Path, rows: int, cols: int, size: int, seed: int, mix
 
     rng = np.random.default_rng(seed + 7_000)
     layout = _synth_layout(rows, cols, rng, mix)
-    write_scene(path, rows=rows, cols=cols, tile_size=size, seed=seed, layout=layout, nodata_rows=1)
+    # every scene its own place (a synthetic scene is another landscape, not another year of one place:
+    # same-place limits must not see them as revisits)
+    write_scene(path, rows=rows, cols=cols, tile_size=size, seed=seed, layout=layout, nodata_rows=1,
+                origin=(400_000.0 + 2_000.0 * (seed % 100), 5_000_000.0 + 50_000.0 * (seed // 100)))
     with rasterio.open(path) as src:
         a, profile, desc = src.read(), src.profile, src.descriptions
     cand = [(i, j) for (i, j), c in np.ndenumerate(layout) if c in ("cropland", "urban", "forest")]
@@ -736,6 +739,7 @@ def write_markdown(path: Path, res: dict) -> None:
          + " (each catalog trains on its own normalisation).", "",
          "Feature spaces: " + "; ".join(f"`{s['name']}` {s['dim']}-d sha256 `{s['digest'][:16]}`" for s in res["spaces"])
          + f" (primary: `{PRIMARY}`). References: " + "; ".join(f"`{k}` {v} tiles" for k, v in res["ref_sizes"].items())
+         + ".", "", "Catalog sizes (tiles, first seed): " + ", ".join(f"{m} {n}" for m, n in res["tiles"].items())
          + ".", "", f"## Verdict: **{res['verdict']['verdict']}**", "", f"{res['verdict']['stage2']}.", "",
          f"Paired per-seed differences FD(rs-prune) − FD(other), `{PRIMARY}`, `{TARGET}`, step {last} "
          "(negative: rs-prune better):", "", "| other | per seed | mean ± sd | seeds rs-prune better | beats |",
