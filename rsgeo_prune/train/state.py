@@ -328,8 +328,8 @@ class MetricsLog:
 
     With ``tensorboard=True`` every numeric field of a record with a ``step`` is also a TensorBoard scalar
     (``train/loss``, ``eval/fd``, …) in ``tensorboard/`` beside the JSONL file, a record with an ``event`` (the
-    run's header) is text, and :meth:`image` adds pictures. ``resume_step``: the step a resumed run
-    continues from; TensorBoard drops what an earlier process logged after it (steps that are trained again).
+    run's header) is text, and :meth:`image` adds pictures. ``resume_step``: the step of the state a
+    resumed run continues from; TensorBoard drops what an earlier process logged after it (steps trained again).
     """
 
     def __init__(self, path: str | Path, *, tensorboard: bool = False, resume_step: int | None = None):
@@ -340,7 +340,9 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR), purge_step=resume_step)
+            # points after the saved step were logged by a process whose later steps are trained again
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR), purge_step=purge)
 
     @property
     def tensorboard_dir(self) -> Path | None:
