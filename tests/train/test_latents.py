@@ -187,11 +187,11 @@ def test_band_names_of_the_rasters_reach_the_index_and_the_sample_bands(setup, t
     ds = CatalogDataset(named)
     assert ds.bands == [2, 3, 4, 1] and ds.band_names == ["red", "green", "blue", "nir"]
     assert CatalogDataset(named, bands=[1, 2]).band_names == ["nir", "red"]
-    with rasterio.open(src, "r+") as dst:
-        dst.set_band_description(4, "")
-    assert CatalogDataset(named, bands=[1, 4]).band_names == ["nir", None]  # a band of no name: None
     index = lat.encode_catalog(ds, vae_dir, tmp_path / "z", progress=False)
     assert index["bands"] == [2, 3, 4, 1] and index["band_names"] == ["red", "green", "blue", "nir"]
     bands, origin = sample_bands(index, 4)
     assert origin == "source rasters" and [(b["source_band"], b["name"]) for b in bands] == \
         [(2, "red"), (3, "green"), (4, "blue"), (1, "nir")]
+    with rasterio.open(src, "r+") as dst:
+        dst.set_band_description(4, "")
+    assert CatalogDataset(named, bands=[1, 4]).band_names == ["nir", None]  # a band of no name: None
