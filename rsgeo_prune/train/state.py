@@ -282,11 +282,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
         t = t.detach().to("cpu").contiguous()
         if t.dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{name}: dtype {t.dtype} is not written to safetensors here")
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        size = t.numel() * t.element_size()
         header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
+                        "data_offsets": [offset, offset + size]}
+        blobs.append(t.reshape(-1).view(torch.uint8).numpy() if size else b"")  # the tensor's bytes, not a copy
+        offset += size
     if metadata:
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
