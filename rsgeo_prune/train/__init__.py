@@ -4,18 +4,18 @@ One module per concept (``dataset``, ``vae``, ``latents``, ``dit``, ``diffusion`
 ``metrics``, ``export``). It reads pixels through :mod:`rsgeo_prune.pixels` and never imports the selection code,
 the orchestrator (``pipeline``) or the front ends (``cli``, ``viz``, ``demo``).
 
-``rsgeo_prune.train.load_dit(folder)`` and ``export_dit(checkpoint)`` (from :mod:`.export`) are loaded on first use,
-so importing the package stays cheap.
+``rsgeo_prune.train.load_dit(folder)``, ``read_export(folder)`` (from :mod:`.export`) and
+``export_dit(checkpoint)`` (from :mod:`.sampling`) are loaded on first use, so importing the package stays cheap.
 """
 
-_EXPORTS = ("export_dit", "load_dit", "read_export")
+_EXPORTS = {"export_dit": "sampling", "load_dit": "export", "read_export": "export"}
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        from . import export
+        import importlib
 
-        return getattr(export, name)
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

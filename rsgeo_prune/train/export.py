@@ -1,7 +1,8 @@
 """A trained DiT as a folder that opens without this package: ``config.json`` + two safetensors files.
 
-``train-dit`` writes ``OUT/export/`` when its run ends (:func:`write_export`); :func:`export_dit` makes one from any
-checkpoint (``state.pt`` or ``checkpoints/step-N.pt``)::
+``train-dit`` writes ``OUT/export/`` when its run ends (:func:`write_export`);
+:func:`rsgeo_prune.train.sampling.export_dit` makes one from any checkpoint (``state.pt`` or
+``checkpoints/step-N.pt``)::
 
     export/
       config.json         format, model name, every architecture field (constructor arguments and the fixed
@@ -93,25 +94,6 @@ def write_export(folder: str | Path, *, ema: DiT, model: DiT, name: str, diffusi
     return Path(folder)
 
 
-def export_dit(checkpoint: str | Path, folder: str | Path | None = None) -> Path:
-    """The export folder of a ``train-dit`` checkpoint, written to ``folder`` (default: ``export/`` beside it)."""
-    from .dit import build_dit
-    from .sampling import diffusion_of, ema_model, read_checkpoint
-
-    checkpoint = Path(checkpoint)
-    state = read_checkpoint(checkpoint, hint="give another checkpoint")
-    ema, info = ema_model(state)
-    cfg, lat = info["config"], info["latents"]
-    c, h, _ = lat["latent_shape"]
-    with torch.device("meta"):
-        model = build_dit(cfg["model"], input_size=h, in_channels=c)
-    model.load_state_dict(state["model"], assign=True)
-    model.register_buffer("pos_embed", ema.pos_embed.clone(), persistent=False)
-    folder = Path(folder) if folder is not None else checkpoint.parent / EXPORT_DIR
-    return write_export(folder, ema=ema, model=model, name=cfg["model"], diffusion=diffusion_of(cfg),
-                        train_config=cfg, latents=lat, step=info["step"])
-
-
 def read_export(folder: str | Path) -> dict:
     """The ``config.json`` of an export folder; one clear error when there is none or it is not one."""
     path = Path(folder) / CONFIG_FILE
@@ -164,4 +146,4 @@ def export_diffusion(config: dict):
 
 
 __all__ = ["CONFIG_FILE", "EXPORT_DIR", "EXPORT_FORMAT", "OFFICIAL_NAMES", "WEIGHT_FILES", "export_diffusion",
-           "export_dit", "export_tensors", "load_dit", "read_export", "write_export"]
+           "export_tensors", "load_dit", "read_export", "write_export"]

@@ -98,6 +98,24 @@ def sampling_model(checkpoint: str | Path, device: torch.device | str = "cpu") -
     return ema_model(read_checkpoint(path, hint="give another checkpoint"), device)
 
 
+def export_dit(checkpoint: str | Path, folder: str | Path | None = None) -> Path:
+    """The export folder of a ``train-dit`` checkpoint, written to ``folder`` (default: ``export/`` beside it)."""
+    from .export import EXPORT_DIR, write_export
+
+    checkpoint = Path(checkpoint)
+    state = read_checkpoint(checkpoint, hint="give another checkpoint")
+    ema, info = ema_model(state)
+    cfg, lat = info["config"], info["latents"]
+    c, h, _ = lat["latent_shape"]
+    with torch.device("meta"):
+        model = build_dit(cfg["model"], input_size=h, in_channels=c)
+    model.load_state_dict(state["model"], assign=True)
+    model.register_buffer("pos_embed", ema.pos_embed.clone(), persistent=False)
+    folder = Path(folder) if folder is not None else checkpoint.parent / EXPORT_DIR
+    return write_export(folder, ema=ema, model=model, name=cfg["model"], diffusion=diffusion_of(cfg),
+                        train_config=cfg, latents=lat, step=info["step"])
+
+
 def check_sampler(diffusion: str, sampler: str | None) -> str:
     """The sampler to use: ``sampler`` when it fits ``diffusion``, the diffusion's default when ``None``."""
     allowed = SAMPLERS[diffusion]
@@ -378,6 +396,6 @@ def diffusion_of(cfg: dict):
 
 
 __all__ = ["CONVENTION_NAMES", "DIT_STATE_KIND", "SAMPLE_ENTRIES", "SAMPLE_FORMATS", "SAMPLERS", "VIEWS",
-           "sample_bands", "sampling_model", "write_tiff", "check_sample_out", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
+           "export_dit", "sample_bands", "sampling_model", "write_tiff", "check_sample_out", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
            "ema_model", "generate_latents", "grid_image", "grid_pictures", "read_checkpoint", "sample_to_folder", "seeded_generator",
            "write_grids", "write_png", "write_tiles"]
