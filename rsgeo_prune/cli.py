@@ -179,9 +179,10 @@ def _add_training_commands(sub) -> None:
     add_train_vae_arguments(sub.add_parser(
         "train-vae", formatter_class=_Formatter, help="train the 4-channel KL VAE from scratch on a catalog's tiles",
         description="Train a diffusers AutoencoderKL (4 bands in and out, 4 latent channels, 8x down) on the kept tiles "
-                    "of a catalog; keep the checkpoint with the lowest validation loss (split by tile_id hash) in "
-                    "OUT/vae/ (save_pretrained format, with the measured per-channel latent mean and std), with "
-                    "per-band PSNR, SSIM and SAM on the validation split; --resume continues a stopped run."))
+                    "of a catalog; keep the checkpoint with the lowest validation loss (whole scenes held out by "
+                    "default, --val-by) in OUT/vae/ (save_pretrained format, with the measured per-channel latent "
+                    "mean and std), with per-band PSNR, SSIM and SAM on the validation split; --resume continues a "
+                    "stopped run; --log tensorboard adds TensorBoard event files."))
     add_encode_arguments(sub.add_parser(
         "encode", formatter_class=_Formatter, help="encode a catalog's tiles once to latent shards for the DiT",
         description="Encode every selected tile to its posterior mean and log-variance (fp16) in safetensors shards "
@@ -190,12 +191,16 @@ def _add_training_commands(sub) -> None:
         "train-dit", formatter_class=_Formatter, help="train an unconditional DiT on latent shards",
         description="Train a DiT (written from Peebles & Xie 2023; --model from the registry) on the latent shards of "
                     "`encode`: AdamW, EMA, gradient clipping, bf16 on GPU, exact --resume, EMA sample grids and the "
-                    "Fréchet distance every --sample-every steps. Multi-GPU: torchrun --nproc_per_node N -m "
+                    "Fréchet distance every --sample-every steps, --log tensorboard. When the run ends it writes "
+                    "OUT/export/ (config.json, ema.safetensors, model.safetensors), which loads with "
+                    "rsgeo_prune.train.load_dit or plain torch. Multi-GPU: torchrun --nproc_per_node N -m "
                     "rsgeo_prune.train.dit_commands train-dit ... (--batch-size is the global batch)."))
     add_sample_arguments(sub.add_parser(
         "sample", formatter_class=_Formatter, help="sample tiles from a DiT checkpoint's EMA weights",
-        description="Sample from the EMA weights of a train-dit checkpoint, decode with the VAE and write 4-band "
-                    "arrays (.npy or plain TIFF, no georeference) plus RGB and NIR-R-G false-colour grids; seedable."))
+        description="Sample from the EMA weights of a train-dit checkpoint or export folder, decode with the VAE and "
+                    "write 4-band arrays (.npy, or plain TIFF with band names, no georeference), the latents, RGB "
+                    "and NIR-R-G false-colour grids and samples.json (bands, dtype, value range, sampler, seed); "
+                    "seedable."))
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:

@@ -47,7 +47,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune train-vae CATALOG --out DIR``."""
     from .dataset import VAL_BY
-    from .state import PRECISIONS
+    from .state import LOGS, PRECISIONS
     from .vae import LR_SCHEDULES, PRESETS, VAETrainConfig
 
     d = VAETrainConfig()
@@ -82,6 +82,9 @@ def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
                    help="auto: bf16 autocast on CUDA and on CPUs with AMX, fp32 elsewhere")
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--log", choices=LOGS, default=d.log,
+                   help="jsonl: metrics.jsonl; tensorboard: metrics.jsonl and TensorBoard event files in tensorboard/ "
+                        "(losses, tiles/s, validation metrics, the reconstruction grid of each validation)")
     p.add_argument("--no-dihedral", action="store_true", help="no random rotations and flips")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -126,7 +129,7 @@ def run_train_vae(args) -> dict:
                          val_every=args.val_every, save_every=args.save_every, num_workers=args.workers,
                          seed=args.seed, device=args.device, lr_schedule=args.lr_schedule,
                          jitter_gain=args.jitter_gain, jitter_offset=args.jitter_offset,
-                         jitter_gamma=args.jitter_gamma, precision=args.precision)  # checks every value
+                         jitter_gamma=args.jitter_gamma, precision=args.precision, log=args.log)  # checks every value
     _check_data_options(args)
     check_number("val_fraction", args.val_fraction, 0, 1, open_low=True, open_high=True, example=0.05)
     table = select_rows(load_table(args.catalog), _selection(args), source=str(args.catalog))

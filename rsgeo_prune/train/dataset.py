@@ -200,6 +200,27 @@ def default_bands(href: str) -> list[int] | None:
     return found
 
 
+def band_names(href: str, bands: Sequence[int]) -> list[str | None]:
+    """What the raster at ``href`` calls each of ``bands`` (1-based): its band description, else a colour
+    interpretation that names a band (red, green, blue; not GDAL's "gray" or "undefined"), else None. The
+    R, G, B, NIR aliases of :func:`default_bands` come back as ``red``, ``green``, ``blue``, ``nir``."""
+    import rasterio
+
+    try:
+        with rasterio.open(href) as src:
+            descriptions, interp = list(src.descriptions), [c.name.lower() for c in src.colorinterp]
+    except Exception:
+        return [None] * len(bands)
+    canonical = {alias: aliases[0] for aliases in _RGBN_NAMES for alias in aliases}
+    names = []
+    for b in bands:
+        text = (descriptions[b - 1] or "").strip() if b <= len(descriptions) else ""
+        if not text and b <= len(interp) and interp[b - 1] in ("red", "green", "blue"):
+            text = interp[b - 1]
+        names.append(canonical.get(text.lower(), text) or None)
+    return names
+
+
 class CatalogDataset(torch.utils.data.Dataset):
     """Tiles of a catalog as training samples.
 
@@ -285,6 +306,11 @@ class CatalogDataset(torch.utils.data.Dataset):
     @property
     def channels(self) -> int:
         return len(self.bands)
+
+    @property
+    def band_names(self) -> list[str | None]:
+        """What the first tile's raster calls each selected band (:func:`band_names`; None where it does not)."""
+        return band_names(self._rows[0]["href"], self.bands)
 
     @property
     def tile_size(self) -> tuple[int, int] | None:
@@ -466,5 +492,5 @@ def _row_records(table: pd.DataFrame) -> list[dict]:
     return recs
 
 
-__all__ = ["VAL_BY", "CatalogDataset", "acquisition_year", "check_hrefs", "default_bands", "dihedral", "hash_split",
+__all__ = ["VAL_BY", "CatalogDataset", "acquisition_year", "band_names", "check_hrefs", "default_bands", "dihedral", "hash_split",
            "load_table", "select_rows", "split_validation", "to_model_range", "validation_groups"]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DIFFUSIONS", "DDPM", "Diffusion", "RectifiedFlow", "make_diffusion"]
+__all__ = ["DIFFUSIONS", "DDPM", "Diffusion", "RectifiedFlow", "diffusion_from_config", "make_diffusion"]
 
 Model = Callable[..., torch.Tensor]
 
@@ -44,6 +44,11 @@ class Diffusion(ABC):
     """A forward process with its training loss and its samplers."""
 
     name: str
+
+    @abstractmethod
+    def config(self) -> dict:
+        """Every field needed to train or sample this process elsewhere, as plain JSON values (the numbers and, as
+        text, the formulas they enter); :func:`diffusion_from_config` rebuilds the process from it."""
 
     @abstractmethod
     def loss(
@@ -94,9 +99,20 @@ class DDPM(Diffusion):
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
         self.num_timesteps = num_timesteps
+        self.beta_start, self.beta_end = beta_start, beta_end
         self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)  # (T,)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # (T,) ᾱ_t, from 0.9999 down to ~4e-5
         self._coef_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def config(self) -> dict:
+        return {"kind": self.name, "prediction": "epsilon", "num_timesteps": self.num_timesteps,
+                "beta_schedule": "linear", "beta_start": self.beta_start, "beta_end": self.beta_end,
+                "alphas_cumprod": "cumprod(1 - linspace(beta_start, beta_end, num_timesteps)), float64",
+                "forward": "x_t = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * noise",
+                "model_time": "t, the timestep index 0..num_timesteps-1 as a float",
+                "variance": "fixed (the model predicts the noise only); ancestral sampling uses the posterior's",
+                "samplers": ["ddpm", "ddim"], "default_sampler": "ddpm", "default_steps": 250,
+                "respacing": "timesteps round(linspace(num_timesteps - 1, 0, steps))", "clip_denoised": False}
 
     def _coefs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(√ᾱ, √(1−ᾱ)) as float32 tensors on ``device``, cached so the training step does not copy them."""
@@ -198,6 +214,14 @@ class RectifiedFlow(Diffusion):
         self.logit_mean = logit_mean
         self.logit_std = logit_std
 
+    def config(self) -> dict:
+        return {"kind": self.name, "prediction": "velocity", "target": "noise - x0",
+                "forward": "x_tau = (1 - tau) * x0 + tau * noise, tau in [0, 1] (0: data, 1: noise)",
+                "model_time": f"{TIME_SCALE:g} * tau", "time_sampling": self.time_sampling,
+                "logit_mean": self.logit_mean, "logit_std": self.logit_std, "samplers": ["euler"],
+                "default_sampler": "euler", "default_steps": 50,
+                "euler_grid": "tau = linspace(1, 0, steps + 1)", "clip_denoised": False}
+
     def sample_time(self, n: int, *, generator=None, device=None) -> torch.Tensor:
         """(n,) float32 path times τ ∈ [0, 1] from the configured distribution."""
         if self.time_sampling == "uniform":
@@ -235,6 +259,15 @@ class RectifiedFlow(Diffusion):
 
 #: Names accepted by :func:`make_diffusion` (a CLI's ``choices=``).
 DIFFUSIONS = {"ddpm": DDPM, "flow": RectifiedFlow}
+
+
+def diffusion_from_config(cfg: dict) -> Diffusion:
+    """The process a :meth:`Diffusion.config` dictionary describes (an exported DiT's ``config.json["diffusion"]``)."""
+    if cfg["kind"] == "flow":
+        return RectifiedFlow(cfg["time_sampling"], cfg["logit_mean"], cfg["logit_std"])
+    if cfg["kind"] == "ddpm":
+        return DDPM(cfg["num_timesteps"], cfg["beta_start"], cfg["beta_end"])
+    raise ValueError(f"unknown diffusion {cfg['kind']!r}; choose one of {sorted(DIFFUSIONS)}")
 
 
 def make_diffusion(kind: str = "ddpm", **kwargs) -> Diffusion:

@@ -22,12 +22,13 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Options of ``rsgeo-prune train-dit LATENTS --out DIR``."""
     from .diffusion import DIFFUSIONS
     from .dit import DIT_CONFIGS
-    from .state import PRECISIONS
+    from .state import LOGS, PRECISIONS
     from .trainer import DiTTrainConfig
 
     d = DiTTrainConfig()
     p.add_argument("latents", help="the --out folder of rsgeo-prune encode (latent shards + index.json)")
-    p.add_argument("--out", required=True, help="run folder (state.pt, metrics.jsonl, samples/)")
+    p.add_argument("--out", required=True,
+                   help="run folder (state.pt, metrics.jsonl, samples/; export/ when the run ends)")
     p.add_argument("--model", default=d.model, choices=sorted(DIT_CONFIGS), help=f"DiT config (default {d.model})")
     p.add_argument("--diffusion", default=d.diffusion, choices=sorted(DIFFUSIONS),
                    help="ddpm (noise prediction, the paper's) or flow (rectified flow, velocity)")
@@ -42,6 +43,9 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA decay after the warm-up")
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: no clipping)")
     p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--log", choices=LOGS, default=d.log,
+                   help="jsonl: metrics.jsonl; tensorboard: metrics.jsonl and TensorBoard event files in tensorboard/ "
+                        "(loss, images/s, FD, sample grids)")
     p.add_argument("--save-every", type=int, default=d.save_every, help="write state.pt every this many steps")
     p.add_argument("--keep-every", type=int, default=d.keep_every,
                    help="also keep checkpoints/step-N.pt every this many steps (0: never)")
@@ -69,6 +73,7 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 def run_train_dit(args) -> dict:
     """Train the DiT; returns (and prints, on rank 0) a one-line JSON summary."""
+    from .export import EXPORT_DIR
     from .trainer import DiTTrainConfig, train_dit
 
     cfg = DiTTrainConfig(model=args.model, diffusion=args.diffusion, time_sampling=args.time_sampling,
@@ -77,11 +82,14 @@ def run_train_dit(args) -> dict:
                          log_every=args.log_every, save_every=args.save_every, keep_every=args.keep_every,
                          sample_every=args.sample_every, sample_n=args.sample_n, sample_steps=args.sample_steps,
                          fd_n=args.fd_n, compile=args.compile, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
-                         seed=args.seed, device=args.device, stop_at=args.stop_at, digest_file=args.digest_file)
+                         seed=args.seed, device=args.device, log=args.log, stop_at=args.stop_at,
+                         digest_file=args.digest_file)
     res = train_dit(args.latents, args.out, cfg, vae_dir=args.vae, resume=args.resume, progress=not args.quiet)
     summary = {"out": str(res.out), "step": res.step, "loss": res.loss, "model": cfg.model, "params": res.params,
                "world_size": res.world_size, "per_gpu_batch": res.per_gpu_batch, "global_batch": res.global_batch,
                "state": str(Path(res.out) / "state.pt"), **{k: v for k, v in res.metrics.items() if k.startswith("fd")}}
+    if (Path(res.out) / EXPORT_DIR / "config.json").exists():
+        summary["export"] = str(Path(res.out) / EXPORT_DIR)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))
     return summary
@@ -89,7 +97,8 @@ def run_train_dit(args) -> dict:
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune sample CHECKPOINT --vae DIR --n 64 --out DIR``."""
-    p.add_argument("checkpoint", help="a train-dit state.pt (or checkpoints/step-N.pt); its EMA weights are used")
+    p.add_argument("checkpoint", help="a train-dit state.pt (or checkpoints/step-N.pt) or its export/ folder; "
+                                      "the EMA weights are used")
     p.add_argument("--vae", required=True, help="the VAE that encoded the training latents (checked by digest)")
     p.add_argument("--n", type=int, default=64, help="tiles to generate (default 64)")
     p.add_argument("--out", required=True, help="output folder")
@@ -101,7 +110,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="same seed, same files")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--format", default="npy", choices=("npy", "tif"),
-                   help="one file per tile: npy float32 (C, H, W) in [-1, 1], or tif uint8 (not georeferenced)")
+                   help="one file per tile: npy float32 (C, H, W) in [-1, 1], or tif uint8 levels round((x + 1) * "
+                        "127.5) with band names (not georeferenced); samples.json names bands, dtype and range")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: the best available)")
     return p
 

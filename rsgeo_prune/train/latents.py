@@ -29,11 +29,13 @@ from ..atomic import atomic_output, check_writable, output_folder
 from ..errors import RSGeoPruneError, check_number
 from ..rundir import digest
 from .dataset import to_model_range
-from .state import autocast, choose_device, progress_bar
+from .state import autocast, choose_device, progress_bar, write_safetensors
 from .vae import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
 
 INDEX_FILE = "index.json"
 FORMAT = "rsgeo-latents/1"
+#: Shard metadata held as JSON text (lists); ``index.json`` holds them as lists.
+JSON_META = ("latents_mean", "latents_std", "bands", "band_names")
 #: Metadata that names the encoding a shard belongs to: a folder holds shards of one encoding only.
 ENCODING_KEYS = ("vae_digest", "catalog_digest")
 
@@ -72,7 +74,8 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
     meta = {"format": FORMAT, "vae_digest": vae_digest(vae_dir), "catalog_digest": ds.digest(),
             "latents_mean": json.dumps(latent_scale(vae)[0].flatten().tolist()),
             "latents_std": json.dumps(latent_scale(vae)[1].flatten().tolist()),
-            "bands": json.dumps(list(ds.bands)), "shard_size": str(shard_size)}
+            "bands": json.dumps(list(ds.bands)), "band_names": json.dumps(list(getattr(ds, "band_names", []))),
+            "shard_size": str(shard_size)}
     n_shards = (len(ds) + shard_size - 1) // shard_size
     ranges = [range(k * shard_size, min((k + 1) * shard_size, len(ds))) for k in range(n_shards)]
     sources = [ds.source_digest(r) for r in ranges]
@@ -94,8 +97,7 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
         _remove_stale_shards(out, n_shards)
         index = {"format": FORMAT, "tiles": len(ds), "shards": [shard_name(k) for k in range(n_shards)],
                  "shard_size": shard_size, "latent_shape": list(_shard_shape(out / shard_name(0))),
-                 **{k: (json.loads(v) if k in ("latents_mean", "latents_std", "bands") else v) for k, v in meta.items()
-                    if k != "shard_size"},
+                 **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"},
                  "source_digest": digest(sources)}
         with atomic_output(out / INDEX_FILE) as tmp:
             tmp.write_text(json.dumps(index, indent=2))
@@ -122,25 +124,12 @@ def _encode_range(vae, ds, rows: range, batch_size: int, device, num_workers: in
 
 
 def write_shard(path: Path, mean: torch.Tensor, logvar: torch.Tensor, tile_ids, meta: dict) -> Path:
-    """One safetensors shard (``mean``, ``logvar`` as float16, ``meta`` and ``tile_ids`` as metadata), written to a
-    temporary name and renamed. Written here rather than by ``safetensors.save_file``, whose header order varies
-    from call to call: the same tensors and metadata give the same bytes."""
+    """One safetensors shard (``mean``, ``logvar`` as float16, ``meta`` and ``tile_ids`` as metadata), written
+    atomically with the same bytes for the same tensors and metadata (:func:`~.state.write_safetensors`)."""
     if len(tile_ids) != mean.shape[0]:
         raise ValueError("one tile_id per latent")
-    header, blobs, offset = {}, [], 0
-    for name, t in sorted({"mean": mean, "logvar": logvar}.items()):
-        data = t.detach().to("cpu", torch.float16).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F16", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = {**{k: str(v) for k, v in meta.items()}, "tile_ids": json.dumps(list(tile_ids))}
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(text)) + text)
-        for data in blobs:
-            fh.write(data)
-    return path
+    return write_safetensors(path, {"mean": mean.to(torch.float16), "logvar": logvar.to(torch.float16)},
+                             {**meta, "tile_ids": json.dumps(list(tile_ids))})
 
 
 def read_shard(path: str | Path) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:

@@ -451,8 +451,10 @@ def kernel_inception_distance(a_feats, b_feats, subsets: int = 100, subset_size:
     """KID: unbiased MMD² with ``k(x, y) = (x·y / D + 1)^degree`` on ``subsets`` pairs of subsets of
     ``subset_size`` (capped at the smaller set) drawn without replacement with ``numpy`` seed ``seed``.
 
-    Returns ``(mean, std, subset_size used)``; std is the population std over subsets (0 when each
-    subset is a whole set). Symmetric in its arguments (the pair is put in a canonical order)."""
+    Returns ``(mean, std, subset_size used)``; std is the population std over subsets, exactly 0 when each
+    subset is a whole set (a subset's rows are taken in index order, so equal subsets are equal arrays and give
+    equal scores, not scores that differ in the last bits). Symmetric in its arguments (the pair is put in a
+    canonical order)."""
     a, b = _as_features(a_feats, "set a"), _as_features(b_feats, "set b")
     _check_pair(a, b)
     if subsets < 1:
@@ -466,8 +468,8 @@ def kernel_inception_distance(a_feats, b_feats, subsets: int = 100, subset_size:
     rng = np.random.default_rng(seed)
     scores = []
     for _ in range(subsets):
-        ia = rng.permutation(len(a))[:m]
-        ib = rng.permutation(len(b))[:m]
+        ia = np.sort(rng.permutation(len(a))[:m])
+        ib = np.sort(rng.permutation(len(b))[:m])
         scores.append(_mmd2_unbiased(a[ia], b[ib], degree))
     return float(np.mean(scores)), float(np.std(scores)), m
 
@@ -589,6 +591,11 @@ def _tile_shape_pair(a: np.ndarray, b: np.ndarray) -> None:
                               "resize or crop one set to the other's size")
 
 
+def _space(feature, channels: int, threads: int | None = None):
+    """A feature-space object: ``feature`` itself, or the registry's space of that name for ``channels`` bands."""
+    return feature_space(feature, channels=channels, threads=threads) if isinstance(feature, str) else feature
+
+
 def compare_sets(a_tiles, b_tiles, feature="rsgeo-default", *, kid_subsets: int = 100, kid_subset_size: int = 1000,
                  kid_degree: int = 3, seed: int = 0, threads: int | None = None) -> MetricReport:
     """FD and KID between tile sets ``(Na, C, H, W)`` and ``(Nb, C, H, W)`` (uint8, or floats in [-1, 1])
@@ -598,7 +605,7 @@ def compare_sets(a_tiles, b_tiles, feature="rsgeo-default", *, kid_subsets: int 
     for label, x in (("set a", a), ("set b", b)):
         if len(x) < 2:
             raise RSGeoPruneError(f"{label} has {len(x)} tile(s); FD needs at least 2 (hundreds for a usable number)")
-    space = feature_space(feature, channels=a.shape[1], threads=threads) if isinstance(feature, str) else feature
+    space = _space(feature, a.shape[1], threads)
     return compare_features(space(a), space(b), space, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
                             kid_degree=kid_degree, seed=seed)
 
@@ -617,12 +624,14 @@ class TorchFeatureModule(torch.nn.Module):
         return torch.from_numpy(self.space(imgs))
 
 
-def torchmetrics_fid(a_tiles, b_tiles, space) -> float:
+def torchmetrics_fid(a_tiles, b_tiles, space="rsgeo-default") -> float:
     """FD through ``torchmetrics.image.fid.FrechetInceptionDistance(feature=<space>, input_img_size=(C, H, W))``
-    (a is passed as "real", b as "fake"). For cross-checks; :func:`frechet_distance` is the reference."""
+    (a is passed as "real", b as "fake"); ``space`` a registry name or a feature-space object, as in
+    :func:`compare_sets`. For cross-checks; :func:`frechet_distance` is the reference."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
+    space = _space(space, a.shape[1])
     metric = FrechetInceptionDistance(feature=TorchFeatureModule(space), input_img_size=tuple(a.shape[1:]))
     metric.update(a, real=True)
     metric.update(b, real=False)
@@ -630,17 +639,20 @@ def torchmetrics_fid(a_tiles, b_tiles, space) -> float:
 
 
 def torchmetrics_kid(a_tiles, b_tiles, space, subsets: int, subset_size: int, degree: int = 3) -> tuple[float, float]:
-    """KID through ``torchmetrics.image.kid.KernelInceptionDistance(feature=<space>)`` (its own torch draws)."""
+    """KID through ``torchmetrics.image.kid.KernelInceptionDistance(feature=<space>)`` (its own torch draws);
+    ``space`` a registry name or a feature-space object."""
     import warnings
 
     from torchmetrics.image.kid import KernelInceptionDistance
 
+    a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
+    space = _space(space, a.shape[1])
     with warnings.catch_warnings():  # "will save all extracted features in buffer": what we ask of it
         warnings.filterwarnings("ignore", message=".*save all extracted features", category=UserWarning)
         metric = KernelInceptionDistance(feature=TorchFeatureModule(space), subsets=subsets, subset_size=subset_size,
                                          degree=degree)
-    metric.update(torch.from_numpy(as_uint8_tiles(a_tiles)), real=True)
-    metric.update(torch.from_numpy(as_uint8_tiles(b_tiles)), real=False)
+    metric.update(a, real=True)
+    metric.update(b, real=False)
     mean, std = metric.compute()
     return float(mean), float(std)
 

@@ -83,6 +83,39 @@ def ema_model(state: dict, device: torch.device | str = "cpu") -> tuple[torch.nn
     return model.to(device).eval().requires_grad_(False), {"config": cfg, "latents": lat, "step": int(state["step"])}
 
 
+def sampling_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The EMA DiT and run info (as :func:`ema_model`) of a checkpoint file or of an export folder."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        from .export import load_dit, read_export
+
+        config = read_export(path)
+        lat = config["latents"]
+        latents = {"latent_shape": lat["shape"], "latents_mean": lat["mean"], "latents_std": lat["std"],
+                   **{k: v for k, v in lat.items() if k not in ("shape", "mean", "std")}}
+        return load_dit(path, device=device), {"config": config["training"], "latents": latents,
+                                               "step": int(config["training"]["step"])}
+    return ema_model(read_checkpoint(path, hint="give another checkpoint"), device)
+
+
+def export_dit(checkpoint: str | Path, folder: str | Path | None = None) -> Path:
+    """The export folder of a ``train-dit`` checkpoint, written to ``folder`` (default: ``export/`` beside it)."""
+    from .export import EXPORT_DIR, write_export
+
+    checkpoint = Path(checkpoint)
+    state = read_checkpoint(checkpoint, hint="give another checkpoint")
+    ema, info = ema_model(state)
+    cfg, lat = info["config"], info["latents"]
+    c, h, _ = lat["latent_shape"]
+    with torch.device("meta"):
+        model = build_dit(cfg["model"], input_size=h, in_channels=c)
+    model.load_state_dict(state["model"], assign=True)
+    model.register_buffer("pos_embed", ema.pos_embed.clone(), persistent=False)
+    folder = Path(folder) if folder is not None else checkpoint.parent / EXPORT_DIR
+    return write_export(folder, ema=ema, model=model, name=cfg["model"], diffusion=diffusion_of(cfg),
+                        train_config=cfg, latents=lat, step=info["step"])
+
+
 def check_sampler(diffusion: str, sampler: str | None) -> str:
     """The sampler to use: ``sampler`` when it fits ``diffusion``, the diffusion's default when ``None``."""
     allowed = SAMPLERS[diffusion]
@@ -168,17 +201,61 @@ def write_png(arr: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
-def write_grids(tiles: torch.Tensor, out: str | Path, prefix: str = "grid") -> dict[str, Path]:
-    """``{prefix}_rgb.png`` (bands 1-3) and, with 4+ bands, ``{prefix}_nirrg.png`` (NIR-R-G false colour:
-    bands 4, 1, 2) of ``tiles`` in [-1, 1]; each band shown as the data is (no per-tile stretch)."""
-    out = Path(out)
+def grid_pictures(tiles: torch.Tensor) -> dict[str, np.ndarray]:
+    """``{"rgb": …}`` (bands 1-3) and, with 4+ bands, ``"nirrg"`` (NIR-R-G false colour: bands 4, 1, 2): the
+    :func:`grid_image` of ``tiles`` in [-1, 1] in each view, each band shown as the data is (no per-tile stretch)."""
     views = {k: v for k, v in VIEWS.items() if k == "rgb" or tiles.shape[1] >= 4}
-    return {name: write_png(grid_image(tiles, bands), out / f"{prefix}_{name}.png") for name, bands in views.items()}
+    return {name: grid_image(tiles, bands) for name, bands in views.items()}
 
 
-def write_tiles(tiles: torch.Tensor, out: str | Path, fmt: str = "npy") -> list[Path]:
+def write_grids(tiles: torch.Tensor, out: str | Path, prefix: str = "grid",
+                pictures: dict[str, np.ndarray] | None = None) -> dict[str, Path]:
+    """``{prefix}_rgb.png`` and, with 4+ bands, ``{prefix}_nirrg.png``: the :func:`grid_pictures` of ``tiles``
+    (or the ``pictures`` already made of them)."""
+    out = Path(out)
+    pictures = grid_pictures(tiles) if pictures is None else pictures
+    return {name: write_png(pic, out / f"{prefix}_{name}.png") for name, pic in pictures.items()}
+
+
+#: The wing's band order for 3- and 4-band tiles (grids, metrics): the names samples get when the source
+#: rasters name no band.
+CONVENTION_NAMES = ("red", "green", "blue", "nir")
+
+#: How a sample file's values relate to the model's [-1, 1] range, by ``--format``.
+SAMPLE_FORMATS = {
+    "npy": {"dtype": "float32", "value_range": [-1.0, 1.0], "layout": "(C, H, W)",
+            "levels": "the model's range: x = level / 127.5 - 1 for the uint8 levels of the source (uint8 rasters: "
+                      "their values; uint16 and float rasters: the scene's 2-98 % stretch)"},
+    "tif": {"dtype": "uint8", "value_range": [0, 255], "layout": "C bands of H x W, not georeferenced",
+            "levels": "level = round((x + 1) * 127.5) of the model's x in [-1, 1]: uint8 sources' own scale "
+                      "(uint16 and float sources: the scene's 2-98 % stretch)"},
+}
+
+
+def sample_bands(latents: dict, channels: int) -> tuple[list[dict], str]:
+    """The bands of the samples of a run whose latents record is ``latents``: ``[{"band": k (1-based in the
+    sample), "source_band": the band of the source rasters it was trained on, "name": …}]``, and where the names
+    come from: ``"source rasters"`` (their band descriptions or colour interpretations, recorded by ``encode``),
+    or, when they name none, ``"convention"`` (3 or 4 bands: the wing's R, G, B, NIR order) or ``"none"``."""
+    source = list(latents.get("bands") or [])
+    names = list(latents.get("band_names") or [])
+    source = source if len(source) == channels else [None] * channels
+    names = names if len(names) == channels else [None] * channels
+    if any(names):
+        origin = "source rasters"
+    elif channels in (3, 4):
+        names, origin = list(CONVENTION_NAMES[:channels]), "convention"
+    else:
+        origin = "none"
+    bands = [{"band": k + 1, "source_band": source[k],
+              "name": names[k] or f"band {source[k] if source[k] is not None else k + 1}"} for k in range(channels)]
+    return bands, origin
+
+
+def write_tiles(tiles: torch.Tensor, out: str | Path, fmt: str = "npy", names: list[str] | None = None) -> list[Path]:
     """One file per tile under ``out``: ``sample-00000.npy`` float32 ``(C, H, W)`` in [-1, 1], or ``.tif``: a
-    plain (not georeferenced) C-band uint8 TIFF of the levels ``round((x + 1) · 127.5)``."""
+    plain (not georeferenced) C-band uint8 TIFF of the levels ``round((x + 1) · 127.5)`` whose bands carry
+    ``names`` (see :func:`write_tiff`)."""
     out = Path(out)
     paths = []
     for k, tile in enumerate(tiles):
@@ -187,26 +264,37 @@ def write_tiles(tiles: torch.Tensor, out: str | Path, fmt: str = "npy") -> list[
             with atomic_output(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, tile.float().numpy())
         elif fmt == "tif":
-            _write_tiff(((tile.float().clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8), path)
+            write_tiff(((tile.float().clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8), path, names)
         else:
             raise RSGeoPruneError(f"format {fmt!r}: choose npy or tif")
         paths.append(path)
     return paths
 
 
-def _write_tiff(levels: np.ndarray, path: Path) -> None:
-    """A (C, H, W) uint8 array as a plain multi-band GeoTIFF with no CRS and no transform."""
+def write_tiff(levels: np.ndarray, path: Path, names: list[str] | None = None) -> None:
+    """A (C, H, W) uint8 array as a plain GeoTIFF with no CRS and no transform, band ``k`` described as
+    ``names[k]``. Bands named red, green, blue first are written as an RGB image (photometric RGB, colour
+    interpretations red, green, blue, and "undefined" extra samples after them: Pillow opens it as RGB, GDAL
+    tools see every band); one band is grey; other bands are grey plus undefined extra samples."""
     import warnings
 
     import rasterio
+    from rasterio.enums import ColorInterp
     from rasterio.errors import NotGeoreferencedWarning
 
     c, h, w = levels.shape
+    names = list(names or [])[:c]
+    rgb = c >= 3 and [n.lower() for n in names[:3]] == list(CONVENTION_NAMES[:3])
     with atomic_output(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=c, dtype="uint8",
-                           photometric="MINISBLACK") as dst:
+                           photometric="RGB" if rgb else "MINISBLACK") as dst:
             dst.write(levels)
+            if rgb:
+                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue] + [ColorInterp.undefined] * (c - 3)
+            for k, name in enumerate(names):
+                dst.set_band_description(k + 1, name)
+            dst.update_tags(LEVELS=SAMPLE_FORMATS["tif"]["levels"])
 
 
 #: What ``sample`` writes into its ``--out``: a folder holding these only is a previous sample output, replaced whole.
@@ -231,7 +319,9 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
 
     Writes under ``out``: ``tiles/sample-*.npy|tif`` (one C-band tile each), ``latents.npy`` (the denormalised
     latents ``(n, C, h, w)`` float32, what the VAE decoded), ``grid_rgb.png`` / ``grid_nirrg.png`` (the first 64),
-    and ``samples.json`` (checkpoint, step, sampler, steps, seed, VAE digest). Returns that summary.
+    and ``samples.json`` (checkpoint, step, sampler, steps, eta, seed, batch size, the files' dtype, layout and value
+    range, the bands with their names, what ``latents.npy`` holds, VAE digest). Returns that summary.
+    ``checkpoint``: a ``state.pt`` or an export folder (:mod:`~rsgeo_prune.train.export`).
 
     Every option is checked first (``eta`` is DDIM's only); ``out`` must be new, empty or an earlier sample output,
     and the files appear there together, as one folder, when all are written.
@@ -251,8 +341,7 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
     out = Path(out)
     check_sample_out(out)
     dev = choose_device(device)
-    state = read_checkpoint(checkpoint, hint="give another checkpoint")
-    model, info = ema_model(state, dev)
+    model, info = sampling_model(checkpoint, dev)
     cfg, lat = info["config"], info["latents"]
     digest = vae_digest(vae_dir)
     if digest != lat["vae_digest"]:
@@ -275,13 +364,23 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
                               "sample another checkpoint")
     z = denormalise(z, lat)
     tiles = decode_latents(vae, z, batch_size=batch_size, device=dev)
+    bands, names_from = sample_bands(lat, tiles.shape[1])
     summary = {"checkpoint": str(checkpoint), "step": info["step"], "model": cfg["model"],
-               "diffusion": cfg["diffusion"], "sampler": sampler, "steps": steps, "eta": eta, "seed": seed, "n": n,
-               "tile_shape": list(tiles.shape[1:]), "format": fmt, "vae_digest": digest, "out": str(out)}
+               "diffusion": cfg["diffusion"], "sampler": sampler, "steps": steps, "eta": eta, "seed": seed,
+               "batch_size": batch_size, "noise": "batch k of --batch-size tiles: a generator seeded with (seed, k)",
+               "n": n, "tile_shape": list(tiles.shape[1:]), "format": fmt,
+               "files": f"tiles/sample-NNNNN.{fmt}, one tile each", **SAMPLE_FORMATS[fmt],
+               "bands": bands, "band_names_from": names_from,
+               "latents": {"file": "latents.npy", "dtype": "float32", "shape": list(z.shape),
+                           "what": "the VAE latents the tiles were decoded from (the model's normalised output "
+                                   "x back on the VAE's scale: z = x * latents_std + latents_mean)",
+                           "latents_mean": lat["latents_mean"], "latents_std": lat["latents_std"],
+                           "decode": "AutoencoderKL.from_pretrained(VAE).decode(z).sample, clamped to [-1, 1]"},
+               "vae_digest": digest, "out": str(out)}
     with atomic_folder(out) as tmp:
         with atomic_output(tmp / "latents.npy") as part, open(part, "wb") as fh:
             np.save(fh, z.numpy())
-        write_tiles(tiles, tmp / "tiles", fmt)
+        write_tiles(tiles, tmp / "tiles", fmt, [b["name"] for b in bands])
         grids = write_grids(tiles[:64], tmp, "grid")
         summary["grids"] = {k: str(out / v.name) for k, v in grids.items()}
         with atomic_output(tmp / "samples.json") as part:
@@ -296,6 +395,7 @@ def diffusion_of(cfg: dict):
     return make_diffusion(cfg["diffusion"])
 
 
-__all__ = ["DIT_STATE_KIND", "SAMPLE_ENTRIES", "SAMPLERS", "VIEWS", "check_sample_out", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
-           "ema_model", "generate_latents", "grid_image", "read_checkpoint", "sample_to_folder", "seeded_generator",
+__all__ = ["CONVENTION_NAMES", "DIT_STATE_KIND", "SAMPLE_ENTRIES", "SAMPLE_FORMATS", "SAMPLERS", "VIEWS",
+           "export_dit", "sample_bands", "sampling_model", "write_tiff", "check_sample_out", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
+           "ema_model", "generate_latents", "grid_image", "grid_pictures", "read_checkpoint", "sample_to_folder", "seeded_generator",
            "write_grids", "write_png", "write_tiles"]

@@ -8,7 +8,10 @@
 * **checkpoints** — :func:`save_state` / :func:`load_state`: model, optimiser, RNG states (torch, numpy,
   python, CUDA), step, epoch and data position in one file, written atomically and read back with
   ``torch.load(weights_only=True)`` (nothing but tensors and plain containers is unpickled);
-* **logging** — :class:`MetricsLog`, one JSON object per line, flushed per record.
+* **weight files** — :func:`write_safetensors`: a safetensors file whose bytes are a function of its tensors
+  and metadata (written atomically);
+* **logging** — :class:`MetricsLog`, one JSON object per line, flushed per record, and with
+  ``log="tensorboard"`` the same scalars (and pictures) as TensorBoard event files.
 
 On CPU with a fixed thread count, a run stopped at step k and resumed ends with the same weights,
 bit for bit, as an uninterrupted one (tested in ``tests/train/test_state.py`` and ``test_vae.py``).
@@ -17,10 +20,12 @@ bit for bit, as an uninterrupted one (tested in ``tests/train/test_state.py`` an
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
 import random
+import struct
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -262,24 +267,113 @@ def progress_bar(total: int, initial: int = 0, enabled: bool = True, unit: str =
     return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, disable=None if enabled else True)
 
 
+# -- weight files ---------------------------------------------------------------------------------
+#: safetensors' names of the tensor dtypes written by :func:`write_safetensors`.
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """A safetensors file of ``tensors`` (names in sorted order) with string ``metadata``, written to a temporary
+    name and renamed. Written here rather than by ``safetensors.save_file``, whose header order varies from call
+    to call: the same tensors and metadata give the same bytes. Any safetensors reader opens it."""
+    header, blobs, offset = {}, [], 0
+    for name, t in sorted(tensors.items()):
+        t = t.detach().to("cpu").contiguous()
+        if t.dtype not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{name}: dtype {t.dtype} is not written to safetensors here")
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + size]}
+        blobs.append(t.reshape(-1).view(torch.uint8).numpy() if size else b"")  # the tensor's bytes, not a copy
+        offset += size
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    path = Path(path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for data in blobs:
+            fh.write(data)
+    return path
+
+
 # -- logging --------------------------------------------------------------------------------------
+#: ``--log`` choices: ``jsonl`` (``metrics.jsonl`` only) or ``tensorboard`` (the same records also as TensorBoard
+#: event files in ``tensorboard/`` beside it, with the run's pictures).
+LOGS = ("jsonl", "tensorboard")
+TENSORBOARD_DIR = "tensorboard"
+
+
+def check_log(log: str) -> None:
+    """``log`` is one of :data:`LOGS`, and TensorBoard's writer is installed when it is asked for."""
+    if log not in LOGS:
+        raise InvalidOption("log", log, f"choose one of {', '.join(LOGS)}")
+    if log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise InvalidOption("log", log, "needs the tensorboard package (pip install 'rsgeo_prune[train]'); "
+                                        "or log to jsonl")
+
+
+def _scalar_tag(name: str) -> str:
+    """TensorBoard tag of a record field: validation and sample-quality numbers in their own sections."""
+    if name.startswith(("val", "fd", "kid")):
+        return f"eval/{name}"
+    return f"train/{name}"
+
+
 class MetricsLog:
     """Append-only JSONL metrics log: ``log(step=..., loss=...)`` writes one line, flushed at once,
-    with the wall-clock time; a resumed run appends to the same file."""
+    with the wall-clock time; a resumed run appends to the same file.
 
-    def __init__(self, path: str | Path):
+    With ``tensorboard=True`` every numeric field of a record with a ``step`` is also a TensorBoard scalar
+    (``train/loss``, ``eval/fd``, …) in ``tensorboard/`` beside the JSONL file, a record with an ``event`` (the
+    run's header) is text, and :meth:`image` adds pictures. ``resume_step``: the step of the state a
+    resumed run continues from; TensorBoard drops what an earlier process logged after it (steps trained again).
+    """
+
+    def __init__(self, path: str | Path, *, tensorboard: bool = False, resume_step: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # points after the saved step were logged by a process whose later steps are trained again
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR), purge_step=purge)
+
+    @property
+    def tensorboard_dir(self) -> Path | None:
+        return self.path.parent / TENSORBOARD_DIR if self._tb is not None else None
 
     def log(self, **record: Any) -> None:
         record = {"time": round(time.time(), 3), **{k: _plain(v) for k, v in record.items()}}
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        if self._tb is not None:
+            step = record.get("step")
+            if "event" in record or step is None:
+                self._tb.add_text("run", json.dumps(record, indent=1).replace("\n", "  \n"), step or 0)
+            else:
+                for k, v in record.items():
+                    if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self._tb.add_scalar(_scalar_tag(k), v, step, walltime=record["time"])
+            self._tb.flush()
+
+    def image(self, tag: str, picture: np.ndarray, step: int) -> None:
+        """An ``(H, W, 3)`` uint8 picture (a sample or reconstruction grid) as TensorBoard image ``tag``; a no-op
+        without TensorBoard."""
+        if self._tb is not None:
+            self._tb.add_image(tag, picture, step, dataformats="HWC")
+            self._tb.flush()
 
     def close(self) -> None:
         self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def __enter__(self) -> "MetricsLog":
         return self
@@ -305,5 +399,6 @@ def _plain(v):
     return v
 
 
-__all__ = ["EpochSampler", "FiniteWatch", "LossNotFinite", "MetricsLog", "PRECISIONS", "STATE_FORMAT", "autocast", "choose_device", "epoch_order",
+__all__ = ["EpochSampler", "FiniteWatch", "LOGS", "LossNotFinite", "MetricsLog", "PRECISIONS", "SAFETENSORS_DTYPES",
+           "STATE_FORMAT", "TENSORBOARD_DIR", "autocast", "check_log", "choose_device", "epoch_order", "write_safetensors",
            "check_resume_steps", "load_state", "progress_bar", "read_metrics", "read_state", "saved_hint", "rng_state", "save_state", "seed_everything", "set_rng_state", "uses_bf16"]

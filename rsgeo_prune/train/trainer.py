@@ -9,7 +9,9 @@ Data path: ``encode`` wrote the posterior (mean, log-variance) of every tile; ea
       backward → clip ‖g‖ → AdamW → EMA ← lerp(EMA, θ, 1 − decay(step))
 
 Run layout under ``out``: ``state.pt`` (latest full state, what ``--resume`` reads and ``sample`` samples),
-``checkpoints/step-NNNNNNN.pt`` (kept copies, with ``keep_every``), ``metrics.jsonl``, ``samples/`` (EMA grids).
+``checkpoints/step-NNNNNNN.pt`` (kept copies, with ``keep_every``), ``metrics.jsonl``, ``samples/`` (EMA grids),
+``tensorboard/`` (with ``log="tensorboard"``) and, when the run ends, ``export/`` (:mod:`~rsgeo_prune.train.export`:
+``config.json``, ``ema.safetensors``, ``model.safetensors``, which open without this package).
 
 Choices, each with its reason:
 
@@ -24,8 +26,8 @@ Choices, each with its reason:
 * **Global batch is the unit**: ``batch_size`` is the global batch (the paper's 256); each of the ``world``
   processes takes its own contiguous slice of every global batch, so the data a step sees does not depend on
   the number of GPUs (only the per-rank noise does).
-* **DDP**: ``torchrun`` (or ``accelerate launch``, which sets the same variables) → one process per GPU, the
-  device from ``LOCAL_RANK`` (multi-node safe), NCCL; on CPU gloo and no ``device_ids``. Only rank 0 writes.
+* **DDP**: ``torchrun`` → one process per GPU, the device from ``LOCAL_RANK`` (multi-node safe), NCCL; on CPU gloo
+  and no ``device_ids``. Only rank 0 writes.
 * **EMA warm-up**: decay = min(ema_decay, (1 + s)/(10 + s)), so a 1,000-step run has a usable EMA.
 * **Precision**: ``precision="auto"``: bf16 autocast on CUDA (fp16 gives NaNs in diffusion training), fp32 master
   weights, TF32 matmuls; fp32 on CPU. ``"bf16"`` runs the same autocast path on CPU (the tests do),
@@ -56,11 +58,12 @@ from ..atomic import check_writable, output_folder
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .diffusion import DIFFUSIONS
 from .dit import DIT_CONFIGS, build_dit, count_parameters
+from .export import EXPORT_DIR, write_export
 from .metrics import compare_sets
-from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, read_checkpoint,
+from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, grid_pictures, read_checkpoint,
                        seeded_generator, write_grids)
-from .state import (PRECISIONS, FiniteWatch, MetricsLog, autocast, check_resume_steps, choose_device, epoch_order,
-                    load_state, progress_bar, save_state, saved_hint, uses_bf16)
+from .state import (PRECISIONS, FiniteWatch, MetricsLog, autocast, check_log, check_resume_steps, choose_device,
+                    epoch_order, load_state, progress_bar, save_state, saved_hint, uses_bf16)
 
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -95,6 +98,7 @@ class DiTTrainConfig:
     grad_checkpointing: bool = False
     seed: int = 0
     device: str | None = None
+    log: str = "jsonl"  # "jsonl" (metrics.jsonl) or "tensorboard" (metrics.jsonl and tensorboard/ event files)
     stop_at: int | None = None  # stop (as if killed) after this step, without saving: tests of --resume
     digest_file: str | None = None  # tests: each rank writes sha256 of its weights to this path ({rank} filled in)
 
@@ -131,7 +135,7 @@ class Dist:
 
 
 def setup_distributed(device: str | None = None) -> Dist:
-    """One process, or one of ``WORLD_SIZE`` started by torchrun / accelerate launch.
+    """One process, or one of ``WORLD_SIZE`` started by torchrun.
 
     Under torchrun the device is ``cuda:LOCAL_RANK`` (never ``cuda:RANK``: on node 2 of 2x8 GPUs RANK is 8..15)
     with NCCL; with ``--device cpu`` or without CUDA, the CPU with gloo.
@@ -206,6 +210,7 @@ def check_config(cfg: DiTTrainConfig) -> None:
     check_seed("seed", cfg.seed)
     if cfg.precision not in PRECISIONS:
         raise InvalidOption("precision", cfg.precision, f"choose one of {', '.join(PRECISIONS)}")
+    check_log(cfg.log)
     if cfg.stop_at is not None:
         check_number("stop_at", cfg.stop_at, 1, whole=True)
 
@@ -245,7 +250,8 @@ def latents_info(ds, root) -> dict:
     return {"root": str(root), "vae_digest": ds.index["vae_digest"], "catalog_digest": ds.index["catalog_digest"],
             "source_digest": ds.index.get("source_digest"), "tiles": len(ds),
             "latent_shape": list(ds.mean.shape[1:]), "latents_mean": ds.latents_mean.flatten().tolist(),
-            "latents_std": ds.latents_std.flatten().tolist()}
+            "latents_std": ds.latents_std.flatten().tolist(), "bands": ds.index.get("bands"),
+            "band_names": ds.index.get("band_names")}
 
 
 def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
@@ -351,8 +357,8 @@ class Evaluator:
     ``fd_n`` decoded training latents (posterior means: the reference shares the VAE's reconstruction error, so FD
     measures the DiT alone). Samples use a fixed seed, so grids of successive steps show the same noise."""
 
-    def __init__(self, cfg: DiTTrainConfig, ds, vae, out: Path, device: torch.device):
-        self.cfg, self.ds, self.vae, self.out, self.device = cfg, ds, vae, out, device
+    def __init__(self, cfg: DiTTrainConfig, ds, vae, out: Path, device: torch.device, log: MetricsLog | None = None):
+        self.cfg, self.ds, self.vae, self.out, self.device, self.log = cfg, ds, vae, out, device, log
         self.diffusion = diffusion_of(asdict(cfg))
         self.sampler = "euler" if cfg.diffusion == "flow" else "ddpm"
         self.latent_shape = tuple(ds.mean.shape[1:])
@@ -369,7 +375,11 @@ class Evaluator:
         else:  # no VAE: show the normalised latents themselves, ±3σ → [-1, 1]
             tiles = (z / 3).clamp(-1, 1)
         kind = "tiles" if self.vae is not None else "latents"
-        write_grids(tiles[:self.cfg.sample_n], self.out / "samples", f"step-{step:07d}-{kind}")
+        pictures = grid_pictures(tiles[:self.cfg.sample_n])
+        write_grids(tiles[:self.cfg.sample_n], self.out / "samples", f"step-{step:07d}-{kind}", pictures)
+        if self.log is not None:
+            for view, picture in pictures.items():
+                self.log.image(f"samples/{kind}_{view}", picture, step)
         if self.compare_sets is not None:
             record.update(self._fd(tiles[:self.cfg.fd_n]))
         return record
@@ -472,8 +482,9 @@ def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Di
         from .vae import load_vae
 
         vae = load_vae(vae_dir, d.device)
-    log = MetricsLog(out / METRICS_FILE) if d.is_main else None
-    evaluate = Evaluator(cfg, ds, vae, out, d.device) if d.is_main and cfg.sample_every else None
+    log = MetricsLog(out / METRICS_FILE, tensorboard=cfg.log == "tensorboard", resume_step=step if resume else None) \
+        if d.is_main else None
+    evaluate = Evaluator(cfg, ds, vae, out, d.device, log) if d.is_main and cfg.sample_every else None
     n_params = count_parameters(model)
     if d.is_main:
         header = dict(event="start" if not resume else "resume", step=step, model=cfg.model, params=n_params,
@@ -532,6 +543,9 @@ def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Di
                     last.update(rec)
             if d.is_main and (step % cfg.save_every == 0 or final):
                 checkpoint(state_path)
+            if d.is_main and final:
+                write_export(out / EXPORT_DIR, ema=ema, model=model, name=cfg.model, diffusion=run_step.diffusion,
+                             train_config=asdict(cfg), latents=info, step=step)
             if d.is_main and cfg.keep_every and step % cfg.keep_every == 0:
                 checkpoint(out / "checkpoints" / f"step-{step:07d}.pt")
             if out_of_time:
@@ -584,7 +598,7 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
     posterior variance. ``vae_digest`` names the (pretend) VAE; the catalog digest names ``seed``, ``n`` and
     ``shape``, so other latents are other latents to a resumed run."""
     from ..atomic import atomic_output
-    from .latents import FORMAT, INDEX_FILE, shard_name, write_shard
+    from .latents import FORMAT, INDEX_FILE, JSON_META, shard_name, write_shard
 
     root = Path(root)
     c, h, w = shape
@@ -605,8 +619,7 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
                     ids[lo:lo + shard_size], {**meta, "shard": str(k)})
         shards.append(shard_name(k))
     index = {"format": FORMAT, "tiles": n, "shards": shards, "shard_size": shard_size, "latent_shape": list(shape),
-             **{k: (json.loads(v) if k in ("latents_mean", "latents_std", "bands") else v) for k, v in meta.items()
-                if k != "shard_size"}}
+             **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"}}
     with atomic_output(root / INDEX_FILE) as tmp:
         tmp.write_text(json.dumps(index, indent=2))
     return root

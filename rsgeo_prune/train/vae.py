@@ -14,7 +14,8 @@ Loss per batch (images in [-1, 1], nodata pixels left out of the reconstruction 
 Run layout under ``out``: ``state.pt`` (training state for ``--resume``, with the run key),
 ``best/`` (the best checkpoint so far, while training), ``vae/`` (the finished model: the best
 checkpoint by validation loss with its latent scale and report, diffusers format, written as a whole
-at the end), ``metrics.jsonl``, ``recon.png``.
+at the end), ``metrics.jsonl``, ``recon.png`` and, with ``log="tensorboard"``, ``tensorboard/`` (the same scalars and
+the reconstruction grid of each validation).
 
 A run is keyed by what made it (:func:`run_key`: the tiles of each split, their source files'
 identities, bands, crop, the validation split and the config); ``--resume`` continues only a run of
@@ -40,8 +41,9 @@ from ..atomic import atomic_folder, atomic_output, check_writable, output_folder
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .dataset import to_model_range
 from .augment import RadiometricJitter
-from .state import (PRECISIONS, EpochSampler, FiniteWatch, LossNotFinite, MetricsLog, autocast, check_resume_steps,
-                    choose_device, load_state, progress_bar, read_state, save_state, saved_hint, seed_everything)
+from .state import (PRECISIONS, EpochSampler, FiniteWatch, LossNotFinite, MetricsLog, autocast, check_log,
+                    check_resume_steps, choose_device, load_state, progress_bar, read_state, save_state, saved_hint,
+                    seed_everything)
 
 #: Named sizes of the KL autoencoder (8x downsampling = 4 blocks). Step times: batch 16 of
 #: 4 x 64 x 64 tiles, one CPU thread of this machine, forward + backward + AdamW.
@@ -199,6 +201,7 @@ class VAETrainConfig:
     precision: str = "auto"
     # NHWC activations: 1.04x in fp32 on one Xeon thread, 0.8x under bf16 autocast (benchmarks/vae.py)
     channels_last: bool = False
+    log: str = "jsonl"  # "jsonl" (metrics.jsonl) or "tensorboard" (metrics.jsonl and tensorboard/ event files)
     stop_at: int | None = None  # stop (as if killed) after this step without a final save: tests of --resume
 
     def __post_init__(self):
@@ -224,6 +227,7 @@ class VAETrainConfig:
             raise InvalidOption("lr_schedule", self.lr_schedule, f"choose one of {', '.join(LR_SCHEDULES)}")
         if self.precision not in PRECISIONS:
             raise InvalidOption("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+        check_log(self.log)
         if self.lpips_weight > 0 and not self.lpips:
             raise InvalidOption("lpips_weight", self.lpips_weight, "needs a local LPIPS file (--lpips FILE); "
                                                                    "nothing is downloaded")
@@ -246,7 +250,7 @@ LR_SCHEDULES = ("cosine", "constant")
 #: Settings a resumed run may change: how long and how often, where and in what precision it runs, and the
 #: optimiser's step size (lower it to go on after a NaN). Every other setting is part of the run key.
 RESUMABLE = ("steps", "minutes", "val_every", "save_every", "log_every", "num_workers", "device", "precision",
-             "channels_last", "stop_at", "lr", "weight_decay")
+             "channels_last", "stop_at", "lr", "weight_decay", "log")
 
 
 def run_key(train_ds, val_ds, cfg: VAETrainConfig, monitor: dict | None = None, split: dict | None = None) -> dict:
@@ -404,7 +408,7 @@ def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: 
         step, epoch, position = pos["step"], pos["epoch"], pos["position"]
         best_val, best_step = pos["extra"].get("best_val", math.inf), pos["extra"].get("best_step", -1)
         elapsed_before = float(pos["extra"].get("elapsed_s", 0.0))
-    log = MetricsLog(out / "metrics.jsonl")
+    log = MetricsLog(out / "metrics.jsonl", tensorboard=cfg.log == "tensorboard", resume_step=step if resume else None)
     bar = progress_bar(cfg.steps, step, progress)
     watch = FiniteWatch(device)
     t_start, tiles_seen, t_window = time.perf_counter(), 0, time.perf_counter()
@@ -460,6 +464,8 @@ def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: 
                         extra[f"{name}_psnr"], extra[f"{name}_sam_deg"] = m["psnr"], m["sam_deg"]
                     log.log(step=step, val_loss=val, elapsed_s=round(elapsed_before + time.perf_counter() - t_start, 1),
                             lr=opt.param_groups[0]["lr"], **extra)
+                    if log.tensorboard_dir is not None:
+                        log.image("recon/input_over_output", recon_picture(model, val_ds, device), step)
                     if val < best_val:
                         best_val, best_step = val, step
                         save_vae(model, out / BEST_DIR)
@@ -712,12 +718,21 @@ def evaluate(vae, ds, cfg: VAETrainConfig | None = None, device="cpu", *, baseli
     return out
 
 
-@torch.no_grad()
 def recon_grid(vae, ds, path: Path, device="cpu", n: int = 8) -> Path:
-    """A PNG of ``n`` tiles: input above output, in RGB (bands 1-3) and, with 4+ bands, in NIR-R-G
-    false colour (bands 4, 1, 2); each tile stretched as the data is (no per-tile rescale)."""
+    """:func:`recon_picture` as a PNG."""
     from PIL import Image
 
+    arr = recon_picture(vae, ds, device, n)
+    with atomic_output(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return path
+
+
+@torch.no_grad()
+def recon_picture(vae, ds, device="cpu", n: int = 8) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 picture of ``n`` tiles: input above output, in RGB (bands 1-3) and, with 4+ bands, in
+    NIR-R-G false colour (bands 4, 1, 2); each tile stretched as the data is (no per-tile rescale). Leaves the
+    model in eval mode."""
     vae.eval()
     batch = next(iter(_plain_loader(ds, n, n)))
     x = _model_batch(batch, ds, device)["image"]
@@ -730,13 +745,10 @@ def recon_grid(vae, ds, path: Path, device="cpu", n: int = 8) -> Path:
         for img in (x, y):
             rows.append(torch.cat([img[k, list(view)] for k in range(img.shape[0])], dim=2))
     grid = torch.cat(rows, dim=1)
-    arr = ((grid.cpu().numpy().transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    with atomic_output(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
-    return path
+    return ((grid.cpu().numpy().transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
 
 
 __all__ = ["BEST_DIR", "LR_SCHEDULES", "PRESETS", "RESUMABLE", "check_run_key", "check_tile_size", "run_key",
            "ssim_window", "vae_downsampling", "vae_folder", "ReconMetrics", "cpu_has_amx", "jitter_of", "lr_factor", "resolve_precision", "VAETrainConfig", "VAETrainResult", "bicubic_x8", "build_vae", "evaluate",
-           "latent_scale", "load_vae", "measure_latent_scale", "recon_grid", "save_vae", "train_vae", "vae_digest",
+           "latent_scale", "load_vae", "measure_latent_scale", "recon_grid", "recon_picture", "save_vae", "train_vae", "vae_digest",
            "validation_loss"]

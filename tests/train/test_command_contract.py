@@ -124,6 +124,7 @@ def _train_vae_cases(w):
         "unknown preset": (new + ["--preset", "huge"], ["--preset", "huge"]),
         "batch larger than the tiles": ([cat, *VAE, "--batch-size", "64"], ["fewer than one batch of 64"]),
         "resume without a run": (resume, ["no training state to resume from"]),
+        "log not a choice": (new + ["--log", "wandb"], ["--log", "wandb"]),
     }
 
 
@@ -143,7 +144,7 @@ def _vae_resume_cases(w):
 TRAIN_VAE = ["lr nan", "lr negative", "kl-weight nan", "ssim-weight inf", "lpips-weight without a file", "minutes nan",
              "seed negative", "workers negative", "steps zero", "val-fraction nan", "crop not a multiple of 8",
              "tiles not a multiple of 8", "duplicate bands", "band out of range", "unknown preset",
-             "batch larger than the tiles", "resume without a run"]
+             "batch larger than the tiles", "resume without a run", "log not a choice"]
 VAE_RESUME = ["resume with another seed", "resume with another crop", "resume with other jitter",
               "resume with another split", "resume on another catalog", "resume with fewer steps",
               "new run into a used folder"]
@@ -205,6 +206,7 @@ def _train_dit_cases(w):
         "sample-steps past the ddpm's": (new + ["--sample-steps", "2000"], ["--sample-steps 2000", "at most 1000"]),
         "corrupt index.json": ([w["bad_index"], *DIT], ["index.json: not a readable latent index", "encode again"]),
         "no VAE at --vae": (new + ["--vae", w["root"] / "nothing"], ["nothing", "no VAE here"]),
+        "log not a choice": (new + ["--log", "wandb"], ["--log", "wandb"]),
     }
 
 
@@ -220,7 +222,7 @@ def _dit_resume_cases(w):
 
 TRAIN_DIT = ["lr nan", "lr negative", "weight-decay nan", "grad-clip nan", "minutes nan", "seed negative",
              "ema-decay one", "logit-normal time with ddpm", "sample-steps past the ddpm's", "corrupt index.json",
-             "no VAE at --vae"]
+             "no VAE at --vae", "log not a choice"]
 DIT_RESUME = ["resume on other latents of the same VAE", "resume with fewer steps", "resume with another seed"]
 
 
@@ -262,6 +264,18 @@ SAMPLE_CASES = ["eta nan", "eta negative", "eta with the ddpm sampler", "steps p
 def test_sample_refuses_bad_input_in_one_line(case, w, tmp_path, capsys):
     args, needles = _sample_cases(w)[case]
     _expect_refusal(capsys, "sample", args, tmp_path / "s", needles)
+
+
+@pytest.mark.parametrize("command", ["train-vae", "train-dit"])
+def test_tensorboard_logs_without_the_package_are_refused_before_anything_is_written(command, w, tmp_path, capsys,
+                                                                                      monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    args = [w["cat"], *VAE] if command == "train-vae" else [w["lat"], *DIT]
+    _expect_refusal(capsys, command, args + ["--log", "tensorboard"], tmp_path / "run",
+                    ["--log 'tensorboard'", "needs the tensorboard package"])
 
 
 def test_sample_refuses_a_folder_of_other_files(w, capsys):

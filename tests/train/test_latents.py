@@ -167,3 +167,31 @@ def test_cli_exit_code_two_with_one_line(setup, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no kept tiles" in err[0]
     assert not (tmp_path / "run" / "state.pt").exists()
+
+
+def test_band_names_of_the_rasters_reach_the_index_and_the_sample_bands(setup, tmp_path):
+    """A raster that describes its bands (NIR first): encode records the selection's names, which name the samples."""
+    import shutil
+
+    import rasterio
+
+    from rsgeo_prune.train.sampling import sample_bands
+
+    table, vae_dir, _ = setup
+    src = tmp_path / "named.tif"
+    shutil.copy(table["href"].iloc[0], src)
+    with rasterio.open(src, "r+") as dst:
+        for k, name in enumerate(["NIR", "Red", "Green", "Blue"], start=1):
+            dst.set_band_description(k, name)
+    named = table.assign(href=str(src))
+    ds = CatalogDataset(named)
+    assert ds.bands == [2, 3, 4, 1] and ds.band_names == ["red", "green", "blue", "nir"]
+    assert CatalogDataset(named, bands=[1, 2]).band_names == ["nir", "red"]
+    index = lat.encode_catalog(ds, vae_dir, tmp_path / "z", progress=False)
+    assert index["bands"] == [2, 3, 4, 1] and index["band_names"] == ["red", "green", "blue", "nir"]
+    bands, origin = sample_bands(index, 4)
+    assert origin == "source rasters" and [(b["source_band"], b["name"]) for b in bands] == \
+        [(2, "red"), (3, "green"), (4, "blue"), (1, "nir")]
+    with rasterio.open(src, "r+") as dst:
+        dst.set_band_description(4, "")
+    assert CatalogDataset(named, bands=[1, 4]).band_names == ["nir", None]  # a band of no name: None

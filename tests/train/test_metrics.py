@@ -163,7 +163,7 @@ def test_kid_is_seeded():
     assert kernel_inception_distance(a, b, 7, 30, seed=3) != kernel_inception_distance(a, b, 7, 30, seed=4)
     # equal sets used whole: the subset size is capped and no spread is left
     std, m = kernel_inception_distance(a[:70], b, 5, 10_000)[1:]
-    assert m == 70 and std == pytest.approx(0.0, abs=1e-12)
+    assert m == 70 and std == 0.0  # the same rows in the same order every time: not rounding noise (~1e-16)
 
 
 # ------------------------------------------------------------------------------------- torchmetrics
@@ -178,6 +178,9 @@ def test_torchmetrics_fid_and_kid_agree_with_ours():
     # one subset of the whole (equal-size) sets: no draws left to differ
     tm_mean, _ = torchmetrics_kid(a[:280], b, space, subsets=1, subset_size=280)
     assert tm_mean == pytest.approx(kernel_inception_distance(fa[:280], fb, 1, 280)[0], rel=1e-9)
+    # the bridge takes a registry name as compare_sets does
+    assert torchmetrics_fid(a[:40], b[:40], "random-cnn-0") == torchmetrics_fid(a[:40], b[:40], space)
+    assert torchmetrics_kid(a[:40], b[:40], "random-cnn-0", 1, 40) == torchmetrics_kid(a[:40], b[:40], space, 1, 40)
 
 
 # ------------------------------------------------------------------------------------------ digests

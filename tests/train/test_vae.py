@@ -179,3 +179,32 @@ def test_spectral_angle_term_is_one_minus_cosine_on_valid_pixels():
     assert 0 < float(terms["sam"]) < 1
     torch.testing.assert_close(terms["loss"], terms["l1"] + 1e-6 * terms["kl"] + 10.0 * terms["sam"])
     assert "sam" not in _loss_terms(vae, x, valid, VAETrainConfig(preset="tiny"))
+
+
+def test_tensorboard_log_holds_losses_validation_and_reconstructions_and_a_resume_replaces_what_it_redoes(tiles, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ds = CatalogDataset(tiles)
+    cfg = _cfg(log="tensorboard")
+    train_vae(ds, ds, tmp_path / "run", _cfg(log="tensorboard", stop_at=6), progress=False)  # saved at step 4
+    train_vae(ds, ds, tmp_path / "run", cfg, resume=True, progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/l1", "train/kl", "train/tiles_per_s", "eval/val_loss"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]  # the first run's step 6 was dropped
+    assert [e.step for e in events.Scalars("eval/val_loss")] == [4, 8]
+    assert [e.step for e in events.Images("recon/input_over_output")] == [4, 8]
+    jsonl = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in jsonl if "loss" in r] == [2, 4, 6, 6, 8]  # the JSONL log keeps both runs' lines
+
+
+def test_tensorboard_without_the_package_is_refused(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(RSGeoPruneError, match="needs the tensorboard package"):
+        _cfg(log="tensorboard")
+    with pytest.raises(RSGeoPruneError, match="choose one of jsonl, tensorboard"):
+        _cfg(log="wandb")
