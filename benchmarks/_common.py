@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rsgeo_prune.synth import write_scene
 
-#: (bands, rows, cols) of a real NAIP quarter-quad at 1 m, as the issues specify.
+#: (bands, rows, cols) of a real NAIP quarter-quad at 1 m.
 NAIP_SHAPE = (4, 7575, 5893)
 
 

@@ -1,6 +1,6 @@
 """Training-data throughput: CatalogDataset through a DataLoader vs a bare rasterio window-read loop
 over the same tiles, in the same order, with 0 and 2 workers and two GDAL block-cache sizes.
-Prints a table (no assertions; issue 13's target: dataset >= 0.8x bare).
+Prints a table (no assertions; target: dataset >= 0.8x bare).
 
 Both sides are DataLoaders (batch ``--batch``, no shuffling, fresh workers per pass as the trainers
 use them: ``persistent_workers=False``), so worker start-up, collation and the tensors' trip
@@ -176,7 +176,7 @@ def main() -> None:
     tiles = next(iter(results.values()))["tiles"]
     print(f"\n{tiles} tiles of 4 x {args.tile_size} x {args.tile_size} uint8 (deflate, {args.tile_size}-px blocks, "
           f"nodata 0), batch {args.batch}, best of {args.repeat} alternating passes; "
-          f"issue 13's target is the 'raw' row (the scaling then runs on the device)")
+          f"the target applies to the 'raw' row (the scaling then runs on the device)")
     print_table(rows)
 
 

@@ -34,7 +34,7 @@ from rsgeo_prune.train.state import read_metrics  # noqa: E402
 from rsgeo_prune.train.trainer import (DiTTrainConfig, TrainStep, build_training, enable_tf32, train_dit,  # noqa: E402
                                        write_synthetic_latents)
 
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM: the yardstick
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM: the yardstick of the MFU target
 #: dense bf16 peaks by device name (vendor data sheets), so a PCIe or NVL card is also judged by its own peak
 BF16_PEAKS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
               ("L40S", 362e12))

@@ -137,7 +137,7 @@ def test_console_script_exit_code(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Bad options and inputs of the run, entropy, map and centroids commands: one line, exit 2,
-# nothing written (a table: every case failed with a traceback or silently before issue 11)
+# nothing written (a table of bad inputs)
 # ---------------------------------------------------------------------------------------------
 
 def _bad_cases(world, small_run):

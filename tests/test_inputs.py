@@ -1,4 +1,4 @@
-"""Input hardening and interoperability (issue 11): NaN as nodata, files given twice, manifest
+"""Input hardening and interoperability: NaN as nodata, files given twice, manifest
 values, gsd in metres. Tables of small cases; every raster is a few 32-px tiles."""
 
 from __future__ import annotations
