@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from pathlib import Path
 
@@ -35,3 +36,14 @@ def print_table(rows: list[tuple[str, str, str]]) -> None:
     print(f"\n{'benchmark':<{w}}  {'figure':>12}  note")
     for name, fig, note in rows:
         print(f"{name:<{w}}  {fig:>12}  {note}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

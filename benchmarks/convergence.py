@@ -74,7 +74,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -900,12 +899,9 @@ def run(p: dict, work: Path) -> dict:
     table = summarise(runs, p, refs)
     last = p["checkpoints"][-1]
     goal = table[f"full|{last}|{PRIMARY}|{TARGET}|fd"]["mean"]
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from _common import cpu_name  # the script's folder is on sys.path when it runs
+
+    cpu = cpu_name()
     res = dict(protocol=p, protocol_digest=digest(p), refs=refs, k=data["k"], facts=facts,
                machine=f"{cpu}, {os.cpu_count()} cores (AMX: {cpu_has_amx()}), torch threads 1, {p['procs']} DiT processes",
                date=time.strftime("%Y-%m-%d"), seconds={k: round(v, 1) for k, v in times.items()},

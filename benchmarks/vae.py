@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import cpu_name
 from rsgeo_prune import TileConfig, tiles_stage
 from rsgeo_prune.train.dataset import CatalogDataset, hash_split, split_validation
 from rsgeo_prune.train.state import PRECISIONS
@@ -61,16 +61,6 @@ def step_time(preset: str, batch: int, tile: int, layout, precision: str, steps:
 def spread(n: int, k: int) -> list[int]:
     """``k`` indexes spread evenly over ``range(n)`` (a monitor subset that covers every held-out year)."""
     return sorted({int(i) for i in np.linspace(0, n - 1, min(k, n))})
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
