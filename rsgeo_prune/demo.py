@@ -15,7 +15,7 @@ import pandas as pd
 from .catalog import read_catalog, write_geoparquet
 from .config import RunConfig, TileConfig
 from .pipeline import run_pipeline
-from .status import DUPLICATE, pruned_counts, summary_line
+from .status import DUPLICATE, REASONS, pruned_counts, summary_line
 from .synth import write_reference_set, write_scene
 from .tile_table import tiles_stage
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
 
     print("\nOpen the catalogs with geopandas.read_parquet(...) or DuckDB; each row is a tile with its "
           "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, entropy (gray, bits), entropy_bands, cluster, similarity, rank,\n"
-          "kept and pruned_by (nodata, mask, entropy, selection or null for kept tiles).")
+          f"kept and pruned_by ({', '.join(REASONS)} or null for kept tiles).")
     return 0
 
 
