@@ -478,9 +478,12 @@ def _pairwise_sq_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``(Nx, Ny)`` squared Euclidean distances in float64, by differences (no ``‖x‖² − 2x·y + ‖y‖²``
     cancellation: near-equal samples, the ones precision and recall count, keep their digits)."""
     out = np.empty((len(x), len(y)))
-    for i in range(0, len(x), 256):  # bounded memory: 256 · Ny · D floats at a time
-        d = x[i:i + 256, None, :] - y[None, :, :]
-        out[i:i + 256] = np.einsum("ijk,ijk->ij", d, d)
+    # a few rows at a time, so that the (rows, Ny, D) differences stay in cache (~2 MB): 10-20x faster than
+    # large blocks, and each entry is the same sum in the same order whatever the block
+    rows = max(1, (1 << 18) // max(1, len(y) * x.shape[1]))
+    for i in range(0, len(x), rows):
+        d = x[i:i + rows, None, :] - y[None, :, :]
+        out[i:i + rows] = np.einsum("ijk,ijk->ij", d, d)
     return out
 
 
@@ -489,11 +492,6 @@ def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
     d = _pairwise_sq_dist(x, x)
     np.fill_diagonal(d, np.inf)
     return np.partition(d, k - 1, axis=1)[:, k - 1]
-
-
-def _coverage(queries: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """``True`` for each query inside at least one ball ``‖q − centre‖² ≤ radius``."""
-    return (_pairwise_sq_dist(queries, centres) <= radii[None, :]).any(axis=1)
 
 
 @dataclass(frozen=True)
@@ -525,8 +523,9 @@ def precision_recall(real_feats, fake_feats, *, k: int = 3, real_classes=None) -
     if not (isinstance(k, (int, np.integer)) and 1 <= k < min(len(real), len(fake))):
         raise RSGeoPruneError(f"k {k!r}: must be a whole number from 1 to one less than the smaller set "
                               f"({min(len(real), len(fake))} samples)")
-    inside_real = _coverage(fake, real, _knn_radii(real, k))
-    covered = _coverage(real, fake, _knn_radii(fake, k))
+    cross = _pairwise_sq_dist(fake, real)  # (Nf, Nr); its transpose is real-to-fake, the same numbers
+    inside_real = (cross <= _knn_radii(real, k)[None, :]).any(axis=1)
+    covered = (cross <= _knn_radii(fake, k)[:, None]).any(axis=0)
     per_class = {}
     if real_classes is not None:
         labels = np.asarray(real_classes, dtype=object)
