@@ -189,6 +189,7 @@ def _tiles_of(path: Path, size: int, cols: tuple[int, int] | None = None) -> tup
         a = src.read()
         nodata = src.nodata
     c0, c1 = cols or (0, a.shape[2])
+    c1 = min(c1, a.shape[2])  # an open-ended range stops at the raster's edge
     tiles, offs = [], []
     for r in range(0, a.shape[1] - size + 1, size):
         for c in range(c0, c1 - size + 1, size):
