@@ -4,6 +4,8 @@ cycle and no stage imports the orchestrator or a front end; the training wing ne
 selection code."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,7 +119,8 @@ def test_the_checker_sees_function_local_imports(tmp_path):
 
 
 def test_no_module_imports_the_package_root():
-    """``from . import __version__`` in a stage loads the whole package (the root imports the stages)."""
+    """The root re-exports names of every stage, so it sits above them all: ``from . import __version__``
+    in a stage would close a cycle through the root."""
     bad = []
     for name, path in _modules().items():
         if not name:
@@ -129,3 +132,41 @@ def test_no_module_imports_the_package_root():
                 bad.append(f"{name}: from {'.' * node.level}{node.module or ''} import "
                            + ", ".join(a.name for a in node.names))
     assert not bad, "; ".join(bad)
+
+
+HEAVY = ("geopandas", "dask", "numba", "rasterio")
+
+
+def _loaded_after(statement: str) -> set[str]:
+    """Top-level packages in ``sys.modules`` after ``statement`` runs in a fresh interpreter."""
+    code = f"import sys\n{statement}\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_importing_the_dit_loads_no_geodata_stack():
+    """The package root is lazy (PEP 562): a training module does not pay for the curation stages."""
+    loaded = _loaded_after("import rsgeo_prune.train.dit")
+    assert "torch" in loaded  # the probe sees what the import loads
+    assert not loaded & set(HEAVY), f"import rsgeo_prune.train.dit loaded {sorted(loaded & set(HEAVY))}"
+
+
+def test_the_root_loads_a_name_on_first_use():
+    """``rsgeo_prune.<name>`` still resolves every re-exported name; only then is its stage imported."""
+    assert not _loaded_after("import rsgeo_prune") & set(HEAVY)
+    loaded = _loaded_after("import rsgeo_prune\nassert rsgeo_prune.tiles_stage.__module__ == 'rsgeo_prune.tile_table'")
+    assert {"geopandas", "rasterio"} <= loaded
+    import rsgeo_prune
+
+    for name in rsgeo_prune.__all__:
+        assert getattr(rsgeo_prune, name).__name__ == name
+    assert rsgeo_prune.pipeline.__name__ == "rsgeo_prune.pipeline"  # modules too, after a plain import
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        rsgeo_prune.no_such_name
+
+
+def test_pixels_does_not_load_stage_one():
+    """The pixel scaling lives in pixels: reading pixels needs neither entropy nor numba."""
+    loaded = _loaded_after("import rsgeo_prune.pixels; assert 'rsgeo_prune.entropy' not in sys.modules")
+    assert "numba" not in loaded and "rasterio" in loaded
