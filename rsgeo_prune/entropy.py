@@ -216,9 +216,11 @@ def tile_histograms(tiles: np.ndarray, nodata: float | None = None, *, lo=None, 
     if tiles.dtype == np.uint8 and not (nodata is not None and not float(nodata).is_integer()):
         has = nodata is not None and 0 <= nodata <= 255
         return _batch_histograms(np.ascontiguousarray(tiles), np.uint8(nodata if has else 0), has)
-    valid = np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles) else np.zeros((0,) + tiles.shape[2:], np.uint8)
+    valid = (np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles)
+             else np.zeros((0,) + tiles.shape[2:], np.uint8))
     if lo is None or hi is None:
-        lo, hi = percentile_range(np.concatenate(list(tiles), axis=2) if len(tiles) else tiles[:0].reshape(tiles.shape[1], 0, 0), nodata)
+        side_by_side = np.concatenate(list(tiles), axis=2) if len(tiles) else tiles[:0].reshape(tiles.shape[1], 0, 0)
+        lo, hi = percentile_range(side_by_side, nodata)
     levels = np.stack([stretch_levels(t, lo, hi) for t in tiles]) if len(tiles) else tiles.astype(np.uint8)
     return _batch_histograms_masked(levels, valid)
 

@@ -284,7 +284,8 @@ class PixelReader:
         if fact is None:
             from rasterio.enums import MaskFlags
 
-            fact = (self._nodata_of(src) is None and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
+            fact = (self._nodata_of(src) is None
+                    and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
                     and all(list(flags) == [MaskFlags.all_valid] for flags in src.mask_flag_enums))
             self._all_valid[href] = fact
         return fact
