@@ -19,7 +19,8 @@ Rules (documented once, used everywhere):
   2nd–98th percentile stretch per band, ``level = round(255 * clip((v - p2) / (p98 - p2), 0, 1))``,
   the percentiles taken once per scene from a decimated read (at most ~1024 px on the long side;
   GDAL uses the overviews when the file has them), nodata excluded — the same mapping for every
-  tile of the scene.
+  tile of the scene. The mapping is :mod:`rsgeo_prune.pixels`' (``stretch_levels``,
+  ``scene_percentiles``), so the levels counted here are the ones every pixel reader sees.
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ import numpy as np
 from ._parallel import map_slices
 from .errors import InvalidOption, RSGeoPruneError
 from .exact import portable_log2
+from .pixels import percentile_range, scene_percentiles, stretch_levels, valid_pixels
 from .tiling import window_sums
 
 log = logging.getLogger(__name__)
 
 LEVELS = 256
 LUMA_WEIGHTS = (77, 150, 29)  # BT.601 in 1/256 steps; they sum to 256
-STRETCH_PERCENTILES = (2.0, 98.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,53 +196,6 @@ def entropy_from_histograms(hist: np.ndarray) -> np.ndarray:
     return h
 
 
-def stretch_levels(block: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Map ``(C, H, W)`` values to uint8 levels with per-band ``lo``/``hi`` (the percentile stretch)."""
-    lo = np.asarray(lo, np.float64).reshape(-1, 1, 1)
-    span = np.maximum(np.asarray(hi, np.float64).reshape(-1, 1, 1) - lo, 1e-12)
-    q = (block.astype(np.float64) - lo) / span
-    return np.rint(np.clip(np.nan_to_num(q, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
-    """``(H, W)`` uint8: 1 where at least one band holds data (not nodata, not NaN), from ``(C, H, W)``."""
-    bad = np.zeros(block.shape, bool)
-    if np.issubdtype(block.dtype, np.floating):
-        bad |= np.isnan(block)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        bad |= block == nodata
-    return (~bad.all(axis=0)).astype(np.uint8)
-
-
-def percentile_range(sample: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band 2nd and 98th percentiles of ``(C, H, W)`` ``sample``, nodata and NaN excluded."""
-    valid = valid_pixels(sample, nodata).astype(bool)
-    lo, hi = [], []
-    for band in sample:
-        v = band[valid]
-        v = v[np.isfinite(v)] if np.issubdtype(v.dtype, np.floating) else v
-        if v.size == 0:
-            lo.append(0.0)
-            hi.append(1.0)
-            continue
-        a, b = np.percentile(v.astype(np.float64), STRETCH_PERCENTILES)
-        lo.append(float(a))
-        hi.append(float(b) if b > a else float(a) + 1.0)
-    return np.array(lo), np.array(hi)
-
-
-def scene_percentiles(href: str, nodata: float | None, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """The scene's stretch (per-band 2nd/98th percentiles) from a decimated read of the whole raster."""
-    import rasterio
-    from rasterio.enums import Resampling
-
-    with rasterio.open(href) as src:
-        f = max(1, math.ceil(max(src.height, src.width) / max_side))
-        sample = src.read(out_shape=(src.count, math.ceil(src.height / f), math.ceil(src.width / f)),
-                          resampling=Resampling.nearest)
-    return percentile_range(sample, nodata)
-
-
 # ---------------------------------------------------------------------------------------------
 # Histograms of tiles: numpy batches, dask-backed rasters
 # ---------------------------------------------------------------------------------------------
@@ -262,9 +216,11 @@ def tile_histograms(tiles: np.ndarray, nodata: float | None = None, *, lo=None, 
     if tiles.dtype == np.uint8 and not (nodata is not None and not float(nodata).is_integer()):
         has = nodata is not None and 0 <= nodata <= 255
         return _batch_histograms(np.ascontiguousarray(tiles), np.uint8(nodata if has else 0), has)
-    valid = np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles) else np.zeros((0,) + tiles.shape[2:], np.uint8)
+    valid = (np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles)
+             else np.zeros((0,) + tiles.shape[2:], np.uint8))
     if lo is None or hi is None:
-        lo, hi = percentile_range(np.concatenate(list(tiles), axis=2) if len(tiles) else tiles[:0].reshape(tiles.shape[1], 0, 0), nodata)
+        side_by_side = np.concatenate(list(tiles), axis=2) if len(tiles) else tiles[:0].reshape(tiles.shape[1], 0, 0)
+        lo, hi = percentile_range(side_by_side, nodata)
     levels = np.stack([stretch_levels(t, lo, hi) for t in tiles]) if len(tiles) else tiles.astype(np.uint8)
     return _batch_histograms_masked(levels, valid)
 

@@ -13,7 +13,8 @@ Values come in three forms:
   :func:`read_tile_pixels`), and their sha256 :func:`pixel_digest` (exact copies have equal digests);
 * **unit** — float32 in [0, 1] (:meth:`PixelReader.read_unit`), for training.
 
-The scaling rule (documented in the README, shared with Stage I): uint8 is used as is (``/ 255``
+The scaling rule lives here (:func:`stretch_levels`, :func:`percentile_range`,
+:func:`scene_percentiles`, :func:`valid_pixels`; Stage I counts the same levels): uint8 is used as is (``/ 255``
 for unit); any other dtype is stretched per band between the 2nd and 98th percentiles of the
 *scene* (a decimated read of the whole raster, so every tile of a scene gets the same mapping) or,
 for a collection image, of the image itself; values outside are clipped. Nodata pixels (the file's
@@ -33,9 +34,59 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .entropy import percentile_range, scene_percentiles, stretch_levels, valid_pixels
 from .errors import RSGeoPruneError
 from .sources import decode_errors, read_image
+
+
+#: The stretch of non-uint8 rasters: per band, these percentiles map to levels 0 and 255.
+STRETCH_PERCENTILES = (2.0, 98.0)
+
+
+def stretch_levels(block: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Map ``(C, H, W)`` values to uint8 levels with per-band ``lo``/``hi`` (the percentile stretch)."""
+    lo = np.asarray(lo, np.float64).reshape(-1, 1, 1)
+    span = np.maximum(np.asarray(hi, np.float64).reshape(-1, 1, 1) - lo, 1e-12)
+    q = (block.astype(np.float64) - lo) / span
+    return np.rint(np.clip(np.nan_to_num(q, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def valid_pixels(block: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``(H, W)`` uint8: 1 where at least one band holds data (not nodata, not NaN), from ``(C, H, W)``."""
+    bad = np.zeros(block.shape, bool)
+    if np.issubdtype(block.dtype, np.floating):
+        bad |= np.isnan(block)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        bad |= block == nodata
+    return (~bad.all(axis=0)).astype(np.uint8)
+
+
+def percentile_range(sample: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 2nd and 98th percentiles of ``(C, H, W)`` ``sample``, nodata and NaN excluded."""
+    valid = valid_pixels(sample, nodata).astype(bool)
+    lo, hi = [], []
+    for band in sample:
+        v = band[valid]
+        v = v[np.isfinite(v)] if np.issubdtype(v.dtype, np.floating) else v
+        if v.size == 0:
+            lo.append(0.0)
+            hi.append(1.0)
+            continue
+        a, b = np.percentile(v.astype(np.float64), STRETCH_PERCENTILES)
+        lo.append(float(a))
+        hi.append(float(b) if b > a else float(a) + 1.0)
+    return np.array(lo), np.array(hi)
+
+
+def scene_percentiles(href: str, nodata: float | None, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """The scene's stretch (per-band 2nd/98th percentiles) from a decimated read of the whole raster."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(href) as src:
+        f = max(1, math.ceil(max(src.height, src.width) / max_side))
+        sample = src.read(out_shape=(src.count, math.ceil(src.height / f), math.ceil(src.width / f)),
+                          resampling=Resampling.nearest)
+    return percentile_range(sample, nodata)
 
 
 @dataclass(frozen=True)
@@ -233,7 +284,8 @@ class PixelReader:
         if fact is None:
             from rasterio.enums import MaskFlags
 
-            fact = (self._nodata_of(src) is None and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
+            fact = (self._nodata_of(src) is None
+                    and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
                     and all(list(flags) == [MaskFlags.all_valid] for flags in src.mask_flag_enums))
             self._all_valid[href] = fact
         return fact

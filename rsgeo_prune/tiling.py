@@ -199,7 +199,7 @@ def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile
     value or is NaN (so a float pixel that is NaN in every band is nodata with or without a
     declared nodata value, and one that is NaN in some bands only is not); for files without a
     nodata value, also where the per-dataset mask band says so. Integer rasters with neither have
-    no nodata. The same rule as :func:`rsgeo_prune.entropy.valid_pixels`.
+    no nodata. The same rule as :func:`rsgeo_prune.pixels.valid_pixels`.
 
     Exact for any stride: chunks hold whole tiles, so each chunk is reduced to invalid-pixel counts
     on a grid of ``g x g`` cells with ``g = gcd(tile_size, stride)`` (tile origins and edges fall on

@@ -7,7 +7,8 @@ import rasterio
 
 from rsgeo_prune import RSGeoPruneError, TileConfig, tiles_stage
 from rsgeo_prune.cli import main
-from rsgeo_prune.entropy import entropy_filter, stretch_levels, tile_entropy, tile_histograms
+from rsgeo_prune.entropy import entropy_filter, tile_entropy, tile_histograms
+from rsgeo_prune.pixels import stretch_levels
 from tests.conftest import shared
 
 
@@ -189,7 +190,7 @@ def test_napa_uint16_entropy_uses_the_scene_stretch():
     path = shared("naip", "napa_block_1m_uint16.tif")
     table = tiles_stage([path], TileConfig(tile_size=64, partial=True, entropy_min=0.0, max_nodata=1.0), progress=False)
     assert table["entropy"].notna().sum() >= 9 and table["entropy"].max() > 4
-    from rsgeo_prune.entropy import scene_percentiles
+    from rsgeo_prune.pixels import scene_percentiles
 
     lo, hi = scene_percentiles(str(path), 256)
     with rasterio.open(path) as src:

@@ -11,8 +11,8 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rsgeo_prune import RSGeoPruneError, TileConfig, tiles_stage
-from rsgeo_prune.entropy import scene_percentiles, stretch_levels
-from rsgeo_prune.pixels import PixelReader, read_tile_pixels
+from rsgeo_prune.pixels import (PixelReader, Stretch, percentile_range, read_tile_pixels, scene_percentiles,
+                                 stretch_levels, valid_pixels)
 
 from .conftest import shared
 
@@ -94,3 +94,48 @@ def test_real_uint16_naip_block_masks_its_nodata():
         fractions.append(1.0 - valid.mean())
     # the reader's nodata mask agrees with the tile table's nodata fraction
     assert np.allclose(fractions, table["nodata_frac"].to_numpy(), atol=1e-9)
+
+
+def test_stretch_levels_known_answers():
+    """``round(255 * clip((v - lo) / (hi - lo), 0, 1))`` per band; NaN → 0; a flat band (hi == lo)
+    splits at lo."""
+    block = np.array([[[-5.0, 0.0, 25.0, 50.2, 100.0, 150.0, np.nan]],
+                      [[9.0, 10.0, 11.0, 10.0, 10.0, 10.0, 10.0]]])
+    levels = stretch_levels(block, [0.0, 10.0], [100.0, 10.0])
+    assert levels.dtype == np.uint8
+    assert levels.tolist() == [[[0, 0, 64, 128, 255, 255, 0]], [[0, 0, 255, 0, 0, 0, 0]]]
+
+
+def test_valid_pixels_known_answers():
+    """A pixel is nodata only when every band is nodata or NaN."""
+    block = np.array([[[0.0, np.nan, 0.0, 5.0]],
+                      [[0.0, 3.0, np.nan, np.nan]]])
+    assert valid_pixels(block, 0).tolist() == [[0, 1, 0, 1]]
+    assert valid_pixels(block, None).tolist() == [[1, 1, 1, 1]]
+    assert valid_pixels(block, float("nan")).tolist() == [[1, 1, 1, 1]]
+    assert valid_pixels(np.array([[[7, 0]]], np.uint16), 0).dtype == np.uint8
+
+
+def test_percentile_range_known_answers():
+    """2nd/98th percentiles per band over valid pixels; NaN left out; a flat band gets hi = lo + 1;
+    a band without data gets (0, 1)."""
+    band0 = np.concatenate([np.arange(101.0), [np.nan, -9999.0, -9999.0]])
+    band1 = np.concatenate([np.full(102, 7.0), [-9999.0, -9999.0]])
+    lo, hi = percentile_range(np.stack([band0, band1])[:, None, :], -9999)
+    assert lo.tolist() == [2.0, 7.0] and hi.tolist() == [98.0, 8.0]
+    lo, hi = percentile_range(np.full((1, 2, 2), -9999.0), -9999)
+    assert lo.tolist() == [0.0] and hi.tolist() == [1.0]
+
+
+def test_scene_percentiles_and_unit_scaling_known_answers(tmp_path):
+    path = tmp_path / "ramp.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint16", crs="EPSG:32614",
+                       transform=from_origin(500_000, 5_000_000, 1, 1)) as dst:
+        dst.write(np.arange(100, dtype=np.uint16).reshape(1, 10, 10))
+    lo, hi = scene_percentiles(str(path), None)
+    assert lo == pytest.approx([1.98], abs=1e-12) and hi == pytest.approx([97.02], abs=1e-12)
+    stretch = Stretch(np.array([0.0]), np.array([100.0]))
+    assert stretch.to_unit(np.array([[[-5.0, 50.0, 150.0, np.nan]]])).tolist() == [[[0.0, 0.5, 1.0, 0.0]]]
+    assert stretch.to_levels(np.array([[[-5.0, 50.0, 150.0, np.nan]]])).tolist() == [[[0, 128, 255, 0]]]
+    identity = Stretch()
+    assert identity.to_unit(np.array([[[0, 51, 255]]], np.uint8)).tolist() == [[[0.0, np.float32(0.2), 1.0]]]

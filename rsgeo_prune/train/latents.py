@@ -28,7 +28,6 @@ import torch
 from ..atomic import atomic_output, check_writable, output_folder
 from ..errors import RSGeoPruneError, check_number
 from ..rundir import digest
-from .dataset import to_model_range
 from .state import autocast, choose_device, progress_bar, write_safetensors
 from .vae import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
 
@@ -106,6 +105,8 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
 
 @torch.no_grad()
 def _encode_range(vae, ds, rows: range, batch_size: int, device, num_workers: int, bar, factor: int):
+    from .dataset import to_model_range  # here: the dataset module loads the pixel reader and rasterio
+
     sub = torch.utils.data.Subset(ds, rows)
     loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(0))

@@ -39,7 +39,6 @@ import torch.nn.functional as F
 
 from ..atomic import atomic_folder, atomic_output, check_writable, output_folder
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
-from .dataset import to_model_range
 from .augment import RadiometricJitter
 from .state import (PRECISIONS, EpochSampler, FiniteWatch, LossNotFinite, MetricsLog, autocast, check_log,
                     check_resume_steps, choose_device, load_state, progress_bar, read_state, save_state, saved_hint,
@@ -77,6 +76,8 @@ PSNR_CAP = 100.0
 def _model_batch(batch: dict, ds, device) -> dict:
     """A DataLoader batch on ``device`` with ``image`` in [-1, 1]: datasets with ``output="raw"``
     send file values (uint8 is 4x smaller than float32) and are scaled here, where the model runs."""
+    from .dataset import to_model_range  # here: the dataset module loads the pixel reader and rasterio
+
     return to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)
 
 def build_vae(preset: str = "small", *, channels: int = 4, latent_channels: int = 4, downsample: int = 8,

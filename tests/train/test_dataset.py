@@ -11,7 +11,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rsgeo_prune import TileConfig, tiles_stage
-from rsgeo_prune.entropy import scene_percentiles
+from rsgeo_prune.pixels import scene_percentiles
 from rsgeo_prune.errors import RSGeoPruneError
 from rsgeo_prune.train.dataset import CatalogDataset, dihedral, hash_split
 
