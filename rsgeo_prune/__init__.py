@@ -1,6 +1,6 @@
 """rsgeo_prune: curate remote-sensing tile corpora for diffusion training (RS-Prune).
 
-The stages, each in its own module, in the order data flows (see the README's "Design"):
+The stages, each in its own module, in the order data flows (see docs/design.md):
 ``sources`` → ``tiling`` → ``masks`` → ``entropy`` → ``pixels`` → ``embed`` → ``kmeans`` →
 ``centroids`` → ``select`` → ``catalog``/``stac``; ``pipeline`` runs them in a resumable run
 directory (``rundir``); ``train`` turns a catalog into a VAE and a DiT.
