@@ -3,7 +3,7 @@ and the tasks the pipeline sends to them.
 
 Tasks are plain functions of their arguments, so any scheduler gives the same result: chunk
 boundaries are fixed by the ``chunk`` option, never by the number of workers, and every float they
-compute is independent of the thread count (see the README's "What 'identical' guarantees").
+compute is independent of the thread count (see docs/determinism.md).
 """
 
 from __future__ import annotations

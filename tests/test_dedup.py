@@ -34,7 +34,7 @@ def corpus(n=600, d=32, k=6, copies=120, noise=0.01, seed=0):
 
 
 def reference(cluster, order, z, budget, k, cosine=None, digests=None, pairs=(), max_per_place=None):
-    """The rule as the README states it, with every canonical cosine computed up front."""
+    """The rule as docs/curation.md states it, with every canonical cosine computed up front."""
     n = len(cluster)
     cos = canonical_matmul(z, np.asfortranarray(z.T)).astype(np.float64) if cosine is not None else None
     partners = {i: set() for i in range(n)}

@@ -15,7 +15,7 @@
 Both weight files hold the model's ``state_dict`` plus ``pos_embed`` (the fixed (1, T, D) position table, a
 buffer the model does not save), under facebookresearch/DiT's parameter names except those in
 :data:`OFFICIAL_NAMES`. :func:`load_dit` builds the model again (on the meta device, so it draws no random
-numbers); README "Loading the DiT elsewhere" rebuilds its forward pass in plain torch.
+numbers); docs/training.md "Loading the DiT elsewhere" rebuilds its forward pass in plain torch.
 
 The folder is written as a whole (:func:`~rsgeo_prune.atomic.atomic_folder`), every file mode 0644, and the same
 weights and run give the same bytes.

@@ -1,6 +1,7 @@
-"""What train-dit and sample write opens with outside tools: the DiT export (``load_dit`` and the README's plain-torch
-recipe in a process that cannot import this package give the trained EMA's output), TensorBoard event files, and
-sample files whose bands, dtype and range are named. DiT-tiny/2 on 48 synthetic 4x8x8 latents; a tiny VAE."""
+"""What train-dit and sample write opens with outside tools: the DiT export (``load_dit`` and the plain-torch
+recipe of docs/training.md in a process that cannot import this package give the trained EMA's output), TensorBoard
+event files, and sample files whose bands, dtype and range are named. DiT-tiny/2 on 48 synthetic 4x8x8 latents; a
+tiny VAE."""
 
 from __future__ import annotations
 
@@ -119,15 +120,16 @@ def test_load_dit_refuses_what_is_not_an_export(run, tmp_path):
         load_dit(broken)
 
 
-def _readme_recipe() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("**Loading the DiT elsewhere.**")
+def _docs_recipe() -> str:
+    """The first python block after the heading "Loading the DiT elsewhere" of docs/training.md."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    start = text.index("## Loading the DiT elsewhere")
     return re.search(r"```python\n(.*?)```", text[start:], re.S).group(1)
 
 
-def test_the_readme_recipe_runs_without_this_package_and_gives_the_same_output(run, tmp_path):
-    """The README's plain-torch block, its paths replaced, in a process where ``import rsgeo_prune`` fails: its
-    forward pass equals the trained EMA's, and its DDIM samples and decoded tiles equal the package's."""
+def test_the_docs_recipe_runs_without_this_package_and_gives_the_same_output(run, tmp_path):
+    """The plain-torch block of docs/training.md, its paths replaced, in a process where ``import rsgeo_prune``
+    fails: its forward pass equals the trained EMA's, and its DDIM samples and decoded tiles equal the package's."""
     from safetensors.torch import load_file, save_file
 
     from rsgeo_prune.train import load_dit, read_export
@@ -137,7 +139,7 @@ def test_the_readme_recipe_runs_without_this_package_and_gives_the_same_output(r
 
     x, t = _inputs()
     save_file({"x": x, "t": t}, str(tmp_path / "inputs.safetensors"))
-    recipe = _readme_recipe().replace("runs/nd/dit/export", str(run["export"])) \
+    recipe = _docs_recipe().replace("runs/nd/dit/export", str(run["export"])) \
         .replace("runs/nd/vae_run/vae", str(run["vae"]))
     script = tmp_path / "recipe.py"
     script.write_text("import sys\nsys.modules['rsgeo_prune'] = None  # any import of the package fails\n" + recipe + f"""
