@@ -13,8 +13,8 @@ Values come in three forms:
   :func:`read_tile_pixels`), and their sha256 :func:`pixel_digest` (exact copies have equal digests);
 * **unit** — float32 in [0, 1] (:meth:`PixelReader.read_unit`), for training.
 
-The scaling rule lives here (documented in docs/curation.md) (:func:`stretch_levels`, :func:`percentile_range`,
-:func:`scene_percentiles`, :func:`valid_pixels`; Stage I counts the same levels): uint8 is used as is (``/ 255``
+The scaling rule lives here (:func:`stretch_levels`, :func:`percentile_range`, :func:`scene_percentiles`,
+:func:`valid_pixels`; Stage I counts the same levels; documented in docs/curation.md): uint8 is used as is (``/ 255``
 for unit); any other dtype is stretched per band between the 2nd and 98th percentiles of the
 *scene* (a decimated read of the whole raster, so every tile of a scene gets the same mapping) or,
 for a collection image, of the image itself; values outside are clipped. Nodata pixels (the file's
