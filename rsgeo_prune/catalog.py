@@ -143,7 +143,8 @@ def relative_hrefs(hrefs: pd.Series, folder: Path) -> pd.Series:
     """
     base = os.path.realpath(folder)
     values = hrefs.astype(object).to_numpy()
-    distinct = {h: Path(os.path.relpath(os.path.realpath(h), base)).as_posix() for h in set(values) if isinstance(h, str)}
+    distinct = {h: Path(os.path.relpath(os.path.realpath(h), base)).as_posix()
+                for h in set(values) if isinstance(h, str)}
     return pd.Series([distinct.get(h, h) for h in values], index=hrefs.index, dtype=hrefs.dtype)
 
 

@@ -462,10 +462,10 @@ def _warn_unknown_times(sources: Sequence[Source]) -> None:
     unknown = [s.href if isinstance(s, RasterScene) else f"{s.root}/{s.images[i]}"
                for s in sources for i, t in enumerate([s.acquired] if isinstance(s, RasterScene) else s.acquired)
                if not t.known]
-    if unknown:
-        log.warning("%s%s: acquisition time unknown (no manifest time, STAC Item time, time tag or dated file "
-                    "name): its tiles get null datetime columns and STAC datetime null; pass --datetime to set it",
-                    unknown[0], f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "")
+    if unknown:  # info, not a warning: undated inputs are legitimate, and --quiet means quiet
+        log.info("%s%s: acquisition time unknown (no manifest time, STAC Item time, time tag or dated file "
+                 "name): its tiles get null datetime columns and STAC Items of 'any time' (docs/stac.md); "
+                 "pass --datetime to set it", unknown[0], f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "")
 
 
 def _expand(spec: str) -> list[Path]:

@@ -54,11 +54,18 @@ def item_id(tile_id: str) -> str:
     return tile_id.replace("/", "__")
 
 
-def _bands(n: int) -> list[dict]:
+def _bands(n: int, data_type: str | None = None, nodata=None) -> list[dict]:
+    """STAC 1.1 ``bands``: names (with ``eo:common_name`` for RGB/RGBN), and the pixel ``data_type`` and
+    ``nodata`` (loaders such as odc-stac read them to keep the raster's own type)."""
     names = COMMON_NAMES.get(n)
-    if names is None:
-        return [{"name": f"b{i + 1}"} for i in range(n)]
-    return [{"name": name, "eo:common_name": name} for name in names]
+    bands = [{"name": f"b{i + 1}"} for i in range(n)] if names is None else \
+        [{"name": name, "eo:common_name": name} for name in names]
+    for b in bands:
+        if data_type:
+            b["data_type"] = data_type
+        if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+            b["nodata"] = float(nodata) if isinstance(nodata, float) and not nodata.is_integer() else int(nodata)
+    return bands
 
 
 def _value(v):
@@ -94,13 +101,15 @@ def _time_fields(row) -> tuple[dt.datetime | None, dict]:
                   "datetime_source": _value(getattr(row, "datetime_source", None))}
 
 
-def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geotiff", asset_grid=None):
+def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geotiff", asset_grid=None,
+              nodata=None):
     """One kept tile as a pystac Item (the asset ``href`` is given by the caller).
 
     Args:
         asset_grid: ``(height, width, transform)`` of the raster the asset is, when that is the
             tile's source raster (the tile is then the window ``rsgeo:window`` of it); None when the
             asset is the tile itself (an exported COG, or a collection image).
+        nodata: the raster's nodata value, if it has one.
     """
     import pystac
     import shapely
@@ -133,7 +142,7 @@ def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geot
                        bbox=list(geom.bounds) if geom is not None else None, datetime=when,
                        properties={**props, **times}, stac_extensions=[PROJECTION_V2, EO_V2])
     asset = pystac.Asset(href=href, media_type=media_type, roles=["data"],
-                         extra_fields={"bands": _bands(int(row.bands))})
+                         extra_fields={"bands": _bands(int(row.bands), _value(getattr(row, "dtype", None)), nodata)})
     item.add_asset("data", asset)
     return item
 
@@ -205,7 +214,9 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
     grids: dict[str, tuple] = {}
     for row in kept.itertuples(index=False):
         iid = item_id(row.tile_id)
-        grid = None
+        grid = nodata = None
+        if row.transform is not None:
+            *grid, nodata = grids.get(row.href) or grids.setdefault(row.href, _raster_grid(row.href))
         # hrefs relative to the Item's folder: the run folder can move (with its inputs, kept beside it)
         if export_tiles and row.transform is not None:
             cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif", reader)
@@ -214,9 +225,8 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
         else:
             href = os.path.relpath(row.href, stac_dir / iid)
             media = "image/tiff; application=geotiff" if row.transform is not None else _image_media_type(row.href)
-            if row.transform is not None:
-                grid = grids.get(row.href) or grids.setdefault(row.href, _raster_grid(row.href))
-        item = tile_item(row, href, media_type=media, asset_grid=grid)
+        item = tile_item(row, href, media_type=media, asset_grid=None if media == pystac.MediaType.COG else grid,
+                         nodata=nodata)
         items.append(item)
         root.add_item(item)
     root.normalize_hrefs(str(tmp_dir) + "/")
@@ -226,13 +236,13 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
     return items
 
 
-def _raster_grid(href: str) -> tuple[int, int, tuple]:
-    """``(height, width, transform)`` of a source raster, from its header."""
+def _raster_grid(href: str) -> tuple[int, int, tuple, float | None]:
+    """``(height, width, transform, nodata)`` of a source raster, from its header."""
     import rasterio
 
     try:
         with rasterio.open(href) as src:
-            return src.height, src.width, tuple(src.transform)[:6]
+            return src.height, src.width, tuple(src.transform)[:6], src.nodata
     except rasterio.errors.RasterioIOError as exc:
         raise RSGeoPruneError(f"{href}: source raster cannot be opened ({exc}); the catalog's href no longer "
                               "resolves: restore the file or rebuild the catalog") from exc
