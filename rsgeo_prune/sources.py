@@ -432,7 +432,7 @@ def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None,
     _check_each_file_once(sources)
     _check_unique_scene_ids([s for _, s in sources])
     sources = [_with_time(s, given_time) for _, s in sources]
-    _warn_unknown_times(sources)
+    _log_unknown_times(sources)
     return sources
 
 
@@ -458,14 +458,15 @@ def _with_time(src: Source, given: AcquisitionTime | None) -> Source:
     return dataclasses.replace(src, acquired=(given,) * len(src.images))
 
 
-def _warn_unknown_times(sources: Sequence[Source]) -> None:
+def _log_unknown_times(sources: Sequence[Source]) -> None:
     unknown = [s.href if isinstance(s, RasterScene) else f"{s.root}/{s.images[i]}"
                for s in sources for i, t in enumerate([s.acquired] if isinstance(s, RasterScene) else s.acquired)
                if not t.known]
     if unknown:  # info, not a warning: undated inputs are legitimate, and --quiet means quiet
         log.info("%s%s: acquisition time unknown (no manifest time, STAC Item time, time tag or dated file "
                  "name): its tiles get null datetime columns and STAC Items of 'any time' (docs/stac.md); "
-                 "pass --datetime to set it", unknown[0], f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "")
+                 "pass --datetime to set it", unknown[0],
+                 f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "")
 
 
 def _expand(spec: str) -> list[Path]:
