@@ -214,19 +214,18 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
     grids: dict[str, tuple] = {}
     for row in kept.itertuples(index=False):
         iid = item_id(row.tile_id)
-        grid = nodata = None
+        source_grid = nodata = None  # (height, width, transform) of a source raster, and its nodata
         if row.transform is not None:
-            *grid, nodata = grids.get(row.href) or grids.setdefault(row.href, _raster_grid(row.href))
+            *source_grid, nodata = grids.get(row.href) or grids.setdefault(row.href, _raster_grid(row.href))
         # hrefs relative to the Item's folder: the run folder can move (with its inputs, kept beside it)
-        if export_tiles and row.transform is not None:
+        if export_tiles and row.transform is not None:  # the asset is the tile's own COG
             cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif", reader)
-            href = os.path.relpath(cog, stac_dir / iid)
-            media = pystac.MediaType.COG
-        else:
-            href = os.path.relpath(row.href, stac_dir / iid)
+            item = tile_item(row, os.path.relpath(cog, stac_dir / iid), media_type=pystac.MediaType.COG,
+                             nodata=nodata)
+        else:  # the asset is the source raster (the tile a window of it), or a collection image
             media = "image/tiff; application=geotiff" if row.transform is not None else _image_media_type(row.href)
-        item = tile_item(row, href, media_type=media, asset_grid=None if media == pystac.MediaType.COG else grid,
-                         nodata=nodata)
+            item = tile_item(row, os.path.relpath(row.href, stac_dir / iid), media_type=media,
+                             asset_grid=source_grid, nodata=nodata)
         items.append(item)
         root.add_item(item)
     root.normalize_hrefs(str(tmp_dir) + "/")
