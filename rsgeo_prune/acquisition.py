@@ -107,6 +107,23 @@ def parse_time(text: str, source: str) -> AcquisitionTime:
                          "(START/END)") from None
 
 
+def parse_option(text: str | None) -> AcquisitionTime | None:
+    """The ``--datetime`` value (``TileConfig.datetime``) as an acquisition time of source
+    ``argument``; None when not given.
+
+    Raises:
+        InvalidOption: the text is not a date, instant or range.
+    """
+    from .errors import InvalidOption
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text, "argument")
+    except ValueError as exc:
+        raise InvalidOption("datetime", text, f"{exc}; e.g. 2020-08-31T17:08:51Z") from None
+
+
 def from_tags(tags: Mapping[str, str]) -> AcquisitionTime:
     """The acquisition time a raster's metadata tags give (default GDAL domain), or :data:`UNKNOWN`.
 
@@ -171,4 +188,4 @@ def time_columns(times) -> dict:
 
 
 __all__ = ["AcquisitionTime", "SOURCES", "TIME_TAGS", "UNKNOWN", "first_known", "from_filename", "from_tags",
-           "parse_time", "time_columns"]
+           "parse_option", "parse_time", "time_columns"]

@@ -64,13 +64,9 @@ class TileConfig:
             raise InvalidOption("entropy_min", self.entropy_min, "give either a threshold or a keep fraction, not both")
         if self.nodata is not None and not isinstance(self.nodata, (int, float)):
             raise InvalidOption("nodata", self.nodata, "must be a number (e.g. 0)")
-        if self.datetime is not None:
-            from .acquisition import parse_time
+        from .acquisition import parse_option
 
-            try:
-                parse_time(self.datetime, "argument")
-            except ValueError as exc:
-                raise InvalidOption("datetime", self.datetime, f"{exc}; e.g. 2020-08-31T17:08:51Z") from None
+        parse_option(self.datetime)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -28,8 +28,8 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from .acquisition import UNKNOWN, AcquisitionTime, first_known, from_filename, from_tags, parse_time
-from .errors import InvalidOption, RSGeoPruneError
+from .acquisition import UNKNOWN, AcquisitionTime, first_known, from_filename, from_tags, parse_option, parse_time
+from .errors import RSGeoPruneError
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None,
     """
     if not specs:
         raise RSGeoPruneError("no input given; name raster files, a glob, a STAC Item or an image folder")
-    given_time = parse_datetime_option(datetime)
+    given_time = parse_option(datetime)
     given = [(str(spec), path) for spec in specs for path in _expand(str(spec))]
     sources = [(spec, _describe(path, nodata)) for spec, path in given]
     _check_each_file_once(sources)
@@ -434,20 +434,6 @@ def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None,
     sources = [_with_time(s, given_time) for _, s in sources]
     _log_unknown_times(sources)
     return sources
-
-
-def parse_datetime_option(text: str | None) -> AcquisitionTime | None:
-    """The ``--datetime`` value as an acquisition time (source ``argument``), None when not given.
-
-    Raises:
-        InvalidOption: the text is not a date, instant or range.
-    """
-    if text is None:
-        return None
-    try:
-        return parse_time(text, "argument")
-    except ValueError as exc:
-        raise InvalidOption("datetime", text, f"{exc}; e.g. 2020-08-31T17:08:51Z") from None
 
 
 def _with_time(src: Source, given: AcquisitionTime | None) -> Source:
