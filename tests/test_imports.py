@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "rsgeo_prune"
 #: Bottom to top. A module may import only modules listed before it.
 LAYERS = [
     "errors", "status", "atomic", "_parallel", "exact", "synth",
-    "sources", "tiling", "masks", "entropy", "pixels", "embed",
+    "acquisition", "sources", "tiling", "masks", "entropy", "pixels", "embed",
     "kmeans", "centroids", "places", "dedup", "select", "catalog", "stac", "rundir",
     "train",
     "config", "scheduler", "embed_cache", "tile_table", "pipeline",
