@@ -32,9 +32,6 @@ TIME_TAGS = ("ACQUISITION_DATETIME", "ACQUISITIONDATETIME", "ACQUISITION_DATE", 
              "DATE_ACQUIRED", "ACQUISITION_TIME", "SENSING_TIME", "SENSING_DATE", "DATATAKE_SENSING_START",
              "PRODUCT_START_TIME", "IMAGE_DATE", "DATE_TIME", "TIFFTAG_DATETIME")
 
-#: Every value ``datetime_source`` can take (besides null, and ``tag:<TAGNAME>``).
-SOURCES = ("argument", "manifest", "stac", "filename:naip", "filename:sentinel2", "filename:landsat")
-
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _TIFF_DATETIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})$")
 # Sentinel-2 product id: mission, MSI level, datatake sensing start (UTC), then the rest
@@ -187,5 +184,5 @@ def time_columns(times) -> dict:
             "datetime_source": pd.array([t.source for t in times], dtype="string")}
 
 
-__all__ = ["AcquisitionTime", "SOURCES", "TIME_TAGS", "UNKNOWN", "first_known", "from_filename", "from_tags",
+__all__ = ["AcquisitionTime", "TIME_TAGS", "UNKNOWN", "first_known", "from_filename", "from_tags",
            "parse_option", "parse_time", "time_columns"]
