@@ -7,6 +7,12 @@
   each footprint's centre, then ``tile_id``; tiles without a location come last. The file
   metadata key ``rsgeo_prune`` holds the package version, the full config and the centroid-bank
   digest.
+* ``href`` (the source raster or image of each tile) is written relative to the folder that holds
+  the file, so a run folder moved together with its inputs (keeping their relative position) still
+  resolves; :func:`read_catalog` turns it back into an absolute path (absolute hrefs of older files
+  are read as they are).
+* ``datetime``, ``start_datetime``, ``end_datetime`` (timestamp, UTC) and ``datetime_source``
+  (string): each tile's acquisition time and where it came from (docs/stac.md).
 * ``embeddings.parquet`` — ``tile_id`` and a fixed-size list of float32 per tile.
 
 Tile tables written by ``rsgeo-prune tiles``/``entropy`` keep the grid order (scene by scene,
@@ -16,6 +22,7 @@ row-major). Every writer is atomic (temporary file, then rename).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import geopandas as gpd
@@ -30,8 +37,9 @@ from .errors import RSGeoPruneError
 #: Column order of the catalog (DESIGN.md); columns a stage has not computed yet are left out.
 CATALOG_COLUMNS = (
     "tile_id", "scene_id", "href", "row_off", "col_off", "height", "width", "crs", "transform",
-    "geometry", "gsd", "bands", "dtype", "nodata_frac", "urban_frac", "entropy", "entropy_bands",
-    "cluster", "similarity", "kept", "pruned_by", "duplicate_of", "rank",
+    "geometry", "gsd", "bands", "dtype", "datetime", "start_datetime", "end_datetime", "datetime_source",
+    "nodata_frac", "urban_frac", "entropy", "entropy_bands", "cluster", "similarity", "kept", "pruned_by",
+    "duplicate_of", "rank",
 )
 METADATA_KEY = b"rsgeo_prune"
 WORLD = (-180.0, -90.0, 180.0, 90.0)
@@ -62,11 +70,14 @@ def write_geoparquet(table: pd.DataFrame, path: str | Path, *, metadata: dict | 
     Polygon rings are written counter-clockwise (exterior; holes clockwise), as RFC 7946 and the
     GeoParquet spec recommend, and the ``geo`` metadata says so (``orientation``). An empty table
     is still GeoParquet (``geo`` metadata, WKB geometry column). ``metadata`` (JSON-serialisable)
-    is stored under the file-level key ``rsgeo_prune``.
+    is stored under the file-level key ``rsgeo_prune``. ``href`` is written relative to the file's
+    folder (see the module doc).
     """
     from geopandas.io.arrow import _geopandas_to_arrow  # the table geopandas' own to_parquet writes
 
     gdf = _oriented(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
+    if "href" in gdf:
+        gdf["href"] = relative_hrefs(gdf["href"], Path(path).parent)
     arrow = _geopandas_to_arrow(gdf, index=False, geometry_encoding="WKB", schema_version="1.1.0",
                                 write_covering_bbox=True)
     meta = dict(arrow.schema.metadata or {})
@@ -113,11 +124,37 @@ def _package_version() -> str:
 
 
 def read_catalog(path: str | Path) -> gpd.GeoDataFrame:
-    """Read a catalog written by :func:`write_geoparquet` (or any GeoParquet tile table)."""
+    """Read a catalog written by :func:`write_geoparquet` (or any GeoParquet tile table), with
+    ``href`` resolved against the file's folder (absolute hrefs stay as they are)."""
     try:
-        return gpd.read_parquet(path)
+        gdf = gpd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for missing or bad files
         raise RSGeoPruneError(f"{path}: not a readable GeoParquet catalog ({exc}); rerun `rsgeo-prune tiles`") from exc
+    if "href" in gdf:
+        gdf["href"] = absolute_hrefs(gdf["href"], Path(path).parent)
+    return gdf
+
+
+def relative_hrefs(hrefs: pd.Series, folder: Path) -> pd.Series:
+    """``hrefs`` (absolute, or relative to the working directory) relative to ``folder``, POSIX style.
+
+    Both sides are taken with symbolic links resolved, so that :func:`absolute_hrefs` of the result
+    from the same folder gives each href back exactly.
+    """
+    base = os.path.realpath(folder)
+    values = hrefs.astype(object).to_numpy()
+    distinct = {h: Path(os.path.relpath(os.path.realpath(h), base)).as_posix()
+                for h in set(values) if isinstance(h, str)}
+    return pd.Series([distinct.get(h, h) for h in values], index=hrefs.index, dtype=hrefs.dtype)
+
+
+def absolute_hrefs(hrefs: pd.Series, folder: Path) -> pd.Series:
+    """Relative ``hrefs`` resolved against ``folder``; absolute ones (files from before relative
+    hrefs) as they are."""
+    base = os.path.realpath(folder)
+    values = hrefs.astype(object).to_numpy()
+    distinct = {h: os.path.normpath(os.path.join(base, h)) for h in set(values) if isinstance(h, str)}
+    return pd.Series([distinct.get(h, h) for h in values], index=hrefs.index, dtype=hrefs.dtype)
 
 
 def catalog_metadata(path: str | Path) -> dict:

@@ -41,6 +41,10 @@ def _add_tile_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nodata", type=float, default=None, metavar="V",
                    help="nodata value for rasters that declare none (NAIP quarter-quads use 0); a file's own "
                         "nodata always wins")
+    g.add_argument("--datetime", default=None, metavar="WHEN",
+                   help="acquisition time of every input, before any they carry (manifest column, STAC Item, "
+                        "time tag, dated file name): an instant 2020-08-31T17:08:51Z, a day 2020-08-31, or a "
+                        "range START/END; no zone means UTC (docs/stac.md)")
     f = p.add_argument_group("pre-filters")
     f.add_argument("--max-nodata", type=_fraction, default=0.5, metavar="F",
                    help="prune tiles whose nodata fraction exceeds F (pruned_by='nodata')")
@@ -229,7 +233,7 @@ def _tile_config(args):
 
     return TileConfig(tile_size=args.tile_size, stride=args.stride, partial=args.partial, mask=args.mask,
                       min_urban=args.min_urban, max_nodata=args.max_nodata, nodata=args.nodata,
-                      entropy_min=args.entropy_min, entropy_keep=args.entropy_keep)
+                      entropy_min=args.entropy_min, entropy_keep=args.entropy_keep, datetime=args.datetime)
 
 
 def _cmd_tiles(args) -> int:

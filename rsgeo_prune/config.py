@@ -41,6 +41,8 @@ class TileConfig:
     nodata: float | None = None
     entropy_min: float | None = None
     entropy_keep: float | None = None
+    #: acquisition time of every input (a date, an instant or START/END), before their own
+    datetime: str | None = None
 
     @property
     def wants_entropy(self) -> bool:
@@ -62,6 +64,9 @@ class TileConfig:
             raise InvalidOption("entropy_min", self.entropy_min, "give either a threshold or a keep fraction, not both")
         if self.nodata is not None and not isinstance(self.nodata, (int, float)):
             raise InvalidOption("nodata", self.nodata, "must be a number (e.g. 0)")
+        from .acquisition import parse_option
+
+        parse_option(self.datetime)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -112,7 +112,8 @@ def _plan_run(inputs, out_dir, reference, tile_cfg: TileConfig, run_cfg: RunConf
             raise InvalidOption("k", run_cfg.k, f"the bank {reference[0]} has {bank.k} centroids; leave k out "
                                 "or rebuild the bank with that k")
     run_cfg = dataclasses.replace(run_cfg, k=bank.k if bank is not None else run_cfg.k_or_default)
-    sources = resolve_inputs(inputs, nodata=tile_cfg.nodata)  # bad inputs fail now, and are resolved once
+    # bad inputs fail now, and are resolved once
+    sources = resolve_inputs(inputs, nodata=tile_cfg.nodata, datetime=tile_cfg.datetime)
     embedder_id = embedder_identity(run_cfg.embedder, run_cfg.nir_view)
     run = RunDir(out_dir)
     config = {"inputs": [str(p) for p in inputs], "reference": reference, "tiles": tile_cfg.as_dict(),
@@ -129,7 +130,9 @@ def _stage_keys(plan: RunPlan) -> dict[str, str]:
     # the tiles depend on every raster or image folder the inputs (globs, STAC Items) resolve to
     resolved = [s.href if isinstance(s, RasterScene) else s.root for s in plan.sources]
     ids_in = input_identities(resolved + ([tile_cfg.mask] if tile_cfg.mask else []))
-    tiles = digest([ids_in, tile_cfg.as_dict(), TILE_TABLE_VERSION, package_version()])
+    # acquisition times too: a STAC Item input can change its time without its raster changing
+    times = [s.acquired if isinstance(s, RasterScene) else None for s in plan.sources]
+    tiles = digest([ids_in, tile_cfg.as_dict(), TILE_TABLE_VERSION, package_version(), times])
     bank = digest([input_identities(plan.reference), plan.embedder_id, run_cfg.k, run_cfg.seed])
     embed = digest([tiles, plan.embedder_id])
     selection = {k: v for k, v in run_cfg.as_dict().items() if k != "export_tiles"}

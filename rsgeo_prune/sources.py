@@ -9,6 +9,8 @@ when a stage asks for them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime as dt
 import glob
 import json
 import logging
@@ -26,6 +28,7 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
+from .acquisition import UNKNOWN, AcquisitionTime, first_known, from_filename, from_tags, parse_option, parse_time
 from .errors import RSGeoPruneError
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ MANIFEST_NAMES = ("manifest.parquet", "manifest.csv")
 _PATH_COLUMNS = ("path", "image", "filename", "file")
 _LON_COLUMNS = ("lon", "longitude", "lng")
 _LAT_COLUMNS = ("lat", "latitude")
+#: Manifest columns of an image's acquisition time: an instant or date, or the two ends of a range.
+_TIME_COLUMN, _RANGE_COLUMNS = "datetime", ("start_datetime", "end_datetime")
 
 # Dask chunk edge (pixels) aimed at: ~4 MB per 4-band uint8 chunk keeps the task graph small
 # (a 7,600 x 5,900 NAIP quarter-quad is ~50 chunks) while both cores stay busy.
@@ -56,6 +61,7 @@ class RasterScene:
         nodata: nodata value (file's own, or an override), ``None`` if there is none.
         block_shape: internal (rows, cols) block size of band 1.
         has_mask: whether the file carries a per-dataset mask band (used when there is no nodata).
+        acquired: when the raster was acquired, and how that is known (:mod:`rsgeo_prune.acquisition`).
     """
 
     scene_id: str
@@ -69,6 +75,7 @@ class RasterScene:
     nodata: float | None
     block_shape: tuple[int, int]
     has_mask: bool = False
+    acquired: AcquisitionTime = UNKNOWN
 
     @property
     def crs_string(self) -> str:
@@ -97,6 +104,7 @@ class ImageCollection:
         root: absolute folder path.
         images: image paths relative to ``root`` (sorted, POSIX style).
         lon, lat: per-image location (degrees, EPSG:4326) from the manifest, NaN where unknown.
+        acquired: per-image acquisition time (manifest, else file name), one per image.
     """
 
     collection_id: str
@@ -104,6 +112,7 @@ class ImageCollection:
     images: tuple[str, ...]
     lon: np.ndarray = field(repr=False)
     lat: np.ndarray = field(repr=False)
+    acquired: tuple[AcquisitionTime, ...] = field(default=(), repr=False)
 
 
 Source = RasterScene | ImageCollection
@@ -150,7 +159,7 @@ def _ellipsoid_radii_product(ellipsoid, lat: np.ndarray) -> np.ndarray:
 
 
 def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: float | None = None,
-                    scene_id: str | None = None) -> RasterScene:
+                    scene_id: str | None = None, acquired: AcquisitionTime | None = None) -> RasterScene:
     """Read a raster's header into a :class:`RasterScene`.
 
     Args:
@@ -158,6 +167,8 @@ def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: f
         crs: CRS to use when the file has none (e.g. from a STAC Item's ``proj:code``).
         nodata: nodata value to use when the file declares none (NAIP: 0).
         scene_id: defaults to the file stem.
+        acquired: acquisition time known from elsewhere (a STAC Item); else the file's metadata
+            tags, else its name (:mod:`rsgeo_prune.acquisition`).
 
     Raises:
         RSGeoPruneError: unreadable/corrupt file, or no CRS anywhere.
@@ -174,6 +185,7 @@ def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: f
             file_nodata = src.nodata
             block_shape = tuple(src.block_shapes[0])
             has_mask = any(rasterio.enums.MaskFlags.per_dataset in flags for flags in src.mask_flag_enums)
+            tags = src.tags()
     except RasterioIOError as exc:
         raise RSGeoPruneError(f"{path}: not a readable raster ({exc}); re-download or re-export the file") from exc
     if file_crs is None:
@@ -191,7 +203,8 @@ def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: f
         scene_id=scene_id or path.stem, href=str(path.resolve()), crs=file_crs, transform=transform,
         width=width, height=height, count=count, dtype=dtype,
         nodata=file_nodata if file_nodata is not None else nodata,
-        block_shape=(int(block_shape[0]), int(block_shape[1])), has_mask=has_mask)
+        block_shape=(int(block_shape[0]), int(block_shape[1])), has_mask=has_mask,
+        acquired=first_known(acquired, from_tags(tags), from_filename(path.name)))
 
 
 def _stac_crs(props: dict) -> str | None:
@@ -232,7 +245,20 @@ def describe_stac_item(path: str | Path, *, asset: str | None = None, nodata: fl
     if not (href.startswith("/") or "://" in href):
         href = str((path.parent / href).resolve())
     crs = _stac_crs(chosen.extra_fields) or _stac_crs(item.properties)
-    return describe_raster(href, crs=crs, nodata=nodata, scene_id=item.id)
+    return describe_raster(href, crs=crs, nodata=nodata, scene_id=item.id, acquired=_stac_time(item))
+
+
+def _stac_time(item) -> AcquisitionTime:
+    """A STAC Item's acquisition time: its ``datetime``, else its ``start_datetime``/``end_datetime``."""
+    from pystac.utils import str_to_datetime
+
+    if item.datetime is not None:
+        return AcquisitionTime.instant(item.datetime, "stac")
+    start, end = item.properties.get("start_datetime"), item.properties.get("end_datetime")
+    if start and end:
+        return AcquisitionTime(None, str_to_datetime(start).astimezone(dt.timezone.utc),
+                               str_to_datetime(end).astimezone(dt.timezone.utc), "stac")
+    return UNKNOWN
 
 
 def _find_manifest(root: Path) -> Path | None:
@@ -254,14 +280,17 @@ def describe_image_collection(root: str | Path, *, manifest: str | Path | None =
     """Describe a folder of images (searched recursively) as an :class:`ImageCollection`.
 
     A manifest (``manifest.csv`` / ``manifest.parquet`` in the folder, or ``manifest``) may give each
-    image's location: a path column (``path``/``image``/``filename``/``file``, relative to the folder)
-    and ``lon``/``lat`` in degrees (EPSG:4326). Images missing from the manifest, or with both cells
-    empty, get no location.
+    image's location and acquisition time: a path column (``path``/``image``/``filename``/``file``,
+    relative to the folder), ``lon``/``lat`` in degrees (EPSG:4326), and ``datetime`` (an instant or
+    a date) or ``start_datetime`` + ``end_datetime`` (a range). Images missing from the manifest, or
+    with empty cells, get no location or no time from it; an image without a manifest time gets the
+    one its file name gives (:func:`rsgeo_prune.acquisition.from_filename`), if any.
 
     Raises:
         RSGeoPruneError: no images; two images that would share a tile id (same path but for the
             suffix); an unreadable manifest, or a location that is not a number, lies out of range
-            (lon [-180, 180], lat [-90, 90]) or gives one coordinate without the other.
+            (lon [-180, 180], lat [-90, 90]) or gives one coordinate without the other, or a time
+            that is not a date, instant or range.
     """
     root = Path(root).resolve()
     images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
@@ -272,16 +301,20 @@ def describe_image_collection(root: str | Path, *, manifest: str | Path | None =
     _check_unique_stems(root, images)
     lon = np.full(len(images), np.nan)
     lat = np.full(len(images), np.nan)
+    listed: list[AcquisitionTime | None] = [None] * len(images)
     manifest = Path(manifest) if manifest else _find_manifest(root)
     if manifest is not None:
-        paths, xs, ys = _read_manifest(manifest)
+        paths, xs, ys, times = _read_manifest(manifest)
         index = {p: i for i, p in enumerate(images)}
-        for p, x, y in zip(paths, xs, ys):
+        for k, (p, x, y) in enumerate(zip(paths, xs, ys)):
             i = index.get(p)
             if i is not None:
                 lon[i], lat[i] = x, y
+                listed[i] = times[k] if times is not None else None
         log.info("%s: manifest gives locations for %d of %d images", manifest, int(np.isfinite(lon).sum()), len(images))
-    return ImageCollection(collection_id=root.name, root=str(root), images=tuple(images), lon=lon, lat=lat)
+    acquired = tuple(first_known(t, from_filename(p)) for t, p in zip(listed, images))
+    return ImageCollection(collection_id=root.name, root=str(root), images=tuple(images), lon=lon, lat=lat,
+                           acquired=acquired)
 
 
 def _check_unique_stems(root: Path, images: Sequence[str]) -> None:
@@ -299,8 +332,9 @@ def _check_unique_stems(root: Path, images: Sequence[str]) -> None:
 _COORD_RANGES = {"longitude": (-180.0, 180.0), "latitude": (-90.0, 90.0)}
 
 
-def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(image paths (POSIX), lon (N,), lat (N,))`` of a manifest, degrees, NaN where both are empty."""
+def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[AcquisitionTime] | None]:
+    """``(image paths (POSIX), lon (N,), lat (N,), times)`` of a manifest: degrees, NaN where both are
+    empty (all NaN without location columns); ``times`` None without time columns."""
     import pandas as pd
 
     try:
@@ -309,6 +343,10 @@ def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         raise RSGeoPruneError(f"{manifest}: manifest cannot be read ({exc}); write it as CSV or Parquet") from exc
     pcol = _pick_column(table.columns, _PATH_COLUMNS, manifest, "image path")
     paths = [Path(p).as_posix() for p in table[pcol].astype(str)]
+    times = _manifest_times(table, manifest, paths)
+    lower = {c.lower() for c in table.columns}
+    if times is not None and not lower & set(_LON_COLUMNS + _LAT_COLUMNS):  # a manifest of times only
+        return paths, np.full(len(paths), np.nan), np.full(len(paths), np.nan), times
     coords = {what: _coordinate_column(table[_pick_column(table.columns, names, manifest, what)], what, manifest, paths)
               for what, names in (("longitude", _LON_COLUMNS), ("latitude", _LAT_COLUMNS))}
     lon, lat = coords["longitude"], coords["latitude"]
@@ -318,7 +356,36 @@ def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         given = "latitude" if np.isnan(lon[i]) else "longitude"
         raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}) gives {given} without the other; "
                               "give both coordinates or leave both empty")
-    return paths, lon, lat
+    return paths, lon, lat, times
+
+
+def _manifest_times(table, manifest: Path, paths: Sequence[str]) -> list[AcquisitionTime] | None:
+    """Per row, the manifest's acquisition time (``datetime``, else ``start_datetime``/``end_datetime``)."""
+    import pandas as pd
+
+    lower = {c.lower(): c for c in table.columns}
+    if _TIME_COLUMN not in lower and not all(c in lower for c in _RANGE_COLUMNS):
+        return None
+
+    def cell(column: str, i: int) -> str | None:
+        if column not in lower:
+            return None
+        v = table[lower[column]].iloc[i]
+        if v is None or (not isinstance(v, str) and pd.isna(v)) or str(v).strip() == "":
+            return None
+        return v.isoformat() if isinstance(v, (pd.Timestamp, dt.datetime)) else str(v)
+
+    out = []
+    for i in range(len(table)):
+        instant = cell(_TIME_COLUMN, i)
+        start, end = cell(_RANGE_COLUMNS[0], i), cell(_RANGE_COLUMNS[1], i)
+        text = instant if instant is not None else f"{start}/{end}" if start and end else None
+        try:
+            out.append(parse_time(text, "manifest") if text is not None else UNKNOWN)
+        except ValueError as exc:
+            raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}): acquisition time {exc}; give "
+                                  "ISO 8601 times (2020-08-31T17:08:51Z, or 2020-08-31 for the day)") from None
+    return out
 
 
 def _coordinate_column(column, what: str, manifest: Path, paths: Sequence[str]) -> np.ndarray:
@@ -342,7 +409,8 @@ def _coordinate_column(column, what: str, manifest: Path, paths: Sequence[str]) 
 _GLOB_CHARS = set("*?[")
 
 
-def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None) -> list[Source]:
+def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None,
+                   datetime: str | None = None) -> list[Source]:
     """Turn command-line inputs into sources.
 
     Each spec is a raster file, a glob of raster files, a STAC Item ``.json``, or a folder (an image
@@ -351,14 +419,40 @@ def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None) 
     must be unique: two files with one stem in different folders would share tile ids, which are
     ``<scene_id>/<row>_<col>``, so they are an error too rather than silently renamed (a tile id
     must not depend on which other files a run holds).
+
+    ``datetime`` (a date, instant or ``START/END`` range, see
+    :func:`rsgeo_prune.acquisition.parse_time`) is the acquisition time of every input, before any
+    the inputs carry themselves.
     """
     if not specs:
         raise RSGeoPruneError("no input given; name raster files, a glob, a STAC Item or an image folder")
+    given_time = parse_option(datetime)
     given = [(str(spec), path) for spec in specs for path in _expand(str(spec))]
     sources = [(spec, _describe(path, nodata)) for spec, path in given]
     _check_each_file_once(sources)
     _check_unique_scene_ids([s for _, s in sources])
-    return [s for _, s in sources]
+    sources = [_with_time(s, given_time) for _, s in sources]
+    _log_unknown_times(sources)
+    return sources
+
+
+def _with_time(src: Source, given: AcquisitionTime | None) -> Source:
+    if given is None:
+        return src
+    if isinstance(src, RasterScene):
+        return dataclasses.replace(src, acquired=given)
+    return dataclasses.replace(src, acquired=(given,) * len(src.images))
+
+
+def _log_unknown_times(sources: Sequence[Source]) -> None:
+    unknown = [s.href if isinstance(s, RasterScene) else f"{s.root}/{s.images[i]}"
+               for s in sources for i, t in enumerate([s.acquired] if isinstance(s, RasterScene) else s.acquired)
+               if not t.known]
+    if unknown:  # info, not a warning: undated inputs are legitimate, and --quiet means quiet
+        log.info("%s%s: acquisition time unknown (no manifest time, STAC Item time, time tag or dated file "
+                 "name): its tiles get null datetime columns and STAC Items of 'any time' (docs/stac.md); "
+                 "pass --datetime to set it", unknown[0],
+                 f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "")
 
 
 def _expand(spec: str) -> list[Path]:

@@ -1,22 +1,29 @@
-"""STAC output of a run: the kept tiles as STAC Items.
+"""STAC output of a run: the kept tiles as STAC Items (docs/stac.md).
 
 * ``RUN_DIR/stac/`` — a self-contained static catalog (pystac): one Item per kept tile with its
-  footprint geometry and bbox, projection extension v2 fields of the tile itself (``proj:code``,
-  ``proj:shape``, ``proj:transform``), ``bands`` with ``eo:common_name``, the tile window and
-  ``rsgeo:entropy``, ``rsgeo:cluster``, ``rsgeo:similarity``, ``rsgeo:rank`` in its properties, and
-  a ``data`` asset pointing at the source raster by a relative href (or at the tile's own COG with
-  ``export_tiles``).
+  footprint geometry and bbox, ``bands`` with ``eo:common_name``, ``rsgeo:entropy``,
+  ``rsgeo:cluster``, ``rsgeo:similarity``, ``rsgeo:rank``, and one ``data`` asset. Projection
+  extension v2 fields (``proj:code``, ``proj:shape``, ``proj:transform``) describe that asset, and
+  ``rsgeo:window`` = ``[col_off, row_off, width, height]`` is the tile within it: without
+  ``export_tiles`` the asset is the source raster (its own shape and transform; the window is the
+  tile's), with ``export_tiles`` it is the tile's own COG (the window is all of it). Asset hrefs are
+  relative to the Item file.
 * ``RUN_DIR/items.parquet`` — the same Items as stac-geoparquet, GeoParquet 1.1, zstd (images
   without a location, which STAC allows with a null geometry, are left out of this one: GeoParquet
-  needs a geometry). With no Item it is still GeoParquet: the columns, no rows.
+  needs a geometry); asset hrefs relative to the run folder. With no Item it is still GeoParquet:
+  the columns, no rows.
 * ``RUN_DIR/tiles/`` — with ``export_tiles``, one COG per kept tile, listed in
   ``tiles/.rsgeo_prune-export.json``. A later write removes the listed COGs its Items no longer
   use (written without ``export_tiles``, or a tile no longer kept), and nothing else in the folder.
 
 Geometries have counter-clockwise exterior rings (RFC 7946).
 
-An Item's ``datetime`` is the source file's modification time (UTC): rasters seldom carry their
-acquisition time in a standard place, and this keeps reruns identical.
+An Item's time is the tile's acquisition time from the tile table (:mod:`rsgeo_prune.acquisition`):
+an instant is ``datetime`` (with ``start_datetime`` and ``end_datetime`` equal to it), a range
+(a date without a time of day) is ``datetime: null`` with ``start_datetime``/``end_datetime``;
+``datetime_source`` says where it came from. An unknown time is ``datetime: null``, the range of
+all RFC 3339 years (:data:`UNKNOWN_RANGE`, "any time": STAC needs a datetime or a range, and this
+one invents nothing) and ``datetime_source: null`` (docs/stac.md).
 """
 
 from __future__ import annotations
@@ -47,44 +54,95 @@ def item_id(tile_id: str) -> str:
     return tile_id.replace("/", "__")
 
 
-def _bands(n: int) -> list[dict]:
+def _bands(n: int, data_type: str | None = None, nodata=None) -> list[dict]:
+    """STAC 1.1 ``bands``: names (with ``eo:common_name`` for RGB/RGBN), and the pixel ``data_type`` and
+    ``nodata`` (loaders such as odc-stac read them to keep the raster's own type)."""
     names = COMMON_NAMES.get(n)
-    if names is None:
-        return [{"name": f"b{i + 1}"} for i in range(n)]
-    return [{"name": name, "eo:common_name": name} for name in names]
+    bands = [{"name": f"b{i + 1}"} for i in range(n)] if names is None else \
+        [{"name": name, "eo:common_name": name} for name in names]
+    for b in bands:
+        if data_type:
+            b["data_type"] = data_type
+        if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+            b["nodata"] = float(nodata) if isinstance(nodata, float) and not nodata.is_integer() else int(nodata)
+    return bands
 
 
 def _value(v):
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else v
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return v
 
 
-def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geotiff"):
-    """One kept tile as a pystac Item (the asset ``href`` is given by the caller)."""
+def _utc(v) -> dt.datetime | None:
+    """A table's timestamp cell as an aware UTC datetime (None for null)."""
+    v = _value(v)
+    if v is None:
+        return None
+    ts = pd.Timestamp(v)
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+#: The range an Item of unknown acquisition time states: all of RFC 3339's years, i.e. "any time".
+#: STAC needs a datetime or a range; this one invents nothing, is valid, and is easy to recognise.
+UNKNOWN_RANGE = (dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc),
+                 dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc))
+
+
+def _time_fields(row) -> tuple[dt.datetime | None, dict]:
+    """``(datetime, properties)`` of a tile's acquisition time (docs/stac.md): an instant has
+    ``datetime`` and ``start_datetime == end_datetime == datetime``; a range has ``datetime`` null and
+    its two ends; an unknown time has ``datetime`` null, :data:`UNKNOWN_RANGE` and ``datetime_source`` null."""
+    when = _utc(getattr(row, "datetime", None))
+    start, end = _utc(getattr(row, "start_datetime", None)), _utc(getattr(row, "end_datetime", None))
+    if start is None or end is None:
+        when, (start, end) = None, UNKNOWN_RANGE
+    return when, {"start_datetime": start, "end_datetime": end,
+                  "datetime_source": _value(getattr(row, "datetime_source", None))}
+
+
+def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geotiff", asset_grid=None,
+              nodata=None):
+    """One kept tile as a pystac Item (the asset ``href`` is given by the caller).
+
+    Args:
+        asset_grid: ``(height, width, transform)`` of the raster the asset is, when that is the
+            tile's source raster (the tile is then the window ``rsgeo:window`` of it); None when the
+            asset is the tile itself (an exported COG, or a collection image).
+        nodata: the raster's nodata value, if it has one.
+    """
     import pystac
     import shapely
+    from pystac.utils import datetime_to_str
 
     geom = shapely.orient_polygons(row.geometry) if row.geometry is not None else None  # CCW (RFC 7946)
-    mtime = dt.datetime.fromtimestamp(os.stat(row.href).st_mtime, tz=dt.timezone.utc).replace(microsecond=0)
+    if asset_grid is None:  # the asset is the tile
+        shape, transform = [int(row.height), int(row.width)], row.transform
+        window = [0, 0, int(row.width), int(row.height)]
+    else:
+        shape, transform = [int(asset_grid[0]), int(asset_grid[1])], asset_grid[2]
+        window = [int(row.col_off), int(row.row_off), int(row.width), int(row.height)]
+    when, time_props = _time_fields(row)
     props = {
         "proj:code": row.crs,
-        "proj:shape": [int(row.height), int(row.width)],
+        "proj:shape": shape,
         "rsgeo:tile_id": row.tile_id,
-        "rsgeo:window": {"row_off": int(row.row_off), "col_off": int(row.col_off), "height": int(row.height),
-                         "width": int(row.width)},
+        "rsgeo:window": window,
         "rsgeo:entropy": _value(getattr(row, "entropy", None)),
         "rsgeo:cluster": _value(getattr(row, "cluster", None)),
         "rsgeo:similarity": _value(getattr(row, "similarity", None)),
         "rsgeo:rank": _value(getattr(row, "rank", None)),
     }
-    if row.transform is not None:
-        props["proj:transform"] = [float(v) for v in row.transform]
+    if transform is not None:
+        props["proj:transform"] = [float(v) for v in list(transform)[:6]]
     props = {k: (int(v) if isinstance(v, (np.integer,)) else float(v) if isinstance(v, np.floating) else v)
              for k, v in props.items()}
+    times = {k: datetime_to_str(v) if isinstance(v, dt.datetime) else v for k, v in time_props.items()}
     item = pystac.Item(id=item_id(row.tile_id), geometry=shapely.geometry.mapping(geom) if geom is not None else None,
-                       bbox=list(geom.bounds) if geom is not None else None, datetime=mtime, properties=props,
-                       stac_extensions=[PROJECTION_V2, EO_V2])
+                       bbox=list(geom.bounds) if geom is not None else None, datetime=when,
+                       properties={**props, **times}, stac_extensions=[PROJECTION_V2, EO_V2])
     asset = pystac.Asset(href=href, media_type=media_type, roles=["data"],
-                         extra_fields={"bands": _bands(int(row.bands))})
+                         extra_fields={"bands": _bands(int(row.bands), _value(getattr(row, "dtype", None)), nodata)})
     item.add_asset("data", asset)
     return item
 
@@ -153,16 +211,21 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
                           title=title)
     items = []
     reader = PixelReader()
+    grids: dict[str, tuple] = {}
     for row in kept.itertuples(index=False):
         iid = item_id(row.tile_id)
-        if export_tiles and row.transform is not None:
+        source_grid = nodata = None  # (height, width, transform) of a source raster, and its nodata
+        if row.transform is not None:
+            *source_grid, nodata = grids.get(row.href) or grids.setdefault(row.href, _raster_grid(row.href))
+        # hrefs relative to the Item's folder: the run folder can move (with its inputs, kept beside it)
+        if export_tiles and row.transform is not None:  # the asset is the tile's own COG
             cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif", reader)
-            href = os.path.relpath(cog, stac_dir / iid)
-            media = pystac.MediaType.COG
-        else:
-            href = os.path.relpath(row.href, stac_dir / iid)  # relative: the run directory can move
-            media = "image/tiff; application=geotiff" if row.transform is not None else "image/jpeg"
-        item = tile_item(row, href, media_type=media)
+            item = tile_item(row, os.path.relpath(cog, stac_dir / iid), media_type=pystac.MediaType.COG,
+                             nodata=nodata)
+        else:  # the asset is the source raster (the tile a window of it), or a collection image
+            media = "image/tiff; application=geotiff" if row.transform is not None else _image_media_type(row.href)
+            item = tile_item(row, os.path.relpath(row.href, stac_dir / iid), media_type=media,
+                             asset_grid=source_grid, nodata=nodata)
         items.append(item)
         root.add_item(item)
     root.normalize_hrefs(str(tmp_dir) + "/")
@@ -170,6 +233,23 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
     shutil.rmtree(stac_dir, ignore_errors=True)
     os.replace(tmp_dir, stac_dir)
     return items
+
+
+def _raster_grid(href: str) -> tuple[int, int, tuple, float | None]:
+    """``(height, width, transform, nodata)`` of a source raster, from its header."""
+    import rasterio
+
+    try:
+        with rasterio.open(href) as src:
+            return src.height, src.width, tuple(src.transform)[:6], src.nodata
+    except rasterio.errors.RasterioIOError as exc:
+        raise RSGeoPruneError(f"{href}: source raster cannot be opened ({exc}); the catalog's href no longer "
+                              "resolves: restore the file or rebuild the catalog") from exc
+
+
+def _image_media_type(href: str) -> str:
+    suffix = Path(href).suffix.lower()
+    return {".png": "image/png", ".tif": "image/tiff", ".tiff": "image/tiff"}.get(suffix, "image/jpeg")
 
 
 def _write_items_parquet(items: list, run_dir: Path) -> Path:

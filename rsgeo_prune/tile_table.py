@@ -79,7 +79,7 @@ def tiles_stage(inputs: Sequence[str | Path], cfg: TileConfig = TileConfig(), *,
         GeoDataFrame (EPSG:4326) with the catalog columns known at this stage, ``kept`` and
         ``pruned_by`` (``"nodata"``, ``"mask"``, ``"entropy"`` or null).
     """
-    sources = resolve_inputs(inputs, nodata=cfg.nodata) if sources is None else sources
+    sources = resolve_inputs(inputs, nodata=cfg.nodata, datetime=cfg.datetime) if sources is None else sources
     urban_polys = _urban_polygons(cfg.mask)
     tables = []
     # disable=None: a bar only on a terminal, so logs and captured stderr stay clean

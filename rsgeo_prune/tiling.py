@@ -18,6 +18,7 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 
+from .acquisition import UNKNOWN, time_columns
 from .errors import InvalidOption, RSGeoPruneError
 from .sources import RasterScene, dataset_mask_of_chunk, decode_errors, gsd_metres, open_raster
 
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 DENSIFY_SEGMENTS = 16
 #: Version of the values this module puts in a tile table for a given input. Bumped when they
 #: change (2: NaN is nodata without a declared nodata value, ``gsd`` in metres, counter-clockwise
-#: footprints), so that a run directory's cached tile table can be keyed on it.
-TILE_TABLE_VERSION = 2
+#: footprints; 3: the acquisition time columns), so that a run directory's cached tile table can be
+#: keyed on it.
+TILE_TABLE_VERSION = 3
 
 
 def tile_offsets(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
@@ -106,9 +108,10 @@ def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = Non
 
     Returns:
         ``(table, native)``: a DataFrame with the catalog columns ``tile_id, scene_id, href, row_off,
-        col_off, height, width, crs, transform, gsd, bands, dtype, geometry`` (geometry in EPSG:4326,
-        counter-clockwise rings; ``gsd`` in metres, see :func:`tile_gsd`) and the tile polygons in
-        the raster CRS (shapely array, same order) for area work.
+        col_off, height, width, crs, transform, gsd, bands, dtype, datetime, start_datetime,
+        end_datetime, datetime_source, geometry`` (geometry in EPSG:4326, counter-clockwise rings;
+        ``gsd`` in metres, see :func:`tile_gsd`; the scene's acquisition time on every tile) and the
+        tile polygons in the raster CRS (shapely array, same order) for area work.
     """
     r, c, h, w = tile_offsets(scene, tile_size, stride, partial)
     native = tile_polygons(scene, r, c, h, w)
@@ -126,6 +129,7 @@ def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = Non
         "gsd": tile_gsd(scene, native),
         "bands": scene.count,
         "dtype": scene.dtype,
+        **time_columns([scene.acquired] * len(r)),
         "geometry": geometry,
     })
     return table, native
@@ -249,7 +253,8 @@ def collection_grid(coll) -> pd.DataFrame:
     """The tile table of an image collection: one tile per image, located by its manifest point.
 
     ``tile_id`` is ``<collection>/<image path without suffix>/0_0``; ``geometry`` is the image's
-    lon/lat point (EPSG:4326) or null when the manifest does not place it; ``href`` is the image.
+    lon/lat point (EPSG:4326) or null when the manifest does not place it; ``href`` is the image;
+    the acquisition time columns are the image's (manifest, else file name).
     """
     import shapely as _shp
 
@@ -274,5 +279,6 @@ def collection_grid(coll) -> pd.DataFrame:
         "gsd": np.nan,
         "bands": np.array([s[0] for s in sizes], np.int64),
         "dtype": [s[3] for s in sizes],
+        **time_columns(coll.acquired or [UNKNOWN] * len(stems)),
         "geometry": points,
     })

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import geopandas as gpd
 import numpy as np
@@ -95,3 +96,17 @@ def test_embeddings_round_trip(tmp_path, n):
     ids, back = read_embeddings(path)
     assert ids.tolist() == [f"t{i}" for i in range(n)] and np.array_equal(back, z)
     assert _compressions(path) <= {"ZSTD"}
+
+
+def test_hrefs_are_stored_relative_to_the_file_and_read_back_absolute(tmp_path):
+    """A catalog names its sources relative to its own folder (a moved folder still resolves);
+    read_catalog gives absolute paths back; absolute hrefs of older files are read as they are."""
+    src = tmp_path / "inputs" / "s.tif"
+    run = tmp_path / "runs" / "r"
+    path = write_geoparquet(_table(2).assign(href=[str(src), "/data/other.tif"]), run / "catalog.parquet")
+    stored = pq.read_table(path, columns=["href"]).column("href").to_pylist()
+    assert stored == ["../../inputs/s.tif", os.path.relpath("/data/other.tif", os.path.realpath(run))]
+    assert read_catalog(path)["href"].tolist() == [os.path.realpath(src), "/data/other.tif"]
+    old = tmp_path / "old.parquet"
+    gpd.GeoDataFrame(_table(1), geometry="geometry", crs="EPSG:4326").to_parquet(old)  # absolute, as before
+    assert read_catalog(old)["href"].tolist() == ["/data/s.tif"]

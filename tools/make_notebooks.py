@@ -197,7 +197,7 @@ class CatalogTiles(Dataset):
     (any band count; uint16/float rasters get the same per-scene stretch as the pipeline)."""
 
     def __init__(self, catalog_path):
-        cat = gpd.read_parquet(catalog_path)
+        cat = rp.read_catalog(catalog_path)  # hrefs are stored relative to the catalog's folder
         self.rows = cat[cat["kept"]].reset_index(drop=True)
         self.reader = PixelReader()
 
