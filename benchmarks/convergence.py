@@ -108,7 +108,7 @@ PR_K = 3
 # ------------------------------------------------------------------------------------------ protocol
 CONFIGS: dict[str, dict] = {
     # 2-core CPU (two DiT runs in parallel processes, one torch thread each), fresh work folder: synthetic
-    # corpus ~29 min, NAIP 23 min on a 2-core Xeon (the 40-min budget); DiT training and scoring are two thirds
+    # corpus 32 min, NAIP 23 min on a 2-core Xeon (the 40-min budget); DiT training and scoring are two thirds
     "cpu": dict(tile_size=64, budget=0.15, entropy_keep=0.5, k=28, k_naip=30, procs=2,
                 vae=dict(preset="small", steps=1500, batch_size=16, lr=2e-3, kl_weight=1e-6, val_every=250,
                          threads=2),
