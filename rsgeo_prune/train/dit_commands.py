@@ -65,9 +65,6 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
                                                   "under torchrun cuda:LOCAL_RANK or cpu)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    # test hooks, not shown in --help
-    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--digest-file", default=os.environ.get("RSGEO_DIT_DIGEST_FILE"), help=argparse.SUPPRESS)
     return p
 
 
@@ -82,8 +79,7 @@ def run_train_dit(args) -> dict:
                          log_every=args.log_every, save_every=args.save_every, keep_every=args.keep_every,
                          sample_every=args.sample_every, sample_n=args.sample_n, sample_steps=args.sample_steps,
                          fd_n=args.fd_n, compile=args.compile, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
-                         seed=args.seed, device=args.device, log=args.log, stop_at=args.stop_at,
-                         digest_file=args.digest_file)
+                         seed=args.seed, device=args.device, log=args.log)
     res = train_dit(args.latents, args.out, cfg, vae_dir=args.vae, resume=args.resume, progress=not args.quiet)
     summary = {"out": str(res.out), "step": res.step, "loss": res.loss, "model": cfg.model, "params": res.params,
                "world_size": res.world_size, "per_gpu_batch": res.per_gpu_batch, "global_batch": res.global_batch,

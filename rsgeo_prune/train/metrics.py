@@ -56,8 +56,9 @@ Metrics (plain numpy, float64, deterministic)
 * :func:`kernel_inception_distance` unbiased MMD² with the polynomial kernel
   ``k(x, y) = (x·y / d + 1)^degree``, mean ± std over seeded subsets (Bińkowski et al. 2018).
 * :func:`compare_sets` / :func:`compare_features` → :class:`MetricReport`.
-* :func:`torchmetrics_fid` / :func:`torchmetrics_kid`: the same through torchmetrics' classes with
-  our space as the extractor (``input_img_size=(C, H, W)``), for cross-checking.
+* :class:`TorchFeatureModule`: a feature space as torchmetrics' extractor
+  (``FrechetInceptionDistance(feature=TorchFeatureModule(space), input_img_size=(C, H, W))``), which gives the
+  same FD (the tests cross-check it).
 """
 
 from __future__ import annotations
@@ -364,14 +365,6 @@ def _canonical_order(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return (a, b) if ka <= kb else (b, a)
 
 
-def feature_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean ``(D,)`` and unbiased covariance ``(D, D)`` of features ``(N, D)`` in float64 (centred first: no
-    cancellation of Σxxᵀ − N μμᵀ)."""
-    mu = x.mean(axis=0)
-    xc = x - mu
-    return mu, (xc.T @ xc) / (len(x) - 1)
-
-
 def _clip_noise(w: np.ndarray) -> np.ndarray:
     """Eigenvalues of a PSD matrix with the rounding noise set to zero: negatives, and positives below
     ``D · eps · max`` (their square roots, ~1e-8 each, would otherwise add up over hundreds of null
@@ -384,19 +377,6 @@ def _psd_sqrt(s: np.ndarray) -> np.ndarray:
     """Symmetric square root ``(D, D)`` of a PSD matrix (rounding-noise eigenvalues dropped)."""
     w, v = np.linalg.eigh((s + s.T) / 2)
     return (v * np.sqrt(_clip_noise(w))) @ v.T
-
-
-def frechet_from_moments(mu_a, sigma_a, mu_b, sigma_b) -> float:
-    """FD of N(μa, Σa) and N(μb, Σb): ``‖μa − μb‖² + tr Σa + tr Σb − 2 tr (Σa^½ Σb Σa^½)^½`` (float64).
-
-    The cross term is the sum of the singular values of ``Σb^½ Σa^½`` (whose Gram matrix is
-    ``Σa^½ Σb Σa^½``): no eigenvalues are squared, so small ones keep their digits, and singular
-    covariances need no regularisation. For features use :func:`frechet_distance`."""
-    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
-    sa, sb = np.asarray(sigma_a, np.float64), np.asarray(sigma_b, np.float64)
-    tr_cross = float(np.linalg.svd(_psd_sqrt(sb) @ _psd_sqrt(sa), compute_uv=False).sum())
-    diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(sa) + np.trace(sb) - 2.0 * tr_cross)
 
 
 def _cross_trace(fa: np.ndarray, fb: np.ndarray, method: str) -> float:
@@ -623,41 +603,8 @@ class TorchFeatureModule(torch.nn.Module):
         return torch.from_numpy(self.space(imgs))
 
 
-def torchmetrics_fid(a_tiles, b_tiles, space="rsgeo-default") -> float:
-    """FD through ``torchmetrics.image.fid.FrechetInceptionDistance(feature=<space>, input_img_size=(C, H, W))``
-    (a is passed as "real", b as "fake"); ``space`` a registry name or a feature-space object, as in
-    :func:`compare_sets`. For cross-checks; :func:`frechet_distance` is the reference."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
-    space = _space(space, a.shape[1])
-    metric = FrechetInceptionDistance(feature=TorchFeatureModule(space), input_img_size=tuple(a.shape[1:]))
-    metric.update(a, real=True)
-    metric.update(b, real=False)
-    return float(metric.compute())
-
-
-def torchmetrics_kid(a_tiles, b_tiles, space, subsets: int, subset_size: int, degree: int = 3) -> tuple[float, float]:
-    """KID through ``torchmetrics.image.kid.KernelInceptionDistance(feature=<space>)`` (its own torch draws);
-    ``space`` a registry name or a feature-space object."""
-    import warnings
-
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
-    space = _space(space, a.shape[1])
-    with warnings.catch_warnings():  # "will save all extracted features in buffer": what we ask of it
-        warnings.filterwarnings("ignore", message=".*save all extracted features", category=UserWarning)
-        metric = KernelInceptionDistance(feature=TorchFeatureModule(space), subsets=subsets, subset_size=subset_size,
-                                         degree=degree)
-    metric.update(a, real=True)
-    metric.update(b, real=False)
-    mean, std = metric.compute()
-    return float(mean), float(std)
-
-
 __all__ = ["DEFAULT_FEATURE", "FEATURE_SPACES", "DefaultEmbedderFeatures", "InceptionFeatures", "MetricReport",
            "PrecisionRecall", "precision_recall",
            "RandomCNNConfig", "RandomCNNFeatures", "TorchFeatureModule", "as_uint8_tiles", "compare_features",
-           "compare_sets", "feature_moments", "feature_space", "frechet_distance", "frechet_from_moments",
-           "kernel_inception_distance", "torchmetrics_fid", "torchmetrics_kid"]
+           "compare_sets", "feature_space", "frechet_distance",
+           "kernel_inception_distance"]

@@ -189,6 +189,16 @@ def read_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     return state
 
 
+def config_from_saved(cls, saved: dict):
+    """The config dataclass ``cls`` of settings read back from a checkpoint or an export. The rule for files of
+    other versions: settings this version does not know (an older version's, since removed) are ignored, and
+    settings the file lacks take this version's defaults."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in saved.items() if k in known})
+
+
 def check_resume_steps(path: Path, saved_step: int, steps: int) -> None:
     """A resumed run continues forward: ``steps`` (the run's total) below the saved step is refused."""
     if steps < saved_step:
@@ -401,4 +411,4 @@ def _plain(v):
 
 __all__ = ["EpochSampler", "FiniteWatch", "LOGS", "LossNotFinite", "MetricsLog", "PRECISIONS", "SAFETENSORS_DTYPES",
            "STATE_FORMAT", "TENSORBOARD_DIR", "autocast", "check_log", "choose_device", "epoch_order", "write_safetensors",
-           "check_resume_steps", "load_state", "progress_bar", "read_metrics", "read_state", "saved_hint", "rng_state", "save_state", "seed_everything", "set_rng_state", "uses_bf16"]
+           "check_resume_steps", "config_from_saved", "load_state", "progress_bar", "read_metrics", "read_state", "saved_hint", "rng_state", "save_state", "seed_everything", "set_rng_state", "uses_bf16"]

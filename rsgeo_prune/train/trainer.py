@@ -41,9 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
-import math
 import os
 import sys
 import time
@@ -63,6 +60,7 @@ from .metrics import compare_sets
 from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, grid_pictures, read_checkpoint,
                        seeded_generator, write_grids)
 from .state import (PRECISIONS, FiniteWatch, MetricsLog, autocast, check_log, check_resume_steps, choose_device,
+                    config_from_saved,
                     epoch_order, load_state, progress_bar, save_state, saved_hint, uses_bf16)
 
 STATE_FILE = "state.pt"
@@ -99,8 +97,6 @@ class DiTTrainConfig:
     seed: int = 0
     device: str | None = None
     log: str = "jsonl"  # "jsonl" (metrics.jsonl) or "tensorboard" (metrics.jsonl and tensorboard/ event files)
-    stop_at: int | None = None  # stop (as if killed) after this step, without saving: tests of --resume
-    digest_file: str | None = None  # tests: each rank writes sha256 of its weights to this path ({rank} filled in)
 
 
 @dataclass
@@ -211,8 +207,6 @@ def check_config(cfg: DiTTrainConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise InvalidOption("precision", cfg.precision, f"choose one of {', '.join(PRECISIONS)}")
     check_log(cfg.log)
-    if cfg.stop_at is not None:
-        check_number("stop_at", cfg.stop_at, 1, whole=True)
 
 
 def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str | Path | None):
@@ -259,12 +253,12 @@ def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
     source files, count, shape), and it goes forward (``cfg.steps`` not below the saved step)."""
     state = read_checkpoint(path, hint="start a new --out")
     extra = state["extra"]
-    saved, lat = extra["config"], extra["latents"]
+    saved, lat = config_from_saved(DiTTrainConfig, extra["config"]), extra["latents"]
     for key in RESUME_KEYS:
-        if saved.get(key) != getattr(cfg, key):
+        if getattr(saved, key) != getattr(cfg, key):
             flag = "--" + key.replace("_", "-")
-            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {saved.get(key)}, not "
-                                  f"{getattr(cfg, key)}); resume with {flag} {saved.get(key)} or start a new --out")
+            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {getattr(saved, key)}, not "
+                                  f"{getattr(cfg, key)}); resume with {flag} {getattr(saved, key)} or start a new --out")
     if lat["vae_digest"] != info["vae_digest"]:
         raise RSGeoPruneError(f"{info['root']}: latents from another VAE than the run's (digest "
                               f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
@@ -338,17 +332,6 @@ def build_training(cfg: DiTTrainConfig, latent_shape, device: torch.device):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
     return model, ema, opt
-
-
-def weights_digest(*modules: torch.nn.Module) -> str:
-    """sha256 over the state dicts of ``modules`` (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for m in modules:
-        for name, t in m.state_dict().items():
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class Evaluator:
@@ -522,8 +505,6 @@ def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Di
             watch.update(loss, step)
             window += 1
             bar.update(1)
-            if cfg.stop_at is not None and step >= cfg.stop_at:
-                return DiTTrainResult(step, None, out, d.world, per_rank, cfg.batch_size, n_params)  # a simulated kill
             if step % cfg.log_every == 0 or step == cfg.steps or step % cfg.save_every == 0 or \
                     (cfg.sample_every and step % cfg.sample_every == 0) or (cfg.keep_every and step % cfg.keep_every == 0):
                 # a diverged run logs, samples and saves nothing; the same steps on every rank (a collective check)
@@ -555,8 +536,6 @@ def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Di
         bar.close()
         if log is not None:
             log.close()
-    if cfg.digest_file:
-        Path(cfg.digest_file.format(rank=d.rank)).write_text(weights_digest(model, ema))
     return DiTTrainResult(step, last_loss, out, d.world, per_rank, cfg.batch_size, n_params, last)
 
 
@@ -591,40 +570,6 @@ def _log_window(cfg, d: Dist, step, epoch, loss_sum, window, gnorm, t_window, t_
     return loss, packed[1].item() > 0, rec
 
 
-def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int, int] = (4, 8, 8), *, seed: int = 0,
-                            vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
-    """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for tests
-    and benchmarks: each tile is a few smooth per-channel patterns (learnable, unlike white noise) with a small
-    posterior variance. ``vae_digest`` names the (pretend) VAE; the catalog digest names ``seed``, ``n`` and
-    ``shape``, so other latents are other latents to a resumed run."""
-    from ..atomic import atomic_output
-    from .latents import FORMAT, INDEX_FILE, JSON_META, shard_name, write_shard
-
-    root = Path(root)
-    c, h, w = shape
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * yy, torch.sin(math.pi * xx), torch.cos(math.pi * yy)])
-    coef = torch.randn(n, c, basis.shape[0], generator=g) * torch.tensor([1.0, 0.8, 0.8, 0.5, 0.5, 0.5])
-    mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
-    logvar = torch.full_like(mean, -6.0)
-    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": f"synthetic-{seed}-{n}-{c}x{h}x{w}",
-            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
-            "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
-            "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}
-    ids = [f"synthetic-{i:06d}" for i in range(n)]
-    shards = []
-    for k, lo in enumerate(range(0, n, shard_size)):
-        write_shard(root / shard_name(k), mean[lo:lo + shard_size].half(), logvar[lo:lo + shard_size].half(),
-                    ids[lo:lo + shard_size], {**meta, "shard": str(k)})
-        shards.append(shard_name(k))
-    index = {"format": FORMAT, "tiles": n, "shards": shards, "shard_size": shard_size, "latent_shape": list(shape),
-             **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"}}
-    with atomic_output(root / INDEX_FILE) as tmp:
-        tmp.write_text(json.dumps(index, indent=2))
-    return root
-
-
 __all__ = ["DiTTrainConfig", "DiTTrainResult", "Dist", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
            "check_config", "check_resume", "ema_decay", "enable_tf32", "latents_info", "load_latents", "next_batch",
-           "setup_distributed", "train_dit", "update_ema", "weights_digest", "write_synthetic_latents"]
+           "setup_distributed", "train_dit", "update_ema"]

@@ -31,7 +31,6 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -202,7 +201,6 @@ class VAETrainConfig:
     # NHWC activations: 1.04x in fp32 on one Xeon thread, 0.8x under bf16 autocast (benchmarks/vae.py)
     channels_last: bool = False
     log: str = "jsonl"  # "jsonl" (metrics.jsonl) or "tensorboard" (metrics.jsonl and tensorboard/ event files)
-    stop_at: int | None = None  # stop (as if killed) after this step without a final save: tests of --resume
 
     def __post_init__(self):
         """Every value in range, before anything runs (one :class:`InvalidOption` naming the first that is not)."""
@@ -231,8 +229,6 @@ class VAETrainConfig:
         if self.lpips_weight > 0 and not self.lpips:
             raise InvalidOption("lpips_weight", self.lpips_weight, "needs a local LPIPS file (--lpips FILE); "
                                                                    "nothing is downloaded")
-        if self.stop_at is not None:
-            check_number("stop_at", self.stop_at, 1, whole=True)
 
 
 @dataclass
@@ -250,7 +246,7 @@ LR_SCHEDULES = ("cosine", "constant")
 #: Settings a resumed run may change: how long and how often, where and in what precision it runs, and the
 #: optimiser's step size (lower it to go on after a NaN). Every other setting is part of the run key.
 RESUMABLE = ("steps", "minutes", "val_every", "save_every", "log_every", "num_workers", "device", "precision",
-             "channels_last", "stop_at", "lr", "weight_decay", "log")
+             "channels_last", "lr", "weight_decay", "log")
 
 
 def run_key(train_ds, val_ds, cfg: VAETrainConfig, monitor: dict | None = None, split: dict | None = None) -> dict:
@@ -451,9 +447,6 @@ def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: 
                     bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}", tiles_s=f"{rate:.1f}")
                     tiles_seen, t_window = 0, now
                 bar.update(1)
-                if cfg.stop_at is not None and step >= cfg.stop_at:
-                    stopped = True  # a simulated kill: no final save
-                    return VAETrainResult(step, best_val, best_step, out=out)
                 if validate:
                     val = validation_loss(model, val_ds, cfg, device)
                     if not math.isfinite(val):
