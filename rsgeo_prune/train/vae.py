@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,13 +35,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_folder, atomic_output, check_writable, output_folder
+from ..atomic import atomic_folder, atomic_output
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .dataset import to_model_range
 from .augment import RadiometricJitter
-from .state import (PRECISIONS, EpochSampler, FiniteWatch, LossNotFinite, MetricsLog, autocast, check_log,
-                    check_resume_steps, choose_device, load_state, progress_bar, read_state, save_state, saved_hint,
-                    seed_everything)
+from .distributed import Dist
+from .loop import STATE_FILE, Budget, Cadence, claim_out, open_log, run_folder, run_loop
+from .state import (PRECISIONS, EpochSampler, LossNotFinite, MetricsLog, autocast, check_log, check_resume_steps,
+                    choose_device, load_state, read_state, saved_hint, seed_everything)
 
 #: Named sizes of the KL autoencoder (8x downsampling = 4 blocks). Step times: batch 16 of
 #: 4 x 64 x 64 tiles, one CPU thread of this machine, forward + backward + AdamW.
@@ -63,7 +63,6 @@ PRESETS: dict[str, dict] = {
 
 VAE_DIR = "vae"
 BEST_DIR = "best"
-STATE_FILE = "state.pt"
 REPORT_FILE = "rsgeo_vae.json"
 #: Pixels are clamped to at least this (a quarter of one uint8 level) before the spectral angle, so
 #: all-zero pixels (nodata, black) have a defined angle.
@@ -341,6 +340,76 @@ def jitter_of(cfg: VAETrainConfig) -> RadiometricJitter:
     return RadiometricJitter(gain=cfg.jitter_gain, offset=cfg.jitter_offset, gamma=cfg.jitter_gamma)
 
 
+class VAETask:
+    """The VAE's part of :func:`~rsgeo_prune.train.loop.run_loop`: epochs of :func:`~.state.epoch_order` batches,
+    its step (jitter, learning-rate schedule, loss terms, AdamW), its log fields and its validation, which keeps
+    the best checkpoint in ``out/best``."""
+
+    rate_name = "tiles_s"
+
+    def __init__(self, model, optimizer, train_ds, val_ds, out: Path, cfg: "VAETrainConfig", device, precision: str,
+                 lpips, key: dict, monitor: dict, log: MetricsLog, budget: Budget, layout, best_val: float,
+                 best_step: int):
+        self.model, self.optimizer, self.train_ds, self.val_ds, self.out = model, optimizer, train_ds, val_ds, out
+        self.cfg, self.device, self.precision, self.lpips, self.key = cfg, device, precision, lpips, key
+        self.monitor, self.log, self.budget, self.layout = monitor, log, budget, layout
+        self.best_val, self.best_step = best_val, best_step
+        self.jitter = jitter_of(cfg)
+        self.terms: dict = {}
+
+    def batches(self, epoch: int, position: int):
+        while True:
+            for batch in _epoch_loader(self.train_ds, self.cfg, epoch, position):
+                position += int(batch["image"].shape[0])
+                yield batch, epoch, position
+            epoch, position = epoch + 1, 0  # the epoch ran out: the next one starts at its first sample
+
+    def step(self, batch, step: int):
+        cfg = self.cfg
+        self.model.train()
+        batch = _model_batch(batch, self.train_ds, self.device)
+        x, valid = batch["image"], batch["valid"]
+        x = self.jitter(x, valid, seed=cfg.seed, step=step, fill=getattr(self.train_ds, "fill", -1.0))
+        x = x.contiguous(memory_format=self.layout)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step, self.budget.elapsed())
+        with autocast(self.device, self.precision):
+            self.terms = _loss_terms(self.model, x, valid, cfg, self.lpips)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.terms["loss"].backward()
+        self.optimizer.step()
+        return self.terms["loss"], x.shape[0]
+
+    def log_record(self, step: int, epoch: int, loss: float, rate: float, step_time: float) -> dict:
+        # the last step's terms (the loop's window mean is of the total loss only)
+        return dict(step=step, epoch=epoch, tiles_per_s=round(rate, 2),
+                    **{k: float(v.detach()) for k, v in self.terms.items()})
+
+    def evaluate(self, step: int) -> dict:
+        val = validation_loss(self.model, self.val_ds, self.cfg, self.device)
+        if not math.isfinite(val):
+            raise LossNotFinite(f"validation loss became {val} at step {step}; {saved_hint(self.out / STATE_FILE)}")
+        extra = {}
+        for name, ds in self.monitor.items():
+            m = evaluate(self.model, ds, self.cfg, self.device, baseline=False, limit=self.cfg.val_tiles)["vae"]
+            extra[f"{name}_psnr"], extra[f"{name}_sam_deg"] = m["psnr"], m["sam_deg"]
+        record = dict(val_loss=val, elapsed_s=round(self.budget.elapsed(), 1), lr=self.optimizer.param_groups[0]["lr"],
+                      **extra)
+        if self.log.tensorboard_dir is not None:
+            self.log.image("recon/input_over_output", recon_picture(self.model, self.val_ds, self.device), step)
+        if val < self.best_val:
+            self.best_val, self.best_step = val, step
+            save_vae(self.model, self.out / BEST_DIR)
+        return record
+
+    def state_extra(self) -> dict:
+        return {"best_val": self.best_val, "best_step": self.best_step, "config": asdict(self.cfg), "key": self.key,
+                "elapsed_s": self.budget.elapsed()}
+
+    def finish(self, step: int) -> None:
+        """Nothing here: :func:`finish_vae` runs after the loop, on the best checkpoint."""
+
+
 def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainConfig(), *, resume: bool = False,
               progress: bool = True, monitor: dict | None = None, split: dict | None = None) -> VAETrainResult:
     """Train a VAE from scratch on ``train_ds``; keep the checkpoint with the lowest loss on ``val_ds``.
@@ -364,10 +433,7 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
     """
     out = Path(out)
     monitor = dict(monitor or {})
-    state_path = out / STATE_FILE
-    check_writable(state_path, create=False)
-    if not resume and state_path.exists():
-        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it or choose a new --out")
+    state_path = claim_out(out, resume)
     if len(train_ds) < cfg.batch_size:
         raise RSGeoPruneError(f"{len(train_ds)} training tiles: fewer than one batch of {cfg.batch_size}; "
                               "lower --batch-size or select more tiles")
@@ -381,7 +447,7 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
         saved = read_state(state_path)
         check_run_key(out, saved["extra"].get("key"), key)
         check_resume_steps(state_path, int(saved["step"]), cfg.steps)
-    with output_folder(out, keep=state_path.exists):
+    with run_folder(out):
         return _train(train_ds, val_ds, out, cfg, device, precision, lpips, key, resume, progress, monitor)
 
 
@@ -394,84 +460,23 @@ def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: 
     model = build_vae(cfg.preset, channels=channels, downsample=cfg.downsample).to(device)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
-    jitter = jitter_of(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    step, epoch, position, best_val, best_step, elapsed_before = 0, 0, 0, math.inf, -1, 0.0
+    start, best_val, best_step, elapsed_before = (0, 0, 0), math.inf, -1, 0.0
     if resume:
         # to the CPU: the optimiser moves its state to the parameters' device itself, and a non-fused AdamW with
         # its step counts on the GPU would read them back to the host for every parameter, every step
         pos = load_state(state_path, model=model, optimizer=opt, map_location="cpu")
-        step, epoch, position = pos["step"], pos["epoch"], pos["position"]
+        start = (pos["step"], pos["epoch"], pos["position"])
         best_val, best_step = pos["extra"].get("best_val", math.inf), pos["extra"].get("best_step", -1)
         elapsed_before = float(pos["extra"].get("elapsed_s", 0.0))
-    log = MetricsLog(out / "metrics.jsonl", tensorboard=cfg.log == "tensorboard", resume_step=step if resume else None)
-    bar = progress_bar(cfg.steps, step, progress)
-    watch = FiniteWatch(device)
-    t_start, tiles_seen, t_window = time.perf_counter(), 0, time.perf_counter()
-
-    def checkpoint():
-        save_state(state_path, model=model, optimizer=opt, step=step, epoch=epoch, position=position,
-                   extra={"best_val": best_val, "best_step": best_step, "config": asdict(cfg), "key": key,
-                          "elapsed_s": elapsed_before + time.perf_counter() - t_start})
-
-    stopped = False
-    try:
-        while step < cfg.steps and not stopped:
-            loader = _epoch_loader(train_ds, cfg, epoch, position)
-            for batch in loader:
-                model.train()
-                batch = _model_batch(batch, train_ds, device)
-                x, valid = batch["image"], batch["valid"]
-                x = jitter(x, valid, seed=cfg.seed, step=step, fill=getattr(train_ds, "fill", -1.0))
-                x = x.contiguous(memory_format=layout)
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(cfg, step, elapsed_before + time.perf_counter() - t_start)
-                with autocast(device, precision):
-                    terms = _loss_terms(model, x, valid, cfg, lpips)
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                opt.step()
-                step += 1
-                watch.update(terms["loss"], step)
-                position += x.shape[0]
-                tiles_seen += x.shape[0]
-                out_of_time = cfg.minutes is not None and time.perf_counter() - t_start > cfg.minutes * 60
-                last = step >= cfg.steps or out_of_time
-                validate, save = step % cfg.val_every == 0 or last, step % cfg.save_every == 0 or last
-                if step % cfg.log_every == 0 or validate or save:
-                    watch.check(lambda: saved_hint(state_path))  # a diverged run logs, compares and saves nothing
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    now = time.perf_counter()
-                    rate = tiles_seen / max(now - t_window, 1e-9)
-                    log.log(step=step, epoch=epoch, tiles_per_s=round(rate, 2), **{k: float(v.detach()) for k, v in terms.items()})
-                    bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}", tiles_s=f"{rate:.1f}")
-                    tiles_seen, t_window = 0, now
-                bar.update(1)
-                if validate:
-                    val = validation_loss(model, val_ds, cfg, device)
-                    if not math.isfinite(val):
-                        raise LossNotFinite(f"validation loss became {val} at step {step}; {saved_hint(state_path)}")
-                    extra = {}
-                    for name, ds in monitor.items():
-                        m = evaluate(model, ds, cfg, device, baseline=False, limit=cfg.val_tiles)["vae"]
-                        extra[f"{name}_psnr"], extra[f"{name}_sam_deg"] = m["psnr"], m["sam_deg"]
-                    log.log(step=step, val_loss=val, elapsed_s=round(elapsed_before + time.perf_counter() - t_start, 1),
-                            lr=opt.param_groups[0]["lr"], **extra)
-                    if log.tensorboard_dir is not None:
-                        log.image("recon/input_over_output", recon_picture(model, val_ds, device), step)
-                    if val < best_val:
-                        best_val, best_step = val, step
-                        save_vae(model, out / BEST_DIR)
-                if save:
-                    checkpoint()
-                if last:
-                    stopped = True
-                    break
-            else:  # the epoch ran out: the next one starts at its first sample
-                epoch, position = epoch + 1, 0
-    finally:
-        bar.close()
-        log.close()
+    log = open_log(out, cfg.log, start[0] if resume else None)
+    budget = Budget(cfg.minutes, elapsed_before)
+    task = VAETask(model, opt, train_ds, val_ds, out, cfg, device, precision, lpips, key, monitor, log, budget,
+                   layout, best_val, best_step)
+    cadence = Cadence(cfg.steps, cfg.log_every, cfg.save_every, eval_every=cfg.val_every)
+    step, _, _ = run_loop(task, cadence, out=out, start=start, d=Dist(device=device), budget=budget, log=log,
+                          progress=progress)
+    best_val, best_step = task.best_val, task.best_step
     if not (out / BEST_DIR / "config.json").exists() and not (out / VAE_DIR / "config.json").exists():
         save_vae(model, out / BEST_DIR)  # resumed at its last step before any validation: the model as it is
     best = load_vae(out / BEST_DIR if (out / BEST_DIR / "config.json").exists() else out, device)
