@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 
 from ..errors import RSGeoPruneError
-from .state import choose_device
+from .device import choose_device
 
 
 @dataclass

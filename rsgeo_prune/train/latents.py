@@ -30,8 +30,11 @@ from ..atomic import atomic_output, check_writable, output_folder
 from ..errors import RSGeoPruneError, check_number
 from ..rundir import digest
 from .dataset import to_model_range
-from .state import autocast, choose_device, progress_bar, write_safetensors
-from .vae import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
+from .checkpoint import write_safetensors
+from .convert import denormalise_latents, normalise_latents, scale_tensors
+from .device import autocast, choose_device
+from .runlog import progress_bar
+from .vae_model import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
 
 INDEX_FILE = "index.json"
 FORMAT = "rsgeo-latents/1"
@@ -358,8 +361,7 @@ class LatentShards(torch.utils.data.Dataset):
         if self.mean.shape[1] != c:
             raise RSGeoPruneError(f"{index_path}: a latent scale of {c} channels for {self.mean.shape[1]}-channel "
                                   "latents; run rsgeo-prune encode again with this --out")
-        self.latents_mean = torch.tensor(self.index["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
-        self.latents_std = torch.tensor(self.index["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
+        self.latents_mean, self.latents_std = scale_tensors(self.index["latents_mean"], self.index["latents_std"])
         self._scale_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -376,12 +378,11 @@ class LatentShards(torch.utils.data.Dataset):
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         """``(z - latents_mean) / latents_std``: unit-scale latents for the diffusion model."""
-        mean, std = self._scale_on(z.device)
-        return (z - mean) / std
+        return normalise_latents(z, *self._scale_on(z.device))
 
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._scale_on(z.device)
-        return z * std + mean
+        """``z · latents_std + latents_mean``: back on the VAE's scale."""
+        return denormalise_latents(z, *self._scale_on(z.device))
 
     def _scale_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The latent scale on ``device``, copied there once (a host-to-GPU copy every step would make the host

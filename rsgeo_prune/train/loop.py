@@ -19,6 +19,7 @@ of them leave at the same step. Only rank 0 writes (log, states, finish); a resu
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,11 @@ import torch
 
 from ..atomic import check_writable, output_folder
 from ..errors import RSGeoPruneError
+from .checkpoint import read_state, save_state
 from .distributed import Dist, all_reduce_sum, barrier
-from .state import FiniteWatch, MetricsLog, progress_bar, save_state, saved_hint
+from .runlog import MetricsLog, open_log, progress_bar
 
 STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.jsonl"
 KEEP_DIR = "checkpoints"
 
 
@@ -55,9 +56,50 @@ def run_folder(out: Path, writer: bool = True) -> contextlib.AbstractContextMana
     return output_folder(out, keep=(Path(out) / STATE_FILE).exists)
 
 
-def open_log(out: Path, log: str, resume_step: int | None) -> MetricsLog:
-    """The run's ``metrics.jsonl`` (and, with ``log="tensorboard"``, its event files); see :class:`MetricsLog`."""
-    return MetricsLog(Path(out) / METRICS_FILE, tensorboard=log == "tensorboard", resume_step=resume_step)
+class LossNotFinite(RSGeoPruneError):
+    """Training stopped: the loss became NaN or infinite (nothing after the last finite step was saved)."""
+
+
+class FiniteWatch:
+    """The first step whose loss was not finite, kept on the loss's device: :meth:`update` queues two small
+    kernels and never waits for the device; :meth:`check` (at log, validation and save steps) reads it."""
+
+    def __init__(self, device: torch.device | str):
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), dtype=torch.float32, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        """Record ``loss`` of optimiser step ``step`` (1-based: the step it was computed for)."""
+        loss = loss.detach().float()
+        first = (self.step < 0) & ~torch.isfinite(loss)
+        self.step.masked_fill_(first, step)
+        self.value = torch.where(first, loss, self.value)
+
+    def check(self, hint, *, all_ranks: bool = False) -> None:
+        """Raise :class:`LossNotFinite` (``loss became NaN at step N; <hint()>``) if a loss was not finite;
+        with ``all_ranks`` (a collective call: every process of a DDP run makes it at the same step) if one
+        was on any rank, so that all of them stop together."""
+        step = self.step
+        if all_ranks:
+            import torch.distributed as dist
+
+            none = torch.iinfo(torch.long).max
+            step = torch.where(step < 0, torch.full_like(step, none), step)
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+            step = torch.where(step == none, torch.full_like(step, -1), step)
+        step = int(step.item())
+        if step >= 0:
+            what = "infinite" if math.isinf(float(self.value.item())) else "NaN"
+            raise LossNotFinite(f"loss became {what} at step {step}; {hint()}")
+
+
+def saved_hint(path: Path) -> str:
+    """How to go on after a run stopped on a non-finite loss: from the last state saved at ``path``, if any."""
+    if path.exists():
+        step = read_state(path)["step"]
+        return (f"the state of step {step} in {path.parent} is kept: continue it with --resume and a lower --lr "
+                "(or stronger clipping)")
+    return "nothing was saved; rerun with a lower --lr"
 
 
 @dataclass(frozen=True)
@@ -201,5 +243,5 @@ def run_loop(task: Task, cadence: Cadence, *, out: Path, start: tuple[int, int, 
     return step, last_loss, last
 
 
-__all__ = ["Budget", "Cadence", "KEEP_DIR", "METRICS_FILE", "STATE_FILE", "Task", "Window", "claim_out", "open_log",
-           "run_folder", "run_loop"]
+__all__ = ["Budget", "Cadence", "FiniteWatch", "KEEP_DIR", "LossNotFinite", "STATE_FILE", "Task", "Window",
+           "claim_out", "open_log", "run_folder", "run_loop", "saved_hint"]

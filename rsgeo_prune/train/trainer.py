@@ -15,12 +15,12 @@ Run layout under ``out``: ``state.pt`` (latest full state, what ``--resume`` rea
 
 Choices, each with its reason:
 
-* **One checkpoint format**: :func:`~rsgeo_prune.train.state.save_state` (atomic, ``weights_only``) with, in
+* **One checkpoint format**: :func:`~rsgeo_prune.train.checkpoint.save_state` (atomic, ``weights_only``) with, in
   ``extra``: ``kind``, the train config, the EMA weights, the latents' identity (VAE digest, shape, scale) and
   the world size. ``sample`` needs nothing but this file and the VAE.
-* **Exact resume**: the data order is :func:`~rsgeo_prune.train.state.epoch_order` of (seed, epoch) and the
+* **Exact resume**: the data order is :func:`~rsgeo_prune.train.rng.epoch_order` of (seed, epoch) and the
   state holds (epoch, position); the generator that draws step s's latent noise, timesteps and diffusion noise on
-  rank r is seeded with (seed, s, r) (:func:`~rsgeo_prune.train.sampling.seeded_generator`). Its state at any
+  rank r is seeded with (seed, s, r) (:func:`~rsgeo_prune.train.rng.seeded_generator`). Its state at any
   step is thus a pure function of the checkpointed step: nothing per rank has to be gathered to rank 0, and a
   run stopped at step k and resumed ends, on CPU, with the same weights bit for bit as an uninterrupted one.
 * **Global batch is the unit**: ``batch_size`` is the global batch (the paper's 256); each of the ``world``
@@ -48,16 +48,17 @@ import numpy as np
 import torch
 
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
-from .diffusion import DIFFUSIONS
+from .checkpoint import DIT_STATE_KIND, check_resume_steps, config_from_saved, load_state, read_checkpoint
+from .device import PRECISIONS, autocast, enable_tf32, uses_bf16
+from .diffusion import DIFFUSIONS, TIME_SAMPLINGS, diffusion_of
 from .dit import DIT_CONFIGS, build_dit, count_parameters
 from .distributed import Dist, setup_distributed, teardown_distributed, wrap_ddp
 from .export import EXPORT_DIR, write_export
 from .loop import STATE_FILE, Budget, Cadence, claim_out, open_log, run_folder, run_loop
 from .metrics import compare_sets
-from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, grid_pictures, read_checkpoint,
-                       seeded_generator, write_grids)
-from .state import (PRECISIONS, MetricsLog, autocast, check_log, check_resume_steps, config_from_saved, epoch_order,
-                    load_state, uses_bf16)
+from .sampling import decode_latents, generate_latents, grid_pictures, write_grids
+from .rng import epoch_order, seeded_generator
+from .runlog import MetricsLog, check_log
 
 #: Settings that must match when a run is resumed (the data order, the noise and the model depend on them).
 RESUME_KEYS = ("model", "diffusion", "time_sampling", "batch_size", "seed")
@@ -104,19 +105,9 @@ class DiTTrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def enable_tf32() -> None:
-    """TF32 for fp32 matmuls and convolutions on GPU (what is left outside bf16 autocast)."""
-    torch.set_float32_matmul_precision("high")
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        conv.fp32_precision = "tf32"
-    else:
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # -- the named steps ------------------------------------------------------------------------------
-#: Path-time distributions of the flow objective (``--time-sampling``; DDPM draws its timesteps uniformly).
-TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def check_config(cfg: DiTTrainConfig) -> None:
@@ -195,10 +186,11 @@ def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
     extra = state["extra"]
     saved, lat = config_from_saved(DiTTrainConfig, extra["config"]), extra["latents"]
     for key in RESUME_KEYS:
-        if getattr(saved, key) != getattr(cfg, key):
+        was, now = getattr(saved, key), getattr(cfg, key)
+        if was != now:
             flag = "--" + key.replace("_", "-")
-            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {getattr(saved, key)}, not "
-                                  f"{getattr(cfg, key)}); resume with {flag} {getattr(saved, key)} or start a new --out")
+            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {was}, not {now}); resume with "
+                                  f"{flag} {was} or start a new --out")
     if lat["vae_digest"] != info["vae_digest"]:
         raise RSGeoPruneError(f"{info['root']}: latents from another VAE than the run's (digest "
                               f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
@@ -467,5 +459,5 @@ def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 __all__ = ["DiTTask", "DiTTrainConfig", "DiTTrainResult", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
-           "check_config", "check_resume", "ema_decay", "enable_tf32", "latents_info", "load_latents", "next_batch",
+           "check_config", "check_resume", "ema_decay", "latents_info", "load_latents", "next_batch",
            "train_dit", "update_ema"]

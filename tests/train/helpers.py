@@ -47,7 +47,7 @@ def frechet_from_moments(mu_a, sigma_a, mu_b, sigma_b) -> float:
 
 
 def _space(space, channels: int):
-    from rsgeo_prune.train.metrics import feature_space
+    from rsgeo_prune.train.features import feature_space
 
     return feature_space(space, channels=channels) if isinstance(space, str) else space
 
@@ -57,7 +57,7 @@ def torchmetrics_fid(a_tiles, b_tiles, space="rsgeo-default") -> float:
     (a as "real", b as "fake"); ``space`` a registry name or a feature-space object."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from rsgeo_prune.train.metrics import TorchFeatureModule, as_uint8_tiles
+    from rsgeo_prune.train.features import TorchFeatureModule, as_uint8_tiles
 
     a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
     metric = FrechetInceptionDistance(feature=TorchFeatureModule(_space(space, a.shape[1])),
@@ -73,7 +73,7 @@ def torchmetrics_kid(a_tiles, b_tiles, space, subsets: int, subset_size: int, de
 
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    from rsgeo_prune.train.metrics import TorchFeatureModule, as_uint8_tiles
+    from rsgeo_prune.train.features import TorchFeatureModule, as_uint8_tiles
 
     a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
     with warnings.catch_warnings():  # "will save all extracted features in buffer": what we ask of it

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rsgeo_prune.train.dit_commands import main
-from rsgeo_prune.train.state import read_metrics
+from rsgeo_prune.train.runlog import read_metrics
 from rsgeo_prune.train.latents import write_synthetic_latents
 
 from .helpers import interrupt_after, weights_digest
@@ -115,7 +115,7 @@ def test_killed_then_resumed_run_ends_with_the_same_weights(world, tmp_path, mon
 
 def test_a_checkpoint_with_settings_this_version_does_not_know_resumes(world, tmp_path):
     """Settings an older version stored (its test hooks ``stop_at`` and ``digest_file``) are ignored on resume."""
-    from rsgeo_prune.train.state import config_from_saved
+    from rsgeo_prune.train.checkpoint import config_from_saved
     from rsgeo_prune.train.trainer import DiTTrainConfig
 
     out = tmp_path / "run"
@@ -205,7 +205,7 @@ def _bad(world, tmp_path):
 
 
 def test_bad_input_gives_one_clear_error(world, tmp_path, capsys):
-    from rsgeo_prune.train.state import save_state
+    from rsgeo_prune.train.checkpoint import save_state
 
     save_state(tmp_path / "vae_state.pt", model=torch.nn.Linear(2, 2), step=0, epoch=0, position=0)
     before = _files(world["run"])

@@ -10,7 +10,9 @@ import torch
 from rsgeo_prune import TileConfig, synth, tiles_stage
 from rsgeo_prune.errors import RSGeoPruneError
 from rsgeo_prune.train.dataset import CatalogDataset
-from rsgeo_prune.train.state import load_state, read_metrics, seed_everything
+from rsgeo_prune.train.checkpoint import load_state
+from rsgeo_prune.train.rng import seed_everything
+from rsgeo_prune.train.runlog import read_metrics
 from rsgeo_prune.train.vae import (PRESETS, ReconMetrics, VAETrainConfig, bicubic_x8, build_vae, load_vae, train_vae,
                                    validation_loss, vae_digest)
 
@@ -142,15 +144,15 @@ def test_learning_rate_warms_up_then_decays_by_steps_or_by_the_clock():
 
 
 def test_precision_auto_is_fp32_without_amx_and_refuses_unknown_names(monkeypatch):
-    import rsgeo_prune.train.vae as vae_mod
+    from rsgeo_prune.train import device
 
-    monkeypatch.setattr(vae_mod, "cpu_has_amx", lambda: False)
-    assert vae_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(vae_mod, "cpu_has_amx", lambda: True)
-    assert vae_mod.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    assert vae_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert device.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     with pytest.raises(RSGeoPruneError, match="precision 'fp16'"):
-        vae_mod.resolve_precision("fp16", torch.device("cpu"))
+        device.resolve_precision("fp16", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
