@@ -30,7 +30,7 @@ import torch
 from ..atomic import check_writable, output_folder
 from ..errors import RSGeoPruneError
 from .checkpoint import read_state, save_state
-from .distributed import Dist, all_reduce_sum, barrier
+from .distributed import Dist, all_reduce_min, all_reduce_sum, barrier
 from .runlog import MetricsLog, open_log, progress_bar
 
 STATE_FILE = "state.pt"
@@ -75,18 +75,14 @@ class FiniteWatch:
         self.step.masked_fill_(first, step)
         self.value = torch.where(first, loss, self.value)
 
-    def check(self, hint, *, all_ranks: bool = False) -> None:
-        """Raise :class:`LossNotFinite` (``loss became NaN at step N; <hint()>``) if a loss was not finite;
-        with ``all_ranks`` (a collective call: every process of a DDP run makes it at the same step) if one
-        was on any rank, so that all of them stop together."""
-        step = self.step
-        if all_ranks:
-            import torch.distributed as dist
-
-            none = torch.iinfo(torch.long).max
-            step = torch.where(step < 0, torch.full_like(step, none), step)
-            dist.all_reduce(step, op=dist.ReduceOp.MIN)
-            step = torch.where(step == none, torch.full_like(step, -1), step)
+    def check(self, hint, d: Dist = Dist()) -> None:
+        """Raise :class:`LossNotFinite` (``loss became NaN at step N; <hint()>``) if a loss was not finite on any
+        rank of ``d`` (a collective call in a multi-process run: every rank makes it at the same step, so that all
+        of them stop together)."""
+        none = torch.iinfo(torch.long).max
+        step = torch.where(self.step < 0, torch.full_like(self.step, none), self.step)
+        all_reduce_min(step, d)
+        step = torch.where(step == none, torch.full_like(step, -1), step)
         step = int(step.item())
         if step >= 0:
             what = "infinite" if math.isinf(float(self.value.item())) else "NaN"
@@ -212,7 +208,7 @@ def run_loop(task: Task, cadence: Cadence, *, out: Path, start: tuple[int, int, 
             keep_now = bool(cadence.keep_every) and step % cadence.keep_every == 0
             if log_now or eval_now or save_now or keep_now:
                 # a diverged run logs, evaluates and saves nothing; the same steps on every rank (a collective check)
-                watch.check(lambda: saved_hint(state_path), all_ranks=d.active)
+                watch.check(lambda: saved_hint(state_path), d)
             if log_now:
                 last_loss, stop, rate, step_time = window.close(d, d.is_main and budget.spent())
                 final = final or stop

@@ -145,7 +145,7 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
     from .latents import LatentShards
 
     if vae_dir is not None:
-        from .vae import vae_folder
+        from .vae_model import vae_folder
 
         vae_folder(vae_dir)  # there, before the latents are read
     ds = LatentShards(root)
@@ -160,7 +160,7 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
     if h != w or h % patch:
         raise RSGeoPruneError(f"{root}: latents {h}x{w} do not fit {cfg.model} (square, a multiple of patch {patch})")
     if vae_dir is not None:
-        from .vae import vae_digest
+        from .vae_model import vae_digest
 
         digest = vae_digest(vae_dir)
         if digest != ds.index["vae_digest"]:
@@ -378,7 +378,7 @@ def _run(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dis
 
     vae = None
     if vae_dir is not None and d.is_main and cfg.sample_every:
-        from .vae import load_vae
+        from .vae_model import load_vae
 
         vae = load_vae(vae_dir, d.device)
     log = open_log(out, cfg.log, start[0] if resume else None) if d.is_main else None
