@@ -2,11 +2,11 @@
 (``rsgeo-prune`` registers them in its parser; they raise :class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input,
 which the front end prints as one line, exit 2).
 
-The entry point, also under torchrun, is ``rsgeo-prune`` / ``python -m rsgeo_prune``::
+The entry point, also under torchrun, is ``rsgeo-prune`` (the module ``rsgeo_prune.cli``)::
 
-    python -m rsgeo_prune train-dit LATENTS --out RUN --model DiT-B/2
-    torchrun --nproc_per_node 4 -m rsgeo_prune train-dit LATENTS --out RUN --model DiT-XL/2
-    python -m rsgeo_prune sample RUN/state.pt --vae VAE --n 64 --out SAMPLES
+    rsgeo-prune train-dit LATENTS --out RUN --model DiT-B/2
+    torchrun --nproc_per_node 4 -m rsgeo_prune.cli train-dit LATENTS --out RUN --model DiT-XL/2
+    rsgeo-prune sample RUN/state.pt --vae VAE --n 64 --out SAMPLES
 
 ``python -m rsgeo_prune.train.dit_commands`` runs the same two commands (and nothing else).
 """
