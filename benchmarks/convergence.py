@@ -874,7 +874,8 @@ def paired_full(runs: dict, p: dict, refs: list[str]) -> dict:
 
 # --------------------------------------------------------------------------------------------- main
 def run(p: dict, work: Path) -> dict:
-    from rsgeo_prune.train.vae import cpu_has_amx, load_vae
+    from rsgeo_prune.train.device import cpu_has_amx
+    from rsgeo_prune.train.vae import load_vae
 
     work.mkdir(parents=True, exist_ok=True)
     times, t_all = {}, time.perf_counter()

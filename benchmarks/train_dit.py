@@ -29,10 +29,12 @@ import torch  # noqa: E402
 
 from _common import print_table  # noqa: E402
 from rsgeo_prune.train.dit import dit_flops  # noqa: E402
-from rsgeo_prune.train.sampling import diffusion_of, seeded_generator  # noqa: E402
-from rsgeo_prune.train.state import read_metrics  # noqa: E402
-from rsgeo_prune.train.trainer import (DiTTrainConfig, TrainStep, build_training, enable_tf32, train_dit,  # noqa: E402
-                                       write_synthetic_latents)
+from rsgeo_prune.train.device import enable_tf32  # noqa: E402
+from rsgeo_prune.train.diffusion import diffusion_of  # noqa: E402
+from rsgeo_prune.train.latents import write_synthetic_latents  # noqa: E402
+from rsgeo_prune.train.rng import seeded_generator  # noqa: E402
+from rsgeo_prune.train.runlog import read_metrics  # noqa: E402
+from rsgeo_prune.train.trainer import DiTTrainConfig, TrainStep, build_training, train_dit  # noqa: E402
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM: the yardstick of the MFU target
 #: dense bf16 peaks by device name (vendor data sheets), so a PCIe or NVL card is also judged by its own peak

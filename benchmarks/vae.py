@@ -30,8 +30,8 @@ import torch
 from _common import cpu_name
 from rsgeo_prune import TileConfig, tiles_stage
 from rsgeo_prune.train.dataset import CatalogDataset, hash_split, split_validation
-from rsgeo_prune.train.state import PRECISIONS
-from rsgeo_prune.train.vae import (VAETrainConfig, _loss_terms, build_vae, cpu_has_amx, evaluate, load_vae,
+from rsgeo_prune.train.device import PRECISIONS, cpu_has_amx
+from rsgeo_prune.train.vae import (VAETrainConfig, _loss_terms, build_vae, evaluate, load_vae,
                                    resolve_precision, train_vae)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "naip"

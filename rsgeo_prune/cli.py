@@ -171,14 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--labels", default=None, metavar="CSV",
                     help="optional CSV with tile_id and class columns (adds the class-mix plot)")
     rp.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random comparison subset")
+    for name, run in {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
+                      "map": _cmd_map, "report": _cmd_report}.items():
+        sub.choices[name].set_defaults(func=run)
     _add_training_commands(sub)
     return parser
 
 
 def _add_training_commands(sub) -> None:
     """The training wing's sub-commands; their options live beside their code in ``rsgeo_prune.train``."""
-    from .train.commands import add_encode_arguments, add_train_vae_arguments
-    from .train.dit_commands import add_sample_arguments, add_train_dit_arguments
+    from .train.commands import add_encode_arguments, add_train_vae_arguments, run_encode, run_train_vae
+    from .train.dit_commands import add_sample_arguments, add_train_dit_arguments, run_sample, run_train_dit
 
     add_train_vae_arguments(sub.add_parser(
         "train-vae", formatter_class=_Formatter, help="train the 4-channel KL VAE from scratch on a catalog's tiles",
@@ -186,11 +189,13 @@ def _add_training_commands(sub) -> None:
                     "of a catalog; keep the checkpoint with the lowest validation loss (whole scenes held out by "
                     "default, --val-by) in OUT/vae/ (save_pretrained format, with the measured per-channel latent "
                     "mean and std), with per-band PSNR, SSIM and SAM on the validation split; --resume continues a "
-                    "stopped run; --log tensorboard adds TensorBoard event files."))
+                    "stopped run; --log tensorboard adds TensorBoard event files.")).set_defaults(func=_cmd_training,
+                                                                                    run=run_train_vae)
     add_encode_arguments(sub.add_parser(
         "encode", formatter_class=_Formatter, help="encode a catalog's tiles once to latent shards for the DiT",
         description="Encode every selected tile to its posterior mean and log-variance (fp16) in safetensors shards "
-                    "keyed by tile_id, with the VAE and catalog digests; a killed run continues where it stopped."))
+                    "keyed by tile_id, with the VAE and catalog digests; a killed run continues where it stopped."
+    )).set_defaults(func=_cmd_training, run=run_encode)
     add_train_dit_arguments(sub.add_parser(
         "train-dit", formatter_class=_Formatter, help="train an unconditional DiT on latent shards",
         description="Train a DiT (written from Peebles & Xie 2023; --model from the registry) on the latent shards of "
@@ -198,13 +203,14 @@ def _add_training_commands(sub) -> None:
                     "Fréchet distance every --sample-every steps, --log tensorboard. When the run ends it writes "
                     "OUT/export/ (config.json, ema.safetensors, model.safetensors), which loads with "
                     "rsgeo_prune.train.load_dit or plain torch. Multi-GPU: torchrun --nproc_per_node N -m "
-                    "rsgeo_prune.train.dit_commands train-dit ... (--batch-size is the global batch)."))
+                    "rsgeo_prune.cli train-dit ... (--batch-size is the global batch)."
+    )).set_defaults(func=_cmd_training, run=run_train_dit)
     add_sample_arguments(sub.add_parser(
         "sample", formatter_class=_Formatter, help="sample tiles from a DiT checkpoint's EMA weights",
         description="Sample from the EMA weights of a train-dit checkpoint or export folder, decode with the VAE and "
                     "write 4-band arrays (.npy, or plain TIFF with band names, no georeference), the latents, RGB "
                     "and NIR-R-G false-colour grids and samples.json (bands, dtype, value range, sampler, seed); "
-                    "seedable."))
+                    "seedable.")).set_defaults(func=_cmd_training, run=run_sample)
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -351,11 +357,9 @@ def _cmd_report(args) -> int:
 def _cmd_training(args) -> int:
     """train-vae, encode, train-dit, sample: run functions beside their code in ``rsgeo_prune.train``, whose
     errors and Ctrl-C are one line naming the command (``rsgeo-prune train-vae: …``), as under ``python -m``."""
-    from .train import commands, dit_commands
+    from .train.commands import run_command
 
-    runners = {"train-vae": commands.run_train_vae, "encode": commands.run_encode,
-               "train-dit": dit_commands.run_train_dit, "sample": dit_commands.run_sample}
-    return commands.run_command(args.command, runners[args.command], args)
+    return run_command(args.command, args.run, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -363,11 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    commands = {"tiles": _cmd_tiles, "entropy": _cmd_entropy, "centroids": _cmd_centroids, "run": _cmd_run,
-                "map": _cmd_map, "report": _cmd_report, "train-vae": _cmd_training, "encode": _cmd_training,
-                "train-dit": _cmd_training, "sample": _cmd_training}
     try:
-        return commands[args.command](args)
+        return args.func(args)
     except RSGeoPruneError as exc:  # the library names the value; one_line adds an option's flag
         print(f"rsgeo-prune: error: {one_line(exc)}", file=sys.stderr)
         return 2

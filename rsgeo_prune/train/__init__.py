@@ -1,7 +1,14 @@
 """The training wing: catalog → torch Dataset → 4-channel VAE → latent shards → unconditional DiT.
 
-One module per concept (``dataset``, ``vae``, ``latents``, ``dit``, ``diffusion``, ``trainer``,
-``metrics``, ``export``). It reads pixels through :mod:`rsgeo_prune.pixels` and never imports the selection code,
+One module per concept; data flows up this list, never down:
+
+* plumbing: ``device`` (device, precision), ``rng`` (data order, RNG states), ``convert`` (the repeated
+  conversions), ``checkpoint`` (states and weight files), ``runlog`` (metrics log, progress bar),
+  ``distributed`` (torchrun/DDP), ``loop`` (the training-loop skeleton every trainer runs);
+* models and maths: ``diffusion`` (processes, samplers), ``dit``, ``augment``, ``dataset``, ``features`` (feature
+  spaces), ``metrics`` (FD, KID, precision/recall), ``vae_model`` (the VAE's presets and I/O);
+* stages: ``vae`` (train the VAE), ``latents`` (encode), ``export``, ``sampling``, ``trainer`` (train the DiT);
+* front ends: ``commands``, ``dit_commands``. It reads pixels through :mod:`rsgeo_prune.pixels` and never imports the selection code,
 the orchestrator (``pipeline``) or the front ends (``cli``, ``viz``, ``demo``).
 
 ``rsgeo_prune.train.load_dit(folder)``, ``read_export(folder)`` (from :mod:`.export`) and

@@ -10,6 +10,7 @@ Also runnable on its own: ``python -m rsgeo_prune.train.commands train-vae CATAL
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -47,7 +48,8 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
 def add_train_vae_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune train-vae CATALOG --out DIR``."""
     from .dataset import VAL_BY
-    from .state import LOGS, PRECISIONS
+    from .device import PRECISIONS
+    from .runlog import LOGS
     from .vae import LR_SCHEDULES, PRESETS, VAETrainConfig
 
     d = VAETrainConfig()
@@ -102,6 +104,15 @@ def add_encode_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(cls, args: argparse.Namespace, **renamed: str):
+    """The config dataclass ``cls`` of a command's parsed options: each field from the option of the same name
+    (``renamed``: field → option, where they differ), fields without an option at their defaults."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update({field: getattr(args, option) for field, option in renamed.items()})
+    return cls(**values)
+
+
 def _selection(args):
     if args.tile_ids:
         path = Path(args.tile_ids)
@@ -123,13 +134,7 @@ def run_train_vae(args) -> dict:
     from .dataset import CatalogDataset, hash_split, load_table, select_rows, split_validation
     from .vae import VAETrainConfig, train_vae
 
-    cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                         ssim_weight=args.ssim_weight, sam_weight=args.sam_weight, lpips=args.lpips,
-                         lpips_weight=args.lpips_weight, steps=args.steps, minutes=args.minutes,
-                         val_every=args.val_every, save_every=args.save_every, num_workers=args.workers,
-                         seed=args.seed, device=args.device, lr_schedule=args.lr_schedule,
-                         jitter_gain=args.jitter_gain, jitter_offset=args.jitter_offset,
-                         jitter_gamma=args.jitter_gamma, precision=args.precision, log=args.log)  # checks every value
+    cfg = config_from_args(VAETrainConfig, args, num_workers="workers")  # checks every value
     _check_data_options(args)
     check_number("val_fraction", args.val_fraction, 0, 1, open_low=True, open_high=True, example=0.05)
     table = select_rows(load_table(args.catalog), _selection(args), source=str(args.catalog))

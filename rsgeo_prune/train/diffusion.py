@@ -32,12 +32,21 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DIFFUSIONS", "DDPM", "Diffusion", "RectifiedFlow", "diffusion_from_config", "make_diffusion"]
+from ..errors import RSGeoPruneError
+
+__all__ = ["DIFFUSIONS", "DDPM", "Diffusion", "RectifiedFlow", "SAMPLERS", "TIME_SAMPLINGS", "check_sampler",
+           "diffusion_from_config", "diffusion_of", "make_diffusion"]
 
 Model = Callable[..., torch.Tensor]
 
 #: Timestep scale shared by both processes (the DiT's sinusoid expects t in 0..1000).
 TIME_SCALE = 1000.0
+
+#: Samplers each process accepts (a CLI's ``choices=`` and :func:`check_sampler`); the first is the default.
+SAMPLERS: dict[str, tuple[str, ...]] = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
+
+#: Path-time distributions of the flow objective (``--time-sampling``; DDPM draws its timesteps uniformly).
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 class Diffusion(ABC):
@@ -163,8 +172,8 @@ class DDPM(Diffusion):
         ``variance="small"`` draw for draw (the same update, written differently). Returns x0 (no clipping:
         latents are unbounded).
         """
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        if sampler not in SAMPLERS["ddpm"]:
+            raise ValueError(f"sampler must be one of {SAMPLERS['ddpm']}, got {sampler!r}")
         if variance not in ("small", "large"):
             raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
         if not 0.0 <= eta <= 1.0:  # also refuses NaN
@@ -208,8 +217,8 @@ class RectifiedFlow(Diffusion):
     name = "flow"
 
     def __init__(self, time_sampling: str = "uniform", logit_mean: float = 0.0, logit_std: float = 1.0):
-        if time_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
         self.time_sampling = time_sampling
         self.logit_mean = logit_mean
         self.logit_std = logit_std
@@ -277,3 +286,21 @@ def make_diffusion(kind: str = "ddpm", **kwargs) -> Diffusion:
     except KeyError:
         raise ValueError(f"unknown diffusion {kind!r}; choose one of {sorted(DIFFUSIONS)}") from None
     return cls(**kwargs)
+
+
+def diffusion_of(cfg: dict):
+    """The diffusion a run trained with, from its config dict."""
+    if cfg["diffusion"] == "flow":
+        return make_diffusion("flow", time_sampling=cfg.get("time_sampling", "uniform"))
+    return make_diffusion(cfg["diffusion"])
+
+
+def check_sampler(diffusion: str, sampler: str | None) -> str:
+    """The sampler to use: ``sampler`` when it fits ``diffusion``, the diffusion's default when ``None``."""
+    allowed = SAMPLERS[diffusion]
+    if sampler is None:
+        return allowed[0]
+    if sampler not in allowed:
+        raise RSGeoPruneError(f"sampler {sampler!r}: the model was trained with {diffusion}; "
+                              f"choose {' or '.join(allowed)}")
+    return sampler

@@ -30,6 +30,24 @@ Choices, each with its reason:
   ``torch.compile(fullgraph=True)`` traces it in one graph; attention is the fused
   ``torch.nn.functional.scaled_dot_product_attention``.
 
+Departures from the paper (each deliberate; the architecture, widths, depths, patch sizes and adaLN-Zero are the
+paper's, so the parameter counts match the paper's):
+
+* **Fixed variance**: ``C_out = C_in`` and the simple loss only, no learned Σ and no hybrid ``L_vlb`` term (above).
+* **Rectified flow**: the same backbone also trains on velocity targets (:mod:`.diffusion`); the paper is DDPM only.
+* **Timestep-MLP initialisation**: its two Linears are xavier-uniform like every other Linear, as "standard ViT
+  initialisation" reads; the paper does not single them out (its public reference code draws them from
+  N(0, 0.02²) instead). Both keep the network's output exactly 0 at initialisation, since the final layer is zero.
+* **Label embedding** (when ``num_classes``): N(0, 0.02²), ViT's embedding initialisation, plus the extra
+  "no label" row.
+* **Unconditional by default** (``num_classes=None``): RS-Prune trains without labels, so ``c`` is the timestep
+  embedding alone; the paper's ImageNet models are class-conditional.
+* **Training recipe** (in :mod:`.trainer`, not here): EMA decay warms up as ``min(0.9999, (1 + s)/(10 + s))``
+  where the paper uses 0.9999 from the first step (a short run then has a usable EMA); gradient-norm clipping
+  at 1.0 by default (the paper mentions none); bf16 autocast on GPUs; no horizontal flips (the paper's only
+  augmentation): the latents are encoded once, ahead of training. AdamW at 1e-4, no weight decay and a global
+  batch of 256 are the paper's.
+
 Parameter counts and multiply-adds for every config are in :data:`DIT_CONFIGS`, :func:`dit_num_params` and
 :func:`dit_flops`; tests check them against the paper.
 """

@@ -1,12 +1,14 @@
 """Front-end glue of the DiT: argparse registration and run functions for ``train-dit`` and ``sample``
-(the CLI wires them; they raise :class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input, which the CLI
-prints as one line, exit 2).
+(``rsgeo-prune`` registers them in its parser; they raise :class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input,
+which the front end prints as one line, exit 2).
 
-Runnable on its own, which is also how torchrun starts it::
+The entry point, also under torchrun, is ``rsgeo-prune`` (the module ``rsgeo_prune.cli``)::
 
-    python -m rsgeo_prune.train.dit_commands train-dit LATENTS --out RUN --model DiT-B/2
-    torchrun --nproc_per_node 4 -m rsgeo_prune.train.dit_commands train-dit LATENTS --out RUN --model DiT-XL/2
-    python -m rsgeo_prune.train.dit_commands sample RUN/state.pt --vae VAE --n 64 --out SAMPLES
+    rsgeo-prune train-dit LATENTS --out RUN --model DiT-B/2
+    torchrun --nproc_per_node 4 -m rsgeo_prune.cli train-dit LATENTS --out RUN --model DiT-XL/2
+    rsgeo-prune sample RUN/state.pt --vae VAE --n 64 --out SAMPLES
+
+``python -m rsgeo_prune.train.dit_commands`` runs the same two commands (and nothing else).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from pathlib import Path
 
 def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune train-dit LATENTS --out DIR``."""
-    from .diffusion import DIFFUSIONS
+    from .device import PRECISIONS
+    from .diffusion import DIFFUSIONS, TIME_SAMPLINGS
     from .dit import DIT_CONFIGS
-    from .state import LOGS, PRECISIONS
+    from .runlog import LOGS
     from .trainer import DiTTrainConfig
 
     d = DiTTrainConfig()
@@ -32,7 +35,7 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
     p.add_argument("--model", default=d.model, choices=sorted(DIT_CONFIGS), help=f"DiT config (default {d.model})")
     p.add_argument("--diffusion", default=d.diffusion, choices=sorted(DIFFUSIONS),
                    help="ddpm (noise prediction, the paper's) or flow (rectified flow, velocity)")
-    p.add_argument("--time-sampling", default=d.time_sampling, choices=("uniform", "logit_normal"),
+    p.add_argument("--time-sampling", default=d.time_sampling, choices=TIME_SAMPLINGS,
                    help="flow only: distribution of the path time")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps in all (default {d.steps})")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget; the state is saved when it runs out")
@@ -65,25 +68,16 @@ def add_train_dit_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentPars
                                                   "under torchrun cuda:LOCAL_RANK or cpu)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    # test hooks, not shown in --help
-    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--digest-file", default=os.environ.get("RSGEO_DIT_DIGEST_FILE"), help=argparse.SUPPRESS)
     return p
 
 
 def run_train_dit(args) -> dict:
     """Train the DiT; returns (and prints, on rank 0) a one-line JSON summary."""
+    from .commands import config_from_args
     from .export import EXPORT_DIR
     from .trainer import DiTTrainConfig, train_dit
 
-    cfg = DiTTrainConfig(model=args.model, diffusion=args.diffusion, time_sampling=args.time_sampling,
-                         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         ema_decay=args.ema_decay, grad_clip=args.grad_clip, steps=args.steps, minutes=args.minutes,
-                         log_every=args.log_every, save_every=args.save_every, keep_every=args.keep_every,
-                         sample_every=args.sample_every, sample_n=args.sample_n, sample_steps=args.sample_steps,
-                         fd_n=args.fd_n, compile=args.compile, precision=args.precision, grad_checkpointing=args.grad_checkpointing,
-                         seed=args.seed, device=args.device, log=args.log, stop_at=args.stop_at,
-                         digest_file=args.digest_file)
+    cfg = config_from_args(DiTTrainConfig, args)
     res = train_dit(args.latents, args.out, cfg, vae_dir=args.vae, resume=args.resume, progress=not args.quiet)
     summary = {"out": str(res.out), "step": res.step, "loss": res.loss, "model": cfg.model, "params": res.params,
                "world_size": res.world_size, "per_gpu_batch": res.per_gpu_batch, "global_batch": res.global_batch,
@@ -97,12 +91,14 @@ def run_train_dit(args) -> dict:
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of ``rsgeo-prune sample CHECKPOINT --vae DIR --n 64 --out DIR``."""
+    from .diffusion import SAMPLERS
+
     p.add_argument("checkpoint", help="a train-dit state.pt (or checkpoints/step-N.pt) or its export/ folder; "
                                       "the EMA weights are used")
     p.add_argument("--vae", required=True, help="the VAE that encoded the training latents (checked by digest)")
     p.add_argument("--n", type=int, default=64, help="tiles to generate (default 64)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--sampler", default=None, choices=("ddpm", "ddim", "euler"),
+    p.add_argument("--sampler", default=None, choices=sorted({s for ss in SAMPLERS.values() for s in ss}),
                    help="ddpm (ancestral) or ddim for a ddpm model, euler for a flow model (default: ddpm / euler)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 250 for ddpm, 50 otherwise)")
     p.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default 0: deterministic); "

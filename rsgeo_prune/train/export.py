@@ -62,7 +62,7 @@ def write_export(folder: str | Path, *, ema: DiT, model: DiT, name: str, diffusi
         name: the registry name (``DiT-B/2``); diffusion: the :class:`~.diffusion.Diffusion` trained with.
         train_config: the run's settings; latents: the trainer's latents record (shape, scale, digests, bands).
     """
-    from .state import write_safetensors
+    from .checkpoint import write_safetensors
 
     lat = latents
     config = {

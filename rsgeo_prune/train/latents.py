@@ -19,6 +19,7 @@ same bytes (the safetensors header is written with sorted keys).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -28,8 +29,11 @@ import torch
 from ..atomic import atomic_output, check_writable, output_folder
 from ..errors import RSGeoPruneError, check_number
 from ..rundir import digest
-from .state import autocast, choose_device, progress_bar, write_safetensors
-from .vae import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
+from .checkpoint import write_safetensors
+from .convert import denormalise_latents, normalise_latents, scale_tensors
+from .device import autocast, choose_device
+from .runlog import progress_bar
+from .vae_model import check_tile_size, latent_scale, load_vae, vae_digest, vae_downsampling
 
 INDEX_FILE = "index.json"
 FORMAT = "rsgeo-latents/1"
@@ -281,6 +285,37 @@ def _tensor_layout(path: Path, header: tuple[dict, int, int], name: str) -> tupl
     return data_start + begin, shape
 
 
+def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int, int] = (4, 8, 8), *, seed: int = 0,
+                            vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
+    """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for
+    benchmarks and tests (a DiT run without a VAE or a catalog): each tile is a few smooth per-channel patterns (learnable, unlike white noise) with a small
+    posterior variance. ``vae_digest`` names the (pretend) VAE; the catalog digest names ``seed``, ``n`` and
+    ``shape``, so other latents are other latents to a resumed run."""
+    root = Path(root)
+    c, h, w = shape
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * yy, torch.sin(math.pi * xx), torch.cos(math.pi * yy)])
+    coef = torch.randn(n, c, basis.shape[0], generator=g) * torch.tensor([1.0, 0.8, 0.8, 0.5, 0.5, 0.5])
+    mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
+    logvar = torch.full_like(mean, -6.0)
+    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": f"synthetic-{seed}-{n}-{c}x{h}x{w}",
+            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
+            "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
+            "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}
+    ids = [f"synthetic-{i:06d}" for i in range(n)]
+    shards = []
+    for k, lo in enumerate(range(0, n, shard_size)):
+        write_shard(root / shard_name(k), mean[lo:lo + shard_size].half(), logvar[lo:lo + shard_size].half(),
+                    ids[lo:lo + shard_size], {**meta, "shard": str(k)})
+        shards.append(shard_name(k))
+    index = {"format": FORMAT, "tiles": n, "shards": shards, "shard_size": shard_size, "latent_shape": list(shape),
+             **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"}}
+    with atomic_output(root / INDEX_FILE) as tmp:
+        tmp.write_text(json.dumps(index, indent=2))
+    return root
+
+
 class LatentShards(torch.utils.data.Dataset):
     """The latents of an ``encode`` folder.
 
@@ -327,8 +362,7 @@ class LatentShards(torch.utils.data.Dataset):
         if self.mean.shape[1] != c:
             raise RSGeoPruneError(f"{index_path}: a latent scale of {c} channels for {self.mean.shape[1]}-channel "
                                   "latents; run rsgeo-prune encode again with this --out")
-        self.latents_mean = torch.tensor(self.index["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
-        self.latents_std = torch.tensor(self.index["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
+        self.latents_mean, self.latents_std = scale_tensors(self.index["latents_mean"], self.index["latents_std"])
         self._scale_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -345,12 +379,11 @@ class LatentShards(torch.utils.data.Dataset):
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         """``(z - latents_mean) / latents_std``: unit-scale latents for the diffusion model."""
-        mean, std = self._scale_on(z.device)
-        return (z - mean) / std
+        return normalise_latents(z, *self._scale_on(z.device))
 
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._scale_on(z.device)
-        return z * std + mean
+        """``z · latents_std + latents_mean``: back on the VAE's scale."""
+        return denormalise_latents(z, *self._scale_on(z.device))
 
     def _scale_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The latent scale on ``device``, copied there once (a host-to-GPU copy every step would make the host
@@ -361,4 +394,5 @@ class LatentShards(torch.utils.data.Dataset):
         return self._scale_cache[key]
 
 
-__all__ = ["LatentShards", "ShardedRows", "encode_catalog", "read_shard", "shard_name", "write_shard"]
+__all__ = ["LatentShards", "ShardedRows", "encode_catalog", "read_shard", "shard_name", "write_shard",
+           "write_synthetic_latents"]

@@ -1,4 +1,4 @@
-"""Sampling a trained DiT: checkpoint reading, latent generation, VAE decoding, grids and sample files.
+"""Sampling a trained DiT: the EMA model of a checkpoint, latent generation, VAE decoding, grids and sample files.
 
 Used by the trainer (periodic EMA grids and Fréchet distance) and by ``rsgeo-prune sample``::
 
@@ -24,44 +24,16 @@ import torch
 
 from ..atomic import atomic_folder, atomic_output, check_writable
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
-from .diffusion import make_diffusion
+# read_checkpoint, seeded_generator, SAMPLERS, check_sampler and diffusion_of are also importable from here, where
+# the notebooks and benchmarks first found them
+from .checkpoint import DIT_STATE_KIND, read_checkpoint  # noqa: F401
+from .convert import VIEWS, band_views, denormalise_latents, scale_tensors, to_levels
+from .device import autocast, choose_device
+from .diffusion import SAMPLERS, check_sampler, diffusion_of  # noqa: F401
 from .dit import DIT_CONFIGS, build_dit
-from .state import STATE_FORMAT, autocast
-
-#: ``extra["kind"]`` of a DiT training state (a VAE state has none).
-DIT_STATE_KIND = "rsgeo-dit/1"
-
-#: Samplers each diffusion accepts; the first is the default.
-SAMPLERS: dict[str, tuple[str, ...]] = {"ddpm": ("ddpm", "ddim"), "flow": ("euler",)}
-
-#: Band views of the grids: name → three 0-based bands shown as R, G, B.
-VIEWS: dict[str, tuple[int, int, int]] = {"rgb": (0, 1, 2), "nirrg": (3, 0, 1)}
+from .rng import seeded_generator
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-def read_checkpoint(path: str | Path, *, hint: str = "start a new --out") -> dict:
-    """The raw DiT training state at ``path`` (``torch.load(weights_only=True, mmap=True)``: nothing but
-    tensors and plain containers is unpickled, and tensors are paged in only when used, so peeking at
-    ``extra["config"]`` of a 10 GB XL state costs nothing).
-
-    Raises :class:`RSGeoPruneError` (one line, naming the file) when it is missing, unreadable or truncated,
-    not an rsgeo-prune training state, or the state of another trainer (e.g. the VAE's ``state.pt``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise RSGeoPruneError(f"{path}: no DiT checkpoint here; give the state.pt of a train-dit --out")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # truncated zip, random bytes, a pickle with foreign objects
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RSGeoPruneError(f"{path}: not a readable checkpoint (corrupt or truncated: {first}); "
-                              f"delete it and {hint}") from exc
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise RSGeoPruneError(f"{path}: not an rsgeo-prune training state; {hint}")
-    extra = state.get("extra") or {}
-    if extra.get("kind") != DIT_STATE_KIND:
-        raise RSGeoPruneError(f"{path}: a training state of another model (not train-dit); give a train-dit state.pt")
-    return state
 
 
 def ema_model(state: dict, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -116,24 +88,9 @@ def export_dit(checkpoint: str | Path, folder: str | Path | None = None) -> Path
                         train_config=cfg, latents=lat, step=info["step"])
 
 
-def check_sampler(diffusion: str, sampler: str | None) -> str:
-    """The sampler to use: ``sampler`` when it fits ``diffusion``, the diffusion's default when ``None``."""
-    allowed = SAMPLERS[diffusion]
-    if sampler is None:
-        return allowed[0]
-    if sampler not in allowed:
-        raise RSGeoPruneError(f"sampler {sampler!r}: the model was trained with {diffusion}; "
-                              f"choose {' or '.join(allowed)}")
-    return sampler
 
 
 # -- generation -----------------------------------------------------------------------------------
-def seeded_generator(device: torch.device | str, *key: int) -> torch.Generator:
-    """A generator on ``device`` whose state is a pure function of the integers ``key``."""
-    words = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
-    g = torch.Generator(device=torch.device(device))
-    g.manual_seed((int(words[0]) << 31) ^ int(words[1]))  # < 2**63: fits every backend's seed type
-    return g
 
 
 @torch.no_grad()
@@ -159,10 +116,8 @@ def generate_latents(model, diffusion, n: int, *, latent_shape: tuple[int, int, 
 def denormalise(z: torch.Tensor, latents: dict) -> torch.Tensor:
     """Normalised latents back to the VAE's scale with the per-channel mean/std a run stored
     (as :meth:`~rsgeo_prune.train.latents.LatentShards.denormalise`)."""
-    c = z.shape[1]
-    mean = torch.tensor(latents["latents_mean"], dtype=torch.float32).view(1, c, 1, 1)
-    std = torch.tensor(latents["latents_std"], dtype=torch.float32).view(1, c, 1, 1)
-    return z * std.to(z.device) + mean.to(z.device)
+    mean, std = scale_tensors(latents["latents_mean"], latents["latents_std"])
+    return denormalise_latents(z, mean.to(z.device), std.to(z.device))
 
 
 @torch.no_grad()
@@ -186,7 +141,7 @@ def grid_image(tiles: torch.Tensor, bands: tuple[int, int, int], ncol: int | Non
     nrow = max(1, math.ceil(n / ncol))
     view = [b if b < c else 0 for b in bands]
     canvas = np.zeros((nrow * (h + gap), ncol * (w + gap), 3), dtype=np.uint8)
-    levels = ((tiles[:, view].float().clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    levels = to_levels(tiles[:, view])
     for k in range(n):
         r, q = divmod(k, ncol)
         canvas[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = levels[k].transpose(1, 2, 0)
@@ -202,10 +157,9 @@ def write_png(arr: np.ndarray, path: str | Path) -> Path:
 
 
 def grid_pictures(tiles: torch.Tensor) -> dict[str, np.ndarray]:
-    """``{"rgb": …}`` (bands 1-3) and, with 4+ bands, ``"nirrg"`` (NIR-R-G false colour: bands 4, 1, 2): the
-    :func:`grid_image` of ``tiles`` in [-1, 1] in each view, each band shown as the data is (no per-tile stretch)."""
-    views = {k: v for k, v in VIEWS.items() if k == "rgb" or tiles.shape[1] >= 4}
-    return {name: grid_image(tiles, bands) for name, bands in views.items()}
+    """The :func:`grid_image` of ``tiles`` in [-1, 1] in each of their :func:`~.convert.band_views` (``rgb``, with
+    4+ bands ``nirrg``: NIR-R-G false colour), each band shown as the data is (no per-tile stretch)."""
+    return {name: grid_image(tiles, bands) for name, bands in band_views(tiles.shape[1]).items()}
 
 
 def write_grids(tiles: torch.Tensor, out: str | Path, prefix: str = "grid",
@@ -264,7 +218,7 @@ def write_tiles(tiles: torch.Tensor, out: str | Path, fmt: str = "npy", names: l
             with atomic_output(path) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, tile.float().numpy())
         elif fmt == "tif":
-            write_tiff(((tile.float().clamp(-1, 1).numpy() + 1) * 127.5).round().astype(np.uint8), path, names)
+            write_tiff(to_levels(tile), path, names)
         else:
             raise RSGeoPruneError(f"format {fmt!r}: choose npy or tif")
         paths.append(path)
@@ -326,8 +280,7 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
     Every option is checked first (``eta`` is DDIM's only); ``out`` must be new, empty or an earlier sample output,
     and the files appear there together, as one folder, when all are written.
     """
-    from .state import choose_device
-    from .vae import load_vae, vae_digest
+    from .vae_model import load_vae, vae_digest
 
     check_number("n", n, 1, whole=True, example=64)
     check_number("batch_size", batch_size, 1, whole=True, example=16)
@@ -388,14 +341,9 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
     return summary
 
 
-def diffusion_of(cfg: dict):
-    """The diffusion a run trained with, from its config dict."""
-    if cfg["diffusion"] == "flow":
-        return make_diffusion("flow", time_sampling=cfg.get("time_sampling", "uniform"))
-    return make_diffusion(cfg["diffusion"])
 
 
-__all__ = ["CONVENTION_NAMES", "DIT_STATE_KIND", "SAMPLE_ENTRIES", "SAMPLE_FORMATS", "SAMPLERS", "VIEWS",
-           "export_dit", "sample_bands", "sampling_model", "write_tiff", "check_sample_out", "check_sampler", "decode_latents", "denormalise", "diffusion_of",
-           "ema_model", "generate_latents", "grid_image", "grid_pictures", "read_checkpoint", "sample_to_folder", "seeded_generator",
-           "write_grids", "write_png", "write_tiles"]
+__all__ = ["CONVENTION_NAMES", "SAMPLE_ENTRIES", "SAMPLE_FORMATS", "check_sample_out", "decode_latents",
+           "denormalise", "ema_model", "export_dit", "generate_latents", "grid_image", "grid_pictures",
+           "sample_bands", "sample_to_folder", "sampling_model", "write_grids", "write_png", "write_tiff",
+           "write_tiles"]

@@ -15,12 +15,12 @@ Run layout under ``out``: ``state.pt`` (latest full state, what ``--resume`` rea
 
 Choices, each with its reason:
 
-* **One checkpoint format**: :func:`~rsgeo_prune.train.state.save_state` (atomic, ``weights_only``) with, in
+* **One checkpoint format**: :func:`~rsgeo_prune.train.checkpoint.save_state` (atomic, ``weights_only``) with, in
   ``extra``: ``kind``, the train config, the EMA weights, the latents' identity (VAE digest, shape, scale) and
   the world size. ``sample`` needs nothing but this file and the VAE.
-* **Exact resume**: the data order is :func:`~rsgeo_prune.train.state.epoch_order` of (seed, epoch) and the
+* **Exact resume**: the data order is :func:`~rsgeo_prune.train.rng.epoch_order` of (seed, epoch) and the
   state holds (epoch, position); the generator that draws step s's latent noise, timesteps and diffusion noise on
-  rank r is seeded with (seed, s, r) (:func:`~rsgeo_prune.train.sampling.seeded_generator`). Its state at any
+  rank r is seeded with (seed, s, r) (:func:`~rsgeo_prune.train.rng.seeded_generator`). Its state at any
   step is thus a pure function of the checkpointed step: nothing per rank has to be gathered to rank 0, and a
   run stopped at step k and resumed ends, on CPU, with the same weights bit for bit as an uninterrupted one.
 * **Global batch is the unit**: ``batch_size`` is the global batch (the paper's 256); each of the ``world``
@@ -39,34 +39,26 @@ Choices, each with its reason:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
-import math
-import os
 import sys
-import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..atomic import check_writable, output_folder
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
-from .diffusion import DIFFUSIONS
+from .checkpoint import DIT_STATE_KIND, check_resume_steps, config_from_saved, load_state, read_checkpoint
+from .device import PRECISIONS, autocast, enable_tf32, uses_bf16
+from .diffusion import DIFFUSIONS, TIME_SAMPLINGS, diffusion_of
 from .dit import DIT_CONFIGS, build_dit, count_parameters
+from .distributed import Dist, setup_distributed, teardown_distributed, wrap_ddp
 from .export import EXPORT_DIR, write_export
+from .loop import STATE_FILE, Budget, Cadence, claim_out, open_log, run_folder, run_loop
 from .metrics import compare_sets
-from .sampling import (DIT_STATE_KIND, decode_latents, diffusion_of, generate_latents, grid_pictures, read_checkpoint,
-                       seeded_generator, write_grids)
-from .state import (PRECISIONS, FiniteWatch, MetricsLog, autocast, check_log, check_resume_steps, choose_device,
-                    epoch_order, load_state, progress_bar, save_state, saved_hint, uses_bf16)
-
-STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.jsonl"
+from .sampling import decode_latents, generate_latents, grid_pictures, write_grids
+from .rng import epoch_order, seeded_generator
+from .runlog import MetricsLog, check_log
 
 #: Settings that must match when a run is resumed (the data order, the noise and the model depend on them).
 RESUME_KEYS = ("model", "diffusion", "time_sampling", "batch_size", "seed")
@@ -99,8 +91,6 @@ class DiTTrainConfig:
     seed: int = 0
     device: str | None = None
     log: str = "jsonl"  # "jsonl" (metrics.jsonl) or "tensorboard" (metrics.jsonl and tensorboard/ event files)
-    stop_at: int | None = None  # stop (as if killed) after this step, without saving: tests of --resume
-    digest_file: str | None = None  # tests: each rank writes sha256 of its weights to this path ({rank} filled in)
 
 
 @dataclass
@@ -115,72 +105,9 @@ class DiTTrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-# -- distributed setup ----------------------------------------------------------------------------
-@dataclass
-class Dist:
-    """Where this process stands in a (possibly one-process) run."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def setup_distributed(device: str | None = None) -> Dist:
-    """One process, or one of ``WORLD_SIZE`` started by torchrun.
-
-    Under torchrun the device is ``cuda:LOCAL_RANK`` (never ``cuda:RANK``: on node 2 of 2x8 GPUs RANK is 8..15)
-    with NCCL; with ``--device cpu`` or without CUDA, the CPU with gloo.
-    """
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(device=choose_device(device))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
-    if device is not None and not device.startswith(("cuda", "cpu")):
-        raise RSGeoPruneError(f"device {device!r}: multi-process training runs on cuda (NCCL) or cpu (gloo)")
-    if use_cuda:
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    if not dist.is_initialized():
-        # rank 0 samples and computes FD between steps while the others wait in the next all-reduce: a long timeout
-        kwargs = {"device_id": dev} if use_cuda else {}
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(minutes=60), **kwargs)
-    return Dist(rank=rank, local_rank=local_rank, world=world, device=dev)
-
-
-def _barrier(d: Dist) -> None:
-    if d.active:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def enable_tf32() -> None:
-    """TF32 for fp32 matmuls and convolutions on GPU (what is left outside bf16 autocast)."""
-    torch.set_float32_matmul_precision("high")
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        conv.fp32_precision = "tf32"
-    else:
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # -- the named steps ------------------------------------------------------------------------------
-#: Path-time distributions of the flow objective (``--time-sampling``; DDPM draws its timesteps uniformly).
-TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
 def check_config(cfg: DiTTrainConfig) -> None:
@@ -211,8 +138,6 @@ def check_config(cfg: DiTTrainConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise InvalidOption("precision", cfg.precision, f"choose one of {', '.join(PRECISIONS)}")
     check_log(cfg.log)
-    if cfg.stop_at is not None:
-        check_number("stop_at", cfg.stop_at, 1, whole=True)
 
 
 def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str | Path | None):
@@ -220,7 +145,7 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
     from .latents import LatentShards
 
     if vae_dir is not None:
-        from .vae import vae_folder
+        from .vae_model import vae_folder
 
         vae_folder(vae_dir)  # there, before the latents are read
     ds = LatentShards(root)
@@ -235,7 +160,7 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
     if h != w or h % patch:
         raise RSGeoPruneError(f"{root}: latents {h}x{w} do not fit {cfg.model} (square, a multiple of patch {patch})")
     if vae_dir is not None:
-        from .vae import vae_digest
+        from .vae_model import vae_digest
 
         digest = vae_digest(vae_dir)
         if digest != ds.index["vae_digest"]:
@@ -259,12 +184,13 @@ def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
     source files, count, shape), and it goes forward (``cfg.steps`` not below the saved step)."""
     state = read_checkpoint(path, hint="start a new --out")
     extra = state["extra"]
-    saved, lat = extra["config"], extra["latents"]
+    saved, lat = config_from_saved(DiTTrainConfig, extra["config"]), extra["latents"]
     for key in RESUME_KEYS:
-        if saved.get(key) != getattr(cfg, key):
+        was, now = getattr(saved, key), getattr(cfg, key)
+        if was != now:
             flag = "--" + key.replace("_", "-")
-            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {saved.get(key)}, not "
-                                  f"{getattr(cfg, key)}); resume with {flag} {saved.get(key)} or start a new --out")
+            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {was}, not {now}); resume with "
+                                  f"{flag} {was} or start a new --out")
     if lat["vae_digest"] != info["vae_digest"]:
         raise RSGeoPruneError(f"{info['root']}: latents from another VAE than the run's (digest "
                               f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
@@ -338,17 +264,6 @@ def build_training(cfg: DiTTrainConfig, latent_shape, device: torch.device):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=device.type == "cuda")
     return model, ema, opt
-
-
-def weights_digest(*modules: torch.nn.Module) -> str:
-    """sha256 over the state dicts of ``modules`` (names, dtypes, shapes and bytes)."""
-    h = hashlib.sha256()
-    for m in modules:
-        for name, t in m.state_dict().items():
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 class Evaluator:
@@ -427,51 +342,35 @@ def train_dit(latents_root: str | Path, out: str | Path, cfg: DiTTrainConfig = D
     try:
         return _train(latents_root, out, cfg, d, vae_dir, resume, progress)
     finally:
-        if d.active:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        teardown_distributed(d)
 
 
 def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool, progress: bool):
     # every rank runs the same checks, so bad input ends all of them at once (not rank 0 alone, with the
     # others left waiting in DDP's first broadcast); rank 0 cannot write state.pt before all ranks joined DDP
-    state_path = out / STATE_FILE
-    check_writable(state_path, create=False)
-    if not resume and state_path.exists():
-        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it "
-                              "or choose a new --out")
+    state_path = claim_out(out, resume)
     if d.device.type == "cuda":
         enable_tf32()
     ds = load_latents(latents_root, cfg, d.world, vae_dir)
     info = latents_info(ds, latents_root)
     model, ema, opt = build_training(cfg, tuple(ds.mean.shape[1:]), d.device)
-    step, epoch, position = 0, 0, 0
+    start = (0, 0, 0)
     if resume:
         check_resume(state_path, cfg, info)
         # map to the CPU: load_state_dict copies into the device's parameters and the optimiser moves its state to
         # them, while the saved RNG states must stay CPU tensors for torch.set_rng_state
         pos = load_state(state_path, model=model, optimizer=opt, map_location="cpu")
         ema.load_state_dict(pos["extra"]["ema"])
-        step, epoch, position = pos["step"], pos["epoch"], pos["position"]
+        start = (pos["step"], pos["epoch"], pos["position"])
     # the loop writes; a new run that fails before its first saved state leaves no folder behind
-    with output_folder(out, keep=state_path.exists) if d.is_main else contextlib.nullcontext():
-        return _loop(model, ema, opt, ds, info, out, cfg, d, vae_dir, resume, progress, step, epoch, position)
+    with run_folder(out, d.is_main):
+        return _run(model, ema, opt, ds, info, out, cfg, d, vae_dir, resume, progress, start)
 
 
-def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool,
-          progress: bool, step: int, epoch: int, position: int) -> DiTTrainResult:
-    """The run of :func:`train_dit` from ``step``, its inputs checked: DDP/compile wrapping, then the loop."""
-    state_path = out / STATE_FILE
-    train_model = model
-    if d.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # no device_ids on CPU; on GPU the process's own device (from LOCAL_RANK). The only buffer is the
-        # constant position table, synced once at construction: no broadcast before every forward. Gradients
-        # live in the all-reduce buckets (one copy fewer: 2.7 GB for XL/2).
-        train_model = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-                          forward_sync_buffers=False, gradient_as_bucket_view=True)
+def _run(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool,
+         progress: bool, start: tuple[int, int, int]) -> DiTTrainResult:
+    """The run of :func:`train_dit` from ``start``, its inputs checked: DDP/compile wrapping, then the loop."""
+    train_model = wrap_ddp(model, d)
     if cfg.compile:
         train_model = torch.compile(train_model)
     per_rank = cfg.batch_size // d.world
@@ -479,15 +378,14 @@ def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Di
 
     vae = None
     if vae_dir is not None and d.is_main and cfg.sample_every:
-        from .vae import load_vae
+        from .vae_model import load_vae
 
         vae = load_vae(vae_dir, d.device)
-    log = MetricsLog(out / METRICS_FILE, tensorboard=cfg.log == "tensorboard", resume_step=step if resume else None) \
-        if d.is_main else None
-    evaluate = Evaluator(cfg, ds, vae, out, d.device, log) if d.is_main and cfg.sample_every else None
+    log = open_log(out, cfg.log, start[0] if resume else None) if d.is_main else None
+    evaluator = Evaluator(cfg, ds, vae, out, d.device, log) if d.is_main and cfg.sample_every else None
     n_params = count_parameters(model)
     if d.is_main:
-        header = dict(event="start" if not resume else "resume", step=step, model=cfg.model, params=n_params,
+        header = dict(event="start" if not resume else "resume", step=start[0], model=cfg.model, params=n_params,
                       diffusion=cfg.diffusion, world_size=d.world, per_gpu_batch=per_rank,
                       global_batch=cfg.batch_size, device=str(d.device),
                       precision="bf16 autocast" if uses_bf16(d.device, cfg.precision) else "fp32", tiles=len(ds),
@@ -497,67 +395,58 @@ def _loop(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Di
             print(f"{cfg.model} ({n_params / 1e6:.2f} M params, {cfg.diffusion}) on {len(ds)} latents "
                   f"{'x'.join(map(str, info['latent_shape']))}: {d.world} x {d.device.type}, per-GPU batch {per_rank}, "
                   f"global batch {cfg.batch_size}, {header['precision']}", file=sys.stderr, flush=True)
+    task = DiTTask(run_step, ds, info, cfg, d, evaluator, out)
+    cadence = Cadence(cfg.steps, cfg.log_every, cfg.save_every, eval_every=cfg.sample_every, keep_every=cfg.keep_every)
+    step, loss, last = run_loop(task, cadence, out=out, start=start, d=d, budget=Budget(cfg.minutes), log=log,
+                                progress=progress)
+    return DiTTrainResult(step, loss, out, d.world, per_rank, cfg.batch_size, n_params, last)
 
-    def checkpoint(path: Path) -> None:
-        save_state(path, model=model, optimizer=opt, step=step, epoch=epoch, position=position,
-                   extra={"kind": DIT_STATE_KIND, "config": asdict(cfg), "ema": ema.state_dict(), "latents": info,
-                          "world_size": d.world,
-                          "noise": "step s, rank r: generator seeded with (seed, s, r)"})
 
-    bar = progress_bar(cfg.steps, step, progress and d.is_main)
-    cache: dict = {}
-    t_start = t_window = time.perf_counter()
-    loss_sum = torch.zeros((), device=d.device)
-    watch = FiniteWatch(d.device)
-    window, last_loss, last = 0, None, {}
-    try:
-        while step < cfg.steps:
-            idx, epoch, position = next_batch(len(ds), cfg.batch_size, cfg.seed, epoch, position, cache)
-            mine = torch.from_numpy(idx[d.rank * per_rank:(d.rank + 1) * per_rank])
-            mean, logvar = _to_device(ds.mean[mine], d.device), _to_device(ds.logvar[mine], d.device)
-            model.train()
-            loss, gnorm = run_step(mean, logvar, seeded_generator(d.device, cfg.seed, step, d.rank), step)
-            step += 1
-            loss_sum += loss
-            watch.update(loss, step)
-            window += 1
-            bar.update(1)
-            if cfg.stop_at is not None and step >= cfg.stop_at:
-                return DiTTrainResult(step, None, out, d.world, per_rank, cfg.batch_size, n_params)  # a simulated kill
-            if step % cfg.log_every == 0 or step == cfg.steps or step % cfg.save_every == 0 or \
-                    (cfg.sample_every and step % cfg.sample_every == 0) or (cfg.keep_every and step % cfg.keep_every == 0):
-                # a diverged run logs, samples and saves nothing; the same steps on every rank (a collective check)
-                watch.check(lambda: saved_hint(state_path), all_ranks=d.active)
-            out_of_time = False
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                last_loss, out_of_time, rec = _log_window(cfg, d, step, epoch, loss_sum, window, gnorm, t_window,
-                                                          t_start, log, bar)
-                last.update(rec)
-                loss_sum.zero_()
-                window, t_window = 0, time.perf_counter()
-            final = step >= cfg.steps or out_of_time
-            if evaluate is not None and (step % cfg.sample_every == 0 or final):
-                rec = evaluate(ema, step)
-                if rec:
-                    log.log(step=step, **rec)
-                    last.update(rec)
-            if d.is_main and (step % cfg.save_every == 0 or final):
-                checkpoint(state_path)
-            if d.is_main and final:
-                write_export(out / EXPORT_DIR, ema=ema, model=model, name=cfg.model, diffusion=run_step.diffusion,
-                             train_config=asdict(cfg), latents=info, step=step)
-            if d.is_main and cfg.keep_every and step % cfg.keep_every == 0:
-                checkpoint(out / "checkpoints" / f"step-{step:07d}.pt")
-            if out_of_time:
-                break
-        _barrier(d)  # rank 0's last writes are done before anyone reports the run finished
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    if cfg.digest_file:
-        Path(cfg.digest_file.format(rank=d.rank)).write_text(weights_digest(model, ema))
-    return DiTTrainResult(step, last_loss, out, d.world, per_rank, cfg.batch_size, n_params, last)
+class DiTTask:
+    """The DiT's part of :func:`~rsgeo_prune.train.loop.run_loop`: its batches (this rank's slice of each global
+    batch), its step, its log fields, its evaluation (rank 0's :class:`Evaluator`), its state and its export."""
+
+    rate_name = "img_s"
+
+    def __init__(self, run_step: "TrainStep", ds, info: dict, cfg: DiTTrainConfig, d: Dist,
+                 evaluator: "Evaluator | None", out: Path):
+        self.run_step, self.ds, self.info, self.cfg, self.d = run_step, ds, info, cfg, d
+        self.evaluator, self.out = evaluator, out
+        self.model, self.ema, self.optimizer, self.device = run_step.model, run_step.ema, run_step.opt, d.device
+        self.per_rank = cfg.batch_size // d.world
+        self.gnorm = torch.zeros(())
+
+    def batches(self, epoch: int, position: int):
+        cache: dict = {}
+        rows = slice(self.d.rank * self.per_rank, (self.d.rank + 1) * self.per_rank)
+        while True:
+            idx, epoch, position = next_batch(len(self.ds), self.cfg.batch_size, self.cfg.seed, epoch, position, cache)
+            mine = torch.from_numpy(idx[rows])
+            yield (_to_device(self.ds.mean[mine], self.device), _to_device(self.ds.logvar[mine], self.device)), \
+                epoch, position
+
+    def step(self, batch, step: int):
+        self.model.train()
+        mean, logvar = batch
+        loss, self.gnorm = self.run_step(mean, logvar, seeded_generator(self.device, self.cfg.seed, step, self.d.rank),
+                                         step)
+        return loss, self.cfg.batch_size
+
+    def log_record(self, step: int, epoch: int, loss: float, rate: float, step_time: float) -> dict:
+        return dict(step=step, epoch=epoch, loss=round(loss, 6), grad_norm=round(float(self.gnorm), 4), lr=self.cfg.lr,
+                    ema_decay=round(ema_decay(self.cfg, step - 1), 6), images_per_s=round(rate, 2),
+                    images_per_s_per_gpu=round(rate / self.d.world, 2), step_time_s=round(step_time, 4))
+
+    def evaluate(self, step: int) -> dict | None:
+        return self.evaluator(self.ema, step) if self.evaluator is not None else None
+
+    def state_extra(self) -> dict:
+        return {"kind": DIT_STATE_KIND, "config": asdict(self.cfg), "ema": self.ema.state_dict(), "latents": self.info,
+                "world_size": self.d.world, "noise": "step s, rank r: generator seeded with (seed, s, r)"}
+
+    def finish(self, step: int) -> None:
+        write_export(self.out / EXPORT_DIR, ema=self.ema, model=self.model, name=self.cfg.model,
+                     diffusion=self.run_step.diffusion, train_config=asdict(self.cfg), latents=self.info, step=step)
 
 
 def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -569,62 +458,6 @@ def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     return rows.pin_memory().to(device, non_blocking=True)
 
 
-def _log_window(cfg, d: Dist, step, epoch, loss_sum, window, gnorm, t_window, t_start, log, bar):
-    """Mean loss of the window over all ranks, throughput, and rank 0's time-budget decision shared with all
-    ranks (one all-reduce of [loss sum, stop flag]: every rank must leave the loop at the same step)."""
-    stop = 1.0 if (d.is_main and cfg.minutes is not None and time.perf_counter() - t_start > cfg.minutes * 60) else 0.0
-    packed = torch.stack([loss_sum.float(), torch.tensor(stop, device=loss_sum.device)])
-    if d.active:
-        import torch.distributed as dist
-
-        dist.all_reduce(packed)
-    loss = packed[0].item() / (window * d.world)  # .item() waits for the GPU: the window's time is then complete
-    now = time.perf_counter()
-    images_s = window * cfg.batch_size / max(now - t_window, 1e-9)
-    rec = dict(step=step, epoch=epoch, loss=round(loss, 6), grad_norm=round(float(gnorm), 4), lr=cfg.lr,
-               ema_decay=round(ema_decay(cfg, step - 1), 6), images_per_s=round(images_s, 2),
-               images_per_s_per_gpu=round(images_s / d.world, 2),
-               step_time_s=round((now - t_window) / window, 4))
-    if d.is_main:
-        log.log(**rec)
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_s:.1f}")
-    return loss, packed[1].item() > 0, rec
-
-
-def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int, int] = (4, 8, 8), *, seed: int = 0,
-                            vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
-    """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for tests
-    and benchmarks: each tile is a few smooth per-channel patterns (learnable, unlike white noise) with a small
-    posterior variance. ``vae_digest`` names the (pretend) VAE; the catalog digest names ``seed``, ``n`` and
-    ``shape``, so other latents are other latents to a resumed run."""
-    from ..atomic import atomic_output
-    from .latents import FORMAT, INDEX_FILE, JSON_META, shard_name, write_shard
-
-    root = Path(root)
-    c, h, w = shape
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    basis = torch.stack([torch.ones_like(xx), xx, yy, xx * yy, torch.sin(math.pi * xx), torch.cos(math.pi * yy)])
-    coef = torch.randn(n, c, basis.shape[0], generator=g) * torch.tensor([1.0, 0.8, 0.8, 0.5, 0.5, 0.5])
-    mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
-    logvar = torch.full_like(mean, -6.0)
-    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": f"synthetic-{seed}-{n}-{c}x{h}x{w}",
-            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
-            "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
-            "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}
-    ids = [f"synthetic-{i:06d}" for i in range(n)]
-    shards = []
-    for k, lo in enumerate(range(0, n, shard_size)):
-        write_shard(root / shard_name(k), mean[lo:lo + shard_size].half(), logvar[lo:lo + shard_size].half(),
-                    ids[lo:lo + shard_size], {**meta, "shard": str(k)})
-        shards.append(shard_name(k))
-    index = {"format": FORMAT, "tiles": n, "shards": shards, "shard_size": shard_size, "latent_shape": list(shape),
-             **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"}}
-    with atomic_output(root / INDEX_FILE) as tmp:
-        tmp.write_text(json.dumps(index, indent=2))
-    return root
-
-
-__all__ = ["DiTTrainConfig", "DiTTrainResult", "Dist", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
-           "check_config", "check_resume", "ema_decay", "enable_tf32", "latents_info", "load_latents", "next_batch",
-           "setup_distributed", "train_dit", "update_ema", "weights_digest", "write_synthetic_latents"]
+__all__ = ["DiTTask", "DiTTrainConfig", "DiTTrainResult", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
+           "check_config", "check_resume", "ema_decay", "latents_info", "load_latents", "next_batch",
+           "train_dit", "update_ema"]

@@ -1,11 +1,8 @@
-"""A 4-channel KL autoencoder trained from scratch (RS-Prune §4.2: "a four-channel VAE trained from
-scratch, the checkpoint with the lowest validation loss kept").
+"""Training the 4-channel KL autoencoder from scratch (RS-Prune §4.2: "a four-channel VAE trained from
+scratch, the checkpoint with the lowest validation loss kept"), and its evaluation.
 
-The architecture is diffusers' :class:`~diffusers.AutoencoderKL`, built from a config (nothing is
-downloaded) and saved with ``save_pretrained``, so ``AutoencoderKL.from_pretrained(out / "vae")``
-loads it as is. Its config carries the measured latent scale: per-channel ``latents_mean`` and
-``latents_std`` of posterior samples on training tiles (``scaling_factor`` is 1): a diffusion model
-trains on ``(z - latents_mean) / latents_std``, never on Stable Diffusion's 0.18215.
+The model itself (presets, building, saving, loading, digest, latent scale) is :mod:`rsgeo_prune.train.vae_model`;
+its names are importable from here too.
 
 Loss per batch (images in [-1, 1], nodata pixels left out of the reconstruction terms)::
 
@@ -24,47 +21,31 @@ the same key, and every option is checked before anything is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..atomic import atomic_folder, atomic_output, check_writable, output_folder
+from ..atomic import atomic_output
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .augment import RadiometricJitter
-from .state import (PRECISIONS, EpochSampler, FiniteWatch, LossNotFinite, MetricsLog, autocast, check_log,
-                    check_resume_steps, choose_device, load_state, progress_bar, read_state, save_state, saved_hint,
-                    seed_everything)
+from .checkpoint import check_resume_steps, load_state, read_state
+# cpu_has_amx and the model's names stay importable from here (benchmarks and notebooks use them)
+from .device import PRECISIONS, autocast, choose_device, cpu_has_amx, resolve_precision  # noqa: F401
+from .convert import band_views, to_levels
+from .distributed import Dist
+from .loop import STATE_FILE, Budget, Cadence, LossNotFinite, claim_out, run_folder, run_loop, saved_hint
+from .rng import EpochSampler, seed_everything
+from .runlog import MetricsLog, check_log, open_log
+from .vae_model import (PRESETS, REPORT_FILE, VAE_DIR, build_vae, check_tile_size, latent_scale,  # noqa: F401
+                        load_vae, save_vae, vae_digest, vae_downsampling, vae_folder)
 
-#: Named sizes of the KL autoencoder (8x downsampling = 4 blocks). Step times: batch 16 of
-#: 4 x 64 x 64 tiles, one CPU thread of this machine, forward + backward + AdamW.
-PRESETS: dict[str, dict] = {
-    # tests: 0.1 M params, ~0.03 s/step
-    "tiny": dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
-                 mid_block_add_attention=False),
-    # CPU: 2.6 M params, 0.32 s/step (vs 0.93 s for 32-64-128-128 with attention, 3.9 M)
-    "small": dict(block_out_channels=(16, 32, 64, 128), layers_per_block=1, norm_num_groups=8,
-                  mid_block_add_attention=False),
-    # one GPU, modest data: 20.9 M params
-    "base": dict(block_out_channels=(64, 128, 256, 256), layers_per_block=2, norm_num_groups=32,
-                 mid_block_add_attention=True),
-    # Stable Diffusion's VAE shape: 83.7 M params, 271 GFLOP per 256-px encode
-    "sd": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
-               mid_block_add_attention=True),
-}
-
-VAE_DIR = "vae"
 BEST_DIR = "best"
-STATE_FILE = "state.pt"
-REPORT_FILE = "rsgeo_vae.json"
 #: Pixels are clamped to at least this (a quarter of one uint8 level) before the spectral angle, so
 #: all-zero pixels (nodata, black) have a defined angle.
 SAM_EPS = 1e-3
@@ -80,88 +61,6 @@ def _model_batch(batch: dict, ds, device) -> dict:
 
     return to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)
 
-def build_vae(preset: str = "small", *, channels: int = 4, latent_channels: int = 4, downsample: int = 8,
-              sample_size: int = 64):
-    """A fresh :class:`~diffusers.AutoencoderKL` of a named preset.
-
-    Args:
-        channels: input and output bands.
-        latent_channels: latent channels (4: a DiT trains on ``(latent, H/8, W/8)``).
-        downsample: spatial factor, a power of two ≥ 2 (one block per halving, plus one).
-    """
-    from diffusers import AutoencoderKL
-
-    if preset not in PRESETS:
-        raise RSGeoPruneError(f"preset {preset!r}: unknown; choose one of {', '.join(PRESETS)}")
-    if downsample < 2 or downsample & (downsample - 1):
-        raise RSGeoPruneError(f"downsample {downsample}: must be a power of two >= 2 (8 is the default)")
-    p = dict(PRESETS[preset])
-    n_blocks = int(math.log2(downsample)) + 1
-    chans = list(p.pop("block_out_channels"))
-    chans = (chans + [chans[-1]] * n_blocks)[:n_blocks]  # trim, or repeat the widest block
-    return AutoencoderKL(in_channels=channels, out_channels=channels, latent_channels=latent_channels,
-                         down_block_types=("DownEncoderBlock2D",) * n_blocks,
-                         up_block_types=("UpDecoderBlock2D",) * n_blocks, block_out_channels=tuple(chans),
-                         sample_size=sample_size, scaling_factor=1.0, **p)
-
-
-def vae_folder(path: str | Path) -> Path:
-    """The folder of a saved VAE: ``path/vae`` (a train-vae ``--out``) or ``path`` itself; one clear error
-    when neither holds one (an unfinished run has no ``vae/`` yet)."""
-    path = Path(path)
-    if (path / VAE_DIR / "config.json").exists():
-        return path / VAE_DIR
-    if not (path / "config.json").exists():
-        raise RSGeoPruneError(f"{path}: no VAE here (config.json missing); give the --out of a finished train-vae "
-                              "run or its vae/ folder")
-    return path
-
-
-def vae_downsampling(path: str | Path) -> int:
-    """The spatial factor of a saved VAE (8 for the presets), read from its config."""
-    try:
-        cfg = json.loads((vae_folder(path) / "config.json").read_text())
-        return 2 ** (len(cfg["block_out_channels"]) - 1)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RSGeoPruneError(f"{path}: VAE config cannot be read ({exc}); retrain or restore the folder") from exc
-
-
-def load_vae(path: str | Path, device: str | torch.device = "cpu"):
-    """The VAE saved by :func:`train_vae` (``out/vae`` or ``out``), in eval mode."""
-    from diffusers import AutoencoderKL
-
-    path = vae_folder(path)
-    try:
-        vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
-    except Exception as exc:
-        raise RSGeoPruneError(f"{path}: VAE cannot be loaded ({exc}); retrain or restore the folder") from exc
-    return vae.to(device).eval()
-
-
-def vae_digest(path: str | Path) -> str:
-    """sha256 of a saved VAE's config and weights (names the model in latent shards and reports)."""
-    path = vae_folder(path)
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*.json")) + sorted(path.glob("*.safetensors")):
-        if f.name == REPORT_FILE:
-            continue  # the report changes with evaluation, the model does not
-        h.update(f.name.encode())
-        if f.suffix == ".json":  # the config without the folder it was loaded from
-            cfg = {k: v for k, v in json.loads(f.read_text()).items() if k != "_name_or_path"}
-            h.update(json.dumps(cfg, sort_keys=True).encode())
-        else:
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-def latent_scale(vae) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mean, std)`` per latent channel stored in the VAE config, shaped ``(1, C, 1, 1)``."""
-    cfg = vae.config
-    if cfg.latents_mean is None or cfg.latents_std is None:
-        c = cfg.latent_channels
-        return torch.zeros(1, c, 1, 1), torch.ones(1, c, 1, 1)
-    return (torch.tensor(cfg.latents_mean, dtype=torch.float32).view(1, -1, 1, 1),
-            torch.tensor(cfg.latents_std, dtype=torch.float32).view(1, -1, 1, 1))
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -203,7 +102,6 @@ class VAETrainConfig:
     # NHWC activations: 1.04x in fp32 on one Xeon thread, 0.8x under bf16 autocast (benchmarks/vae.py)
     channels_last: bool = False
     log: str = "jsonl"  # "jsonl" (metrics.jsonl) or "tensorboard" (metrics.jsonl and tensorboard/ event files)
-    stop_at: int | None = None  # stop (as if killed) after this step without a final save: tests of --resume
 
     def __post_init__(self):
         """Every value in range, before anything runs (one :class:`InvalidOption` naming the first that is not)."""
@@ -232,8 +130,6 @@ class VAETrainConfig:
         if self.lpips_weight > 0 and not self.lpips:
             raise InvalidOption("lpips_weight", self.lpips_weight, "needs a local LPIPS file (--lpips FILE); "
                                                                    "nothing is downloaded")
-        if self.stop_at is not None:
-            check_number("stop_at", self.stop_at, 1, whole=True)
 
 
 @dataclass
@@ -251,7 +147,7 @@ LR_SCHEDULES = ("cosine", "constant")
 #: Settings a resumed run may change: how long and how often, where and in what precision it runs, and the
 #: optimiser's step size (lower it to go on after a NaN). Every other setting is part of the run key.
 RESUMABLE = ("steps", "minutes", "val_every", "save_every", "log_every", "num_workers", "device", "precision",
-             "channels_last", "stop_at", "lr", "weight_decay", "log")
+             "channels_last", "lr", "weight_decay", "log")
 
 
 def run_key(train_ds, val_ds, cfg: VAETrainConfig, monitor: dict | None = None, split: dict | None = None) -> dict:
@@ -294,18 +190,6 @@ def check_run_key(out: Path, saved: dict | None, key: dict) -> None:
         raise RSGeoPruneError(f"{out}: the run was made {was}, not {shown(value)}; resume {was} or choose a new --out")
 
 
-def check_tile_size(ds, factor: int, model: str = "VAE") -> None:
-    """Tiles (or crops) must be a multiple of the model's downsampling ``factor``: any other size would be
-    encoded to latents of another footprint, or fail in the decoder."""
-    size = getattr(ds, "tile_size", None)
-    if size is None or all(s % factor == 0 for s in size):
-        return
-    fits = min(size) // factor * factor
-    fix = f"e.g. --crop {fits}" if fits else f"tiles of at least {factor} px"
-    if getattr(ds, "crop", None) is not None:
-        raise InvalidOption("crop", ds.crop, f"must be a multiple of {factor}, the {model}'s downsampling ({fix})")
-    raise RSGeoPruneError(f"tiles of {size[0]}x{size[1]} px: not a multiple of {factor}, the {model}'s downsampling; "
-                          f"use crops ({fix}) or tiles of a multiple of {factor}")
 
 
 def lr_factor(cfg: VAETrainConfig, step: int, elapsed_s: float = 0.0) -> float:
@@ -323,27 +207,80 @@ def lr_factor(cfg: VAETrainConfig, step: int, elapsed_s: float = 0.0) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"bf16"`` or ``"fp32"`` for ``precision`` on ``device`` (see :class:`VAETrainConfig`)."""
-    if precision not in PRECISIONS:
-        raise RSGeoPruneError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if device.type == "cpu" and cpu_has_amx() else "fp32"
-
-
-def cpu_has_amx() -> bool:
-    """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), where oneDNN runs bf16 on them."""
-    try:
-        return bool(torch._C._cpu._init_amx())
-    except Exception:  # an older torch, or a platform without the probe
-        return False
 
 
 def jitter_of(cfg: VAETrainConfig) -> RadiometricJitter:
     return RadiometricJitter(gain=cfg.jitter_gain, offset=cfg.jitter_offset, gamma=cfg.jitter_gamma)
+
+
+class VAETask:
+    """The VAE's part of :func:`~rsgeo_prune.train.loop.run_loop`: epochs of :func:`~.state.epoch_order` batches,
+    its step (jitter, learning-rate schedule, loss terms, AdamW), its log fields and its validation, which keeps
+    the best checkpoint in ``out/best``."""
+
+    rate_name = "tiles_s"
+
+    def __init__(self, model, optimizer, train_ds, val_ds, out: Path, cfg: "VAETrainConfig", device, precision: str,
+                 lpips, key: dict, monitor: dict, log: MetricsLog, budget: Budget, layout, best_val: float,
+                 best_step: int):
+        self.model, self.optimizer, self.train_ds, self.val_ds, self.out = model, optimizer, train_ds, val_ds, out
+        self.cfg, self.device, self.precision, self.lpips, self.key = cfg, device, precision, lpips, key
+        self.monitor, self.log, self.budget, self.layout = monitor, log, budget, layout
+        self.best_val, self.best_step = best_val, best_step
+        self.jitter = jitter_of(cfg)
+        self.terms: dict = {}
+
+    def batches(self, epoch: int, position: int):
+        while True:
+            for batch in _epoch_loader(self.train_ds, self.cfg, epoch, position):
+                position += int(batch["image"].shape[0])
+                yield batch, epoch, position
+            epoch, position = epoch + 1, 0  # the epoch ran out: the next one starts at its first sample
+
+    def step(self, batch, step: int):
+        cfg = self.cfg
+        self.model.train()
+        batch = _model_batch(batch, self.train_ds, self.device)
+        x, valid = batch["image"], batch["valid"]
+        x = self.jitter(x, valid, seed=cfg.seed, step=step, fill=getattr(self.train_ds, "fill", -1.0))
+        x = x.contiguous(memory_format=self.layout)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_factor(cfg, step, self.budget.elapsed())
+        with autocast(self.device, self.precision):
+            self.terms = _loss_terms(self.model, x, valid, cfg, self.lpips)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.terms["loss"].backward()
+        self.optimizer.step()
+        return self.terms["loss"], x.shape[0]
+
+    def log_record(self, step: int, epoch: int, loss: float, rate: float, step_time: float) -> dict:
+        # the last step's terms (the loop's window mean is of the total loss only)
+        return dict(step=step, epoch=epoch, tiles_per_s=round(rate, 2),
+                    **{k: float(v.detach()) for k, v in self.terms.items()})
+
+    def evaluate(self, step: int) -> dict:
+        val = validation_loss(self.model, self.val_ds, self.cfg, self.device)
+        if not math.isfinite(val):
+            raise LossNotFinite(f"validation loss became {val} at step {step}; {saved_hint(self.out / STATE_FILE)}")
+        extra = {}
+        for name, ds in self.monitor.items():
+            m = evaluate(self.model, ds, self.cfg, self.device, baseline=False, limit=self.cfg.val_tiles)["vae"]
+            extra[f"{name}_psnr"], extra[f"{name}_sam_deg"] = m["psnr"], m["sam_deg"]
+        record = dict(val_loss=val, elapsed_s=round(self.budget.elapsed(), 1), lr=self.optimizer.param_groups[0]["lr"],
+                      **extra)
+        if self.log.tensorboard_dir is not None:
+            self.log.image("recon/input_over_output", recon_picture(self.model, self.val_ds, self.device), step)
+        if val < self.best_val:
+            self.best_val, self.best_step = val, step
+            save_vae(self.model, self.out / BEST_DIR)
+        return record
+
+    def state_extra(self) -> dict:
+        return {"best_val": self.best_val, "best_step": self.best_step, "config": asdict(self.cfg), "key": self.key,
+                "elapsed_s": self.budget.elapsed()}
+
+    def finish(self, step: int) -> None:
+        """Nothing here: :func:`finish_vae` runs after the loop, on the best checkpoint."""
 
 
 def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainConfig(), *, resume: bool = False,
@@ -364,15 +301,12 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
         the last step, the best validation loss and its step, and the final validation metrics.
 
     Everything that can be refused is checked before ``out`` is created; a run that fails before its first
-    saved state leaves no folder behind, and a non-finite loss stops it (:class:`~.state.LossNotFinite`) with
+    saved state leaves no folder behind, and a non-finite loss stops it (:class:`~.loop.LossNotFinite`) with
     the last good state kept.
     """
     out = Path(out)
     monitor = dict(monitor or {})
-    state_path = out / STATE_FILE
-    check_writable(state_path, create=False)
-    if not resume and state_path.exists():
-        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it or choose a new --out")
+    state_path = claim_out(out, resume)
     if len(train_ds) < cfg.batch_size:
         raise RSGeoPruneError(f"{len(train_ds)} training tiles: fewer than one batch of {cfg.batch_size}; "
                               "lower --batch-size or select more tiles")
@@ -386,7 +320,7 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
         saved = read_state(state_path)
         check_run_key(out, saved["extra"].get("key"), key)
         check_resume_steps(state_path, int(saved["step"]), cfg.steps)
-    with output_folder(out, keep=state_path.exists):
+    with run_folder(out):
         return _train(train_ds, val_ds, out, cfg, device, precision, lpips, key, resume, progress, monitor)
 
 
@@ -399,87 +333,23 @@ def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: 
     model = build_vae(cfg.preset, channels=channels, downsample=cfg.downsample).to(device)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
-    jitter = jitter_of(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    step, epoch, position, best_val, best_step, elapsed_before = 0, 0, 0, math.inf, -1, 0.0
+    start, best_val, best_step, elapsed_before = (0, 0, 0), math.inf, -1, 0.0
     if resume:
         # to the CPU: the optimiser moves its state to the parameters' device itself, and a non-fused AdamW with
         # its step counts on the GPU would read them back to the host for every parameter, every step
         pos = load_state(state_path, model=model, optimizer=opt, map_location="cpu")
-        step, epoch, position = pos["step"], pos["epoch"], pos["position"]
+        start = (pos["step"], pos["epoch"], pos["position"])
         best_val, best_step = pos["extra"].get("best_val", math.inf), pos["extra"].get("best_step", -1)
         elapsed_before = float(pos["extra"].get("elapsed_s", 0.0))
-    log = MetricsLog(out / "metrics.jsonl", tensorboard=cfg.log == "tensorboard", resume_step=step if resume else None)
-    bar = progress_bar(cfg.steps, step, progress)
-    watch = FiniteWatch(device)
-    t_start, tiles_seen, t_window = time.perf_counter(), 0, time.perf_counter()
-
-    def checkpoint():
-        save_state(state_path, model=model, optimizer=opt, step=step, epoch=epoch, position=position,
-                   extra={"best_val": best_val, "best_step": best_step, "config": asdict(cfg), "key": key,
-                          "elapsed_s": elapsed_before + time.perf_counter() - t_start})
-
-    stopped = False
-    try:
-        while step < cfg.steps and not stopped:
-            loader = _epoch_loader(train_ds, cfg, epoch, position)
-            for batch in loader:
-                model.train()
-                batch = _model_batch(batch, train_ds, device)
-                x, valid = batch["image"], batch["valid"]
-                x = jitter(x, valid, seed=cfg.seed, step=step, fill=getattr(train_ds, "fill", -1.0))
-                x = x.contiguous(memory_format=layout)
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(cfg, step, elapsed_before + time.perf_counter() - t_start)
-                with autocast(device, precision):
-                    terms = _loss_terms(model, x, valid, cfg, lpips)
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                opt.step()
-                step += 1
-                watch.update(terms["loss"], step)
-                position += x.shape[0]
-                tiles_seen += x.shape[0]
-                out_of_time = cfg.minutes is not None and time.perf_counter() - t_start > cfg.minutes * 60
-                last = step >= cfg.steps or out_of_time
-                validate, save = step % cfg.val_every == 0 or last, step % cfg.save_every == 0 or last
-                if step % cfg.log_every == 0 or validate or save:
-                    watch.check(lambda: saved_hint(state_path))  # a diverged run logs, compares and saves nothing
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    now = time.perf_counter()
-                    rate = tiles_seen / max(now - t_window, 1e-9)
-                    log.log(step=step, epoch=epoch, tiles_per_s=round(rate, 2), **{k: float(v.detach()) for k, v in terms.items()})
-                    bar.set_postfix(loss=f"{float(terms['loss'].detach()):.4f}", tiles_s=f"{rate:.1f}")
-                    tiles_seen, t_window = 0, now
-                bar.update(1)
-                if cfg.stop_at is not None and step >= cfg.stop_at:
-                    stopped = True  # a simulated kill: no final save
-                    return VAETrainResult(step, best_val, best_step, out=out)
-                if validate:
-                    val = validation_loss(model, val_ds, cfg, device)
-                    if not math.isfinite(val):
-                        raise LossNotFinite(f"validation loss became {val} at step {step}; {saved_hint(state_path)}")
-                    extra = {}
-                    for name, ds in monitor.items():
-                        m = evaluate(model, ds, cfg, device, baseline=False, limit=cfg.val_tiles)["vae"]
-                        extra[f"{name}_psnr"], extra[f"{name}_sam_deg"] = m["psnr"], m["sam_deg"]
-                    log.log(step=step, val_loss=val, elapsed_s=round(elapsed_before + time.perf_counter() - t_start, 1),
-                            lr=opt.param_groups[0]["lr"], **extra)
-                    if log.tensorboard_dir is not None:
-                        log.image("recon/input_over_output", recon_picture(model, val_ds, device), step)
-                    if val < best_val:
-                        best_val, best_step = val, step
-                        save_vae(model, out / BEST_DIR)
-                if save:
-                    checkpoint()
-                if last:
-                    stopped = True
-                    break
-            else:  # the epoch ran out: the next one starts at its first sample
-                epoch, position = epoch + 1, 0
-    finally:
-        bar.close()
-        log.close()
+    log = open_log(out, cfg.log, start[0] if resume else None)
+    budget = Budget(cfg.minutes, elapsed_before)
+    task = VAETask(model, opt, train_ds, val_ds, out, cfg, device, precision, lpips, key, monitor, log, budget,
+                   layout, best_val, best_step)
+    cadence = Cadence(cfg.steps, cfg.log_every, cfg.save_every, eval_every=cfg.val_every)
+    step, _, _ = run_loop(task, cadence, out=out, start=start, d=Dist(device=device), budget=budget, log=log,
+                          progress=progress)
+    best_val, best_step = task.best_val, task.best_step
     if not (out / BEST_DIR / "config.json").exists() and not (out / VAE_DIR / "config.json").exists():
         save_vae(model, out / BEST_DIR)  # resumed at its last step before any validation: the model as it is
     best = load_vae(out / BEST_DIR if (out / BEST_DIR / "config.json").exists() else out, device)
@@ -615,26 +485,6 @@ def measure_latent_scale(vae, ds, cfg: VAETrainConfig, device, max_tiles: int = 
     return mu.float().numpy(), sd.float().numpy()
 
 
-def save_vae(vae, path: Path, report: dict | None = None) -> Path:
-    """``save_pretrained`` (safetensors) and the report, written as one folder that takes the place of
-    ``path`` whole (:func:`~rsgeo_prune.atomic.atomic_folder`: the old checkpoint until the new one is complete)."""
-    with atomic_folder(path) as tmp:
-        vae.save_pretrained(tmp, safe_serialization=True)
-        if report is not None:
-            (tmp / REPORT_FILE).write_text(json.dumps(_jsonable(report), indent=2))
-    return Path(path)
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.generic,)):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -739,17 +589,13 @@ def recon_picture(vae, ds, device="cpu", n: int = 8) -> np.ndarray:
     x = _model_batch(batch, ds, device)["image"]
     y = vae.decode(vae.encode(x).latent_dist.mode()).sample.float().clamp(-1, 1)
     rows = []
-    views = [(0, 1, 2)] if x.shape[1] < 4 else [(0, 1, 2), (3, 0, 1)]
-    if x.shape[1] < 3:
-        views = [(0, 0, 0)]
-    for view in views:
+    for view in band_views(x.shape[1]).values():
         for img in (x, y):
             rows.append(torch.cat([img[k, list(view)] for k in range(img.shape[0])], dim=2))
     grid = torch.cat(rows, dim=1)
-    return ((grid.cpu().numpy().transpose(1, 2, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return to_levels(grid.cpu().permute(1, 2, 0))
 
 
-__all__ = ["BEST_DIR", "LR_SCHEDULES", "PRESETS", "RESUMABLE", "check_run_key", "check_tile_size", "run_key",
-           "ssim_window", "vae_downsampling", "vae_folder", "ReconMetrics", "cpu_has_amx", "jitter_of", "lr_factor", "resolve_precision", "VAETrainConfig", "VAETrainResult", "bicubic_x8", "build_vae", "evaluate",
-           "latent_scale", "load_vae", "measure_latent_scale", "recon_grid", "recon_picture", "save_vae", "train_vae", "vae_digest",
-           "validation_loss"]
+__all__ = ["BEST_DIR", "LR_SCHEDULES", "RESUMABLE", "ReconMetrics", "VAETask", "VAETrainConfig", "VAETrainResult",
+           "bicubic_x8", "check_run_key", "evaluate", "finish_vae", "jitter_of", "lr_factor", "measure_latent_scale",
+           "recon_grid", "recon_picture", "run_key", "ssim_window", "train_vae", "validation_loss"]

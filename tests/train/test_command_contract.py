@@ -407,11 +407,11 @@ def test_one_band_rasters_train_evaluate_and_encode(w, tmp_path, capsys):
 def test_ctrl_c_says_what_a_rerun_continues_from(w, tmp_path, capsys, monkeypatch):
     """A real SIGINT after train-vae's first saved state: exit 130, one line naming --resume, which then works;
     one before anything was saved leaves no folder and says to rerun the command as it was."""
-    from rsgeo_prune.train import vae
+    from rsgeo_prune.train import loop, vae
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        real = vae.save_state
+        real = loop.save_state
 
         def save_then_interrupt(*a, **k):
             real(*a, **k)
@@ -419,11 +419,11 @@ def test_ctrl_c_says_what_a_rerun_continues_from(w, tmp_path, capsys, monkeypatc
 
         out = tmp_path / "run"
         args = ["train-vae", w["cat"], "--out", out, *VAE, "--steps", "4", "--save-every", "2", "--val-every", "4"]
-        monkeypatch.setattr(vae, "save_state", save_then_interrupt)
+        monkeypatch.setattr(loop, "save_state", save_then_interrupt)
         code, _, err = _run(capsys, *args)
         lines = err.strip().splitlines()
         assert code == 130 and len(lines) == 1 and "interrupted" in lines[0] and "with --resume" in lines[0], err
-        monkeypatch.setattr(vae, "save_state", real)
+        monkeypatch.setattr(loop, "save_state", real)
         assert _run(capsys, *args, "--resume")[0] == 0
 
         def interrupt(*a, **k):

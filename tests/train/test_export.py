@@ -31,7 +31,7 @@ TRAIN = ["--model", "DiT-tiny/2", "--batch-size", "16", "--lr", "2e-3", "--log-e
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A tiny VAE, latents 'encoded' by it and a 10-step run logged to TensorBoard with grids at steps 5 and 10."""
-    from rsgeo_prune.train.trainer import write_synthetic_latents
+    from rsgeo_prune.train.latents import write_synthetic_latents
     from rsgeo_prune.train.vae import build_vae, save_vae, vae_digest
 
     root = tmp_path_factory.mktemp("export")

@@ -59,7 +59,7 @@ def _shard_tensors(root):
 
 
 def test_memory_mapped_rows_equal_the_shards_for_every_kind_of_index(tmp_path):
-    from rsgeo_prune.train.trainer import write_synthetic_latents
+    from rsgeo_prune.train.latents import write_synthetic_latents
 
     root = write_synthetic_latents(tmp_path / "z", n=23, shape=(4, 8, 8), seed=3, shard_size=5)  # 5 shards, last of 3
     mean, logvar = _shard_tensors(root)
@@ -83,7 +83,7 @@ def test_memory_mapped_rows_equal_the_shards_for_every_kind_of_index(tmp_path):
 
 
 def test_a_shard_cut_short_is_named_when_the_latents_are_opened(tmp_path):
-    from rsgeo_prune.train.trainer import write_synthetic_latents
+    from rsgeo_prune.train.latents import write_synthetic_latents
 
     root = write_synthetic_latents(tmp_path / "z", n=12, shape=(4, 8, 8), shard_size=5)
     path = root / "shard-00001.safetensors"

@@ -17,14 +17,12 @@ from rsgeo_prune.train.metrics import (
     as_uint8_tiles,
     compare_features,
     compare_sets,
-    feature_moments,
     feature_space,
     frechet_distance,
-    frechet_from_moments,
     kernel_inception_distance,
-    torchmetrics_fid,
-    torchmetrics_kid,
 )
+
+from .helpers import feature_moments, frechet_from_moments, torchmetrics_fid, torchmetrics_kid
 
 torch.set_num_threads(1)
 

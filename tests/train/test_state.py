@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from rsgeo_prune.errors import RSGeoPruneError
-from rsgeo_prune.train.state import (EpochSampler, MetricsLog, autocast, choose_device, epoch_order, load_state,
-                                     read_metrics, rng_state, save_state, set_rng_state, uses_bf16)
+from rsgeo_prune.train.checkpoint import load_state, save_state
+from rsgeo_prune.train.device import autocast, choose_device, uses_bf16
+from rsgeo_prune.train.rng import EpochSampler, epoch_order, rng_state, set_rng_state
+from rsgeo_prune.train.runlog import MetricsLog, read_metrics
 
 torch.set_num_threads(1)
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 from rsgeo_prune.train.dit_commands import main
-from rsgeo_prune.train.state import read_metrics
-from rsgeo_prune.train.trainer import weights_digest, write_synthetic_latents
+from rsgeo_prune.train.runlog import read_metrics
+from rsgeo_prune.train.latents import write_synthetic_latents
+
+from .helpers import interrupt_after, weights_digest
 
 torch.set_num_threads(1)
 
@@ -90,10 +92,19 @@ def test_thirty_steps_lower_the_loss_and_write_the_run(world):
                     "step-0000030-tiles_nirrg.png", "step-0000030-tiles_rgb.png"]
 
 
-def test_killed_then_resumed_run_ends_with_the_same_weights(world, tmp_path):
+def _killed_after(monkeypatch, args, steps: int) -> None:
+    """``train-dit args`` interrupted after ``steps`` steps (Ctrl-C's exit code); the state on disk is the last saved."""
+    from rsgeo_prune.train import trainer
+
+    with monkeypatch.context() as m:
+        interrupt_after(m, trainer.TrainStep, "__call__", steps)
+        assert main(args) == 130
+
+
+def test_killed_then_resumed_run_ends_with_the_same_weights(world, tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["train-dit", str(world["lat"]), "--out", str(out), "--steps", str(STEPS), *TRAIN]
-    assert main(args + ["--stop-at", "13"]) == 0  # "killed" after step 13; the last save was at step 10
+    _killed_after(monkeypatch, args, 13)  # the last save was at step 10
     assert _state(out / "state.pt")["step"] == 10
     assert main(args + ["--resume"]) == 0
     got, ref = _state(out / "state.pt"), _state(world["run"] / "state.pt")
@@ -102,12 +113,27 @@ def test_killed_then_resumed_run_ends_with_the_same_weights(world, tmp_path):
     _assert_same_tensors(got["extra"]["ema"], ref["extra"]["ema"], "ema")
 
 
+def test_a_checkpoint_with_settings_this_version_does_not_know_resumes(world, tmp_path):
+    """Settings an older version stored (its test hooks ``stop_at`` and ``digest_file``) are ignored on resume."""
+    from rsgeo_prune.train.checkpoint import config_from_saved
+    from rsgeo_prune.train.trainer import DiTTrainConfig
+
+    out = tmp_path / "run"
+    args = ["train-dit", str(world["lat"]), "--out", str(out), *TRAIN]
+    assert main(args + ["--steps", "5"]) == 0
+    state = _state(out / "state.pt")
+    state["extra"]["config"].update(stop_at=3, digest_file=None)
+    torch.save(state, out / "state.pt")
+    assert main(args + ["--steps", "6", "--resume"]) == 0 and _state(out / "state.pt")["step"] == 6
+    assert config_from_saved(DiTTrainConfig, {"model": "DiT-S/2", "stop_at": 3}) == DiTTrainConfig(model="DiT-S/2")
+
+
 def test_two_torchrun_processes_on_gloo_keep_identical_weights(world, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rsgeo_prune.train.dit_commands", "train-dit", str(world["lat"]), "--out", str(out), "--steps", "4",
-           *TRAIN, "--digest-file", str(tmp_path / "rank{rank}.sha256")]
+           str(Path(__file__).with_name("ddp_digest.py")), str(tmp_path / "rank{rank}.sha256"),
+           "train-dit", str(world["lat"]), "--out", str(out), "--steps", "4", *TRAIN]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d0, d1 = (tmp_path / "rank0.sha256").read_text(), (tmp_path / "rank1.sha256").read_text()
@@ -179,7 +205,7 @@ def _bad(world, tmp_path):
 
 
 def test_bad_input_gives_one_clear_error(world, tmp_path, capsys):
-    from rsgeo_prune.train.state import save_state
+    from rsgeo_prune.train.checkpoint import save_state
 
     save_state(tmp_path / "vae_state.pt", model=torch.nn.Linear(2, 2), step=0, epoch=0, position=0)
     before = _files(world["run"])
@@ -191,7 +217,7 @@ def test_bad_input_gives_one_clear_error(world, tmp_path, capsys):
     shutil.rmtree(tmp_path / "corrupt")
 
 
-def test_bf16_autocast_path_learns_and_resumes_exactly(world, tmp_path):
+def test_bf16_autocast_path_learns_and_resumes_exactly(world, tmp_path, monkeypatch):
     """The GPU's mixed-precision step (bf16 autocast, fp32 master weights, optimiser and EMA), run on the CPU."""
     args = ["train-dit", str(world["lat"]), "--steps", str(STEPS), *TRAIN, "--precision", "bf16"]
     assert main(args + ["--out", str(tmp_path / "full")]) == 0
@@ -204,7 +230,7 @@ def test_bf16_autocast_path_learns_and_resumes_exactly(world, tmp_path):
     assert {t.dtype for t in full["extra"]["ema"].values()} == {torch.float32}
     fp32 = _state(world["run"] / "state.pt")["model"]["final_layer.linear.weight"]
     assert not torch.equal(full["model"]["final_layer.linear.weight"], fp32)  # autocast did run
-    assert main(args + ["--out", str(tmp_path / "cut"), "--stop-at", "13"]) == 0
+    _killed_after(monkeypatch, args + ["--out", str(tmp_path / "cut")], 13)
     assert main(args + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
     got = _state(tmp_path / "cut" / "state.pt")
     for key in ("model", "optimizer", "step"):

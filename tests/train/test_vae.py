@@ -10,9 +10,13 @@ import torch
 from rsgeo_prune import TileConfig, synth, tiles_stage
 from rsgeo_prune.errors import RSGeoPruneError
 from rsgeo_prune.train.dataset import CatalogDataset
-from rsgeo_prune.train.state import load_state, read_metrics, seed_everything
+from rsgeo_prune.train.checkpoint import load_state
+from rsgeo_prune.train.rng import seed_everything
+from rsgeo_prune.train.runlog import read_metrics
 from rsgeo_prune.train.vae import (PRESETS, ReconMetrics, VAETrainConfig, bicubic_x8, build_vae, load_vae, train_vae,
                                    validation_loss, vae_digest)
+
+from .helpers import interrupt_after
 
 torch.set_num_threads(1)
 
@@ -22,6 +26,16 @@ def tiles(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae")
     sc = synth.write_scene(root / "s.tif", rows=4, cols=4, tile_size=64, seed=2, nodata_rows=0)
     return tiles_stage([sc.path], TileConfig(tile_size=64), progress=False)
+
+
+def _killed_after(monkeypatch, ds, out, cfg, steps: int) -> None:
+    """``train_vae`` interrupted after ``steps`` steps, as a kill would end it: no final save, no report."""
+    from rsgeo_prune.train import vae
+
+    with monkeypatch.context() as m:
+        interrupt_after(m, vae, "_loss_terms", steps)
+        with pytest.raises(KeyboardInterrupt):
+            train_vae(ds, ds, out, cfg, progress=False)
 
 
 def _cfg(**kw):
@@ -55,11 +69,12 @@ def test_thirty_steps_lower_the_reconstruction_loss(tiles, tmp_path):
     assert len(l1) == 15 and all(v > 0 for v in l1)  # one record per log_every=2 steps
 
 
-def test_killed_then_resumed_run_ends_with_the_same_weights(tiles, tmp_path):
+def test_killed_then_resumed_run_ends_with_the_same_weights(tiles, tmp_path, monkeypatch):
     ds = CatalogDataset(tiles, crop=32, dihedral=True)
     train_vae(ds, ds, tmp_path / "a", _cfg(), progress=False)
-    killed = train_vae(ds, ds, tmp_path / "b", _cfg(stop_at=6), progress=False)  # state saved at step 4
-    assert killed.step == 6 and not (tmp_path / "b" / "recon.png").exists()
+    _killed_after(monkeypatch, ds, tmp_path / "b", _cfg(), 6)  # state saved at step 4
+    assert torch.load(tmp_path / "b" / "state.pt", weights_only=True)["step"] == 4
+    assert not (tmp_path / "b" / "recon.png").exists()
     with pytest.raises(RSGeoPruneError, match="pass --resume"):
         train_vae(ds, ds, tmp_path / "b", _cfg(), progress=False)
     train_vae(ds, ds, tmp_path / "b", _cfg(), resume=True, progress=False)
@@ -129,23 +144,23 @@ def test_learning_rate_warms_up_then_decays_by_steps_or_by_the_clock():
 
 
 def test_precision_auto_is_fp32_without_amx_and_refuses_unknown_names(monkeypatch):
-    import rsgeo_prune.train.vae as vae_mod
+    from rsgeo_prune.train import device
 
-    monkeypatch.setattr(vae_mod, "cpu_has_amx", lambda: False)
-    assert vae_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(vae_mod, "cpu_has_amx", lambda: True)
-    assert vae_mod.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    assert vae_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    assert device.resolve_precision("fp32", torch.device("cpu")) == "fp32"
     with pytest.raises(RSGeoPruneError, match="precision 'fp16'"):
-        vae_mod.resolve_precision("fp16", torch.device("cpu"))
+        device.resolve_precision("fp16", torch.device("cpu"))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resume_is_exact_with_jitter_in_either_precision(tiles, tmp_path, precision):
+def test_resume_is_exact_with_jitter_in_either_precision(tiles, tmp_path, precision, monkeypatch):
     ds = CatalogDataset(tiles, dihedral=True)
     cfg = dict(precision=precision, jitter_gain=0.3, jitter_offset=0.1, jitter_gamma=0.3)
     train_vae(ds, ds, tmp_path / "a", _cfg(**cfg), progress=False)
-    train_vae(ds, ds, tmp_path / "b", _cfg(stop_at=6, **cfg), progress=False)
+    _killed_after(monkeypatch, ds, tmp_path / "b", _cfg(**cfg), 6)
     train_vae(ds, ds, tmp_path / "b", _cfg(**cfg), resume=True, progress=False)
     a, b = build_vae("tiny"), build_vae("tiny")
     load_state(tmp_path / "a" / "state.pt", model=a)
@@ -181,12 +196,13 @@ def test_spectral_angle_term_is_one_minus_cosine_on_valid_pixels():
     assert "sam" not in _loss_terms(vae, x, valid, VAETrainConfig(preset="tiny"))
 
 
-def test_tensorboard_log_holds_losses_validation_and_reconstructions_and_a_resume_replaces_what_it_redoes(tiles, tmp_path):
+def test_tensorboard_log_holds_losses_validation_and_reconstructions_and_a_resume_replaces_what_it_redoes(tiles, tmp_path,
+                                                                                                        monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ds = CatalogDataset(tiles)
     cfg = _cfg(log="tensorboard")
-    train_vae(ds, ds, tmp_path / "run", _cfg(log="tensorboard", stop_at=6), progress=False)  # saved at step 4
+    _killed_after(monkeypatch, ds, tmp_path / "run", cfg, 6)  # saved at step 4
     train_vae(ds, ds, tmp_path / "run", cfg, resume=True, progress=False)
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
