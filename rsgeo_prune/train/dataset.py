@@ -249,11 +249,13 @@ class CatalogDataset(torch.utils.data.Dataset):
     strings, a ``(B, 4)`` tensor; a CRS object would not), and :func:`to_model_range` leaves ``bounds``
     on the CPU (float64 is metadata the model never reads, and MPS has no float64). A collection image
     has no footprint: ``bounds`` is its point location ``(lon, lat, lon, lat)`` in ``"EPSG:4326"`` where
-    the catalog locates it, else NaN with ``crs`` ``""``. With ``output="raw"``, ``image`` holds the file's values instead (uint8 as is;
-    uint16 and uint32 widened to int32 and int64, which torch handles; nodata pixels keep their
-    value) and the sample has ``"stretch": float64 (C, 3)``, each band's ``(lo, hi, uint8)`` (``(0, 255,
-    1)`` for uint8's rule, ``(p2, p98, 0)`` for a percentile stretch); ``self.to_model_range(batch)``
-    then gives the float samples' images, bit for bit.
+    the catalog locates it, else NaN with ``crs`` ``""``.
+
+    With ``output="raw"``, ``image`` holds the file's values instead (uint8 as is; uint16 and uint32
+    widened to int32 and int64, which torch handles; nodata pixels keep their value) and the sample has
+    ``"stretch": float64 (C, 3)``, each band's ``(lo, hi, uint8)`` (``(0, 255, 1)`` for uint8's rule,
+    ``(p2, p98, 0)`` for a percentile stretch); ``self.to_model_range(batch)`` then gives the float
+    samples' images, bit for bit.
     This is the fast path for training: workers copy and send 4x fewer bytes and the scaling runs
     once per batch on the device.
 
@@ -461,8 +463,8 @@ def to_model_range(batch: dict, *, fill: float = -1.0, device: torch.device | st
 
     Runs where the tensors are; ``device`` first moves every tensor of the batch there (the
     trainer's ``batch = ds.to_model_range(batch, device=device)``: uint8 crosses to the device,
-    4x fewer bytes than float32); ``bounds`` stays on the CPU. The result has no ``stretch`` key, so a batch already in model
-    range (a ``"float"`` dataset's) is returned as is (moved to ``device``).
+    4x fewer bytes than float32); ``bounds`` stays on the CPU. The result has no ``stretch`` key, so a batch
+    already in model range (a ``"float"`` dataset's) is returned as is (moved to ``device``).
     """
     if device is not None:
         batch = {k: v.to(device) if isinstance(v, torch.Tensor) and k not in _HOST_KEYS else v

@@ -62,7 +62,8 @@ def acquisition_intervals(table: pd.DataFrame, source: str = "catalog") -> pd.In
     if len(bad):
         i = bad[0]
         raise RSGeoPruneError(f"{source}: tile {table['tile_id'].iloc[i]!r} starts after it ends ({start.iloc[i]} > "
-                              f"{end.iloc[i]}, {len(bad)} tiles); fix start_datetime/end_datetime or rebuild the catalog")
+                              f"{end.iloc[i]}, {len(bad)} tiles); fix start_datetime/end_datetime or rebuild the "
+                              "catalog")
     return pd.IntervalIndex.from_arrays(start.to_numpy(), end.to_numpy(), closed="both", name="datetime")
 
 
@@ -207,14 +208,15 @@ class CatalogGeoDataset(GeoDataset):
         inside = (b[:, 0] <= qx0 + tol) & (b[:, 1] <= qy0 + tol) & (b[:, 2] >= qx1 - tol) & (b[:, 3] >= qy1 - tol)
         tq0, tq1 = _naive_utc(t.start, pd.Timestamp.min), _naive_utc(t.stop, pd.Timestamp.max)
         left, right = self.index.index.left.to_numpy(), self.index.index.right.to_numpy()
-        tq0, tq1 = np.datetime64(tq0, "ns"), np.datetime64(tq1, "ns")
+        tq0, tq1 = tq0.to_datetime64(), tq1.to_datetime64()  # np.datetime64(Timestamp.min) would overflow
         candidates = np.flatnonzero(inside & (left <= tq1) & (right >= tq0))
         if not len(candidates):
             raise IndexError(f"query {query}: no tile of the catalog contains this box at this time (windows of single "
                              f"tiles are served, not mosaics); tiles: {self.bounds}")
         exact = (np.abs(b[candidates] - [qx0, qy0, qx1, qy1]) <= tol[candidates, None]).all(axis=1)
         contains = (left[candidates] <= tq0) & (right[candidates] >= tq1)
-        width = (right[candidates] - left[candidates]).astype(np.float64)
+        # in float: an unbounded interval's Timestamp.max - Timestamp.min overflows int64 nanoseconds
+        width = right[candidates].astype(np.int64).astype(np.float64) - left[candidates].astype(np.int64)
         i = int(candidates[np.lexsort((candidates, width, ~exact, ~contains))[0]])
         steps = (x.step, y.step)
         for k, step in enumerate(steps):
