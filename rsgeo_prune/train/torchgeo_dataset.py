@@ -142,13 +142,17 @@ class CatalogGeoDataset(GeoDataset):
             raise RSGeoPruneError(f"{source}: the tiles are in {len(crs_names)} CRSs ({', '.join(crs_names[:3])}); a "
                                   f"TorchGeo dataset has one: select one, e.g. select=\"kept and crs == "
                                   f"'{crs_names[0]}'\", and build one dataset per CRS")
-        self._affines = [Affine(*t) for t in transforms_]
+        # pixel (col, row) of a CRS point: each tile's inverse transform, (a, b, c, d, e, f) in rasterio order
+        self._inverse = np.array([tuple(~Affine(*t))[:6] for t in transforms_])
         self._tile_bounds = np.stack([self.tiles.tile_bounds(i) for i in range(n)])
         # pixel sizes in CRS units along x and y (any rotation): the length of one column and one row step
-        self._tile_res = np.array([(np.hypot(a.a, a.d), np.hypot(a.b, a.e)) for a in self._affines])
+        self._tile_res = np.array([(np.hypot(t[0], t[3]), np.hypot(t[1], t[4])) for t in transforms_])
         self._res = (float(self._tile_res[:, 0].min()), float(self._tile_res[:, 1].min()))
         intervals = acquisition_intervals(table, source)
         self._check_unique(intervals, source)
+        # nanoseconds since the epoch, the index's own unit: one integer comparison per tile and query
+        self._start_ns = intervals.left.as_unit("ns").asi8
+        self._end_ns = intervals.right.as_unit("ns").asi8
         self.index = GeoDataFrame({"tile": np.arange(n), "tile_id": self.tiles.tile_ids}, index=intervals,
                                   geometry=shapely.box(*self._tile_bounds.T), crs=CRS.from_user_input(crs_names[0]))
 
@@ -164,6 +168,17 @@ class CatalogGeoDataset(GeoDataset):
                                   f"({len(twins)} tiles share one with another); TorchGeo cannot tell them apart: give "
                                   "the catalog its datetime columns (rebuild it with rsgeo-prune) or select one "
                                   "acquisition")
+
+    @property
+    def _tree(self) -> shapely.STRtree:
+        """An R-tree of the tile boxes, built on first use in each process (it is not pickled to workers)."""
+        tree = self.__dict__.get("_strtree")
+        if tree is None:
+            tree = self.__dict__["_strtree"] = shapely.STRtree(shapely.box(*self._tile_bounds.T))
+        return tree
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_strtree"}
 
     # -- TorchGeo's GeoDataset -----------------------------------------------------------------
     @property
@@ -196,7 +211,6 @@ class CatalogGeoDataset(GeoDataset):
     def _locate(self, x: slice, y: slice, t: slice, query) -> tuple[int, tuple[int, int, int, int]]:
         """The tile that answers ``query`` (see the class docstring) and the pixel window
         ``(row0, row1, col0, col1)`` of the query box in it."""
-        b = self._tile_bounds
         inf = float("inf")
         qx0, qx1 = (-inf if x.start is None else float(x.start)), (inf if x.stop is None else float(x.stop))
         qy0, qy1 = (-inf if y.start is None else float(y.start)), (inf if y.stop is None else float(y.stop))
@@ -204,20 +218,21 @@ class CatalogGeoDataset(GeoDataset):
             xs, ys, _ = self.bounds
             qx0, qx1 = max(qx0, xs.start), min(qx1, xs.stop)
             qy0, qy1 = max(qy0, ys.start), min(qy1, ys.stop)
-        tol = 1e-6 * self._tile_res.min(axis=1)  # a millionth of a pixel: sums of float transforms
+        near = np.sort(self._tree.query(shapely.box(qx0, qy0, qx1, qy1)))  # tiles whose box meets the query's
+        b, left, right = self._tile_bounds[near], self._start_ns[near], self._end_ns[near]
+        tol = 1e-6 * self._tile_res[near].min(axis=1)  # a millionth of a pixel: sums of float transforms
         inside = (b[:, 0] <= qx0 + tol) & (b[:, 1] <= qy0 + tol) & (b[:, 2] >= qx1 - tol) & (b[:, 3] >= qy1 - tol)
-        tq0, tq1 = _naive_utc(t.start, pd.Timestamp.min), _naive_utc(t.stop, pd.Timestamp.max)
-        left, right = self.index.index.left.to_numpy(), self.index.index.right.to_numpy()
-        tq0, tq1 = tq0.to_datetime64(), tq1.to_datetime64()  # np.datetime64(Timestamp.min) would overflow
-        candidates = np.flatnonzero(inside & (left <= tq1) & (right >= tq0))
-        if not len(candidates):
+        tq0 = _naive_utc(t.start, pd.Timestamp.min).as_unit("ns").value
+        tq1 = _naive_utc(t.stop, pd.Timestamp.max).as_unit("ns").value
+        hit = np.flatnonzero(inside & (left <= tq1) & (right >= tq0))
+        if not len(hit):
             raise IndexError(f"query {query}: no tile of the catalog contains this box at this time (windows of single "
                              f"tiles are served, not mosaics); tiles: {self.bounds}")
-        exact = (np.abs(b[candidates] - [qx0, qy0, qx1, qy1]) <= tol[candidates, None]).all(axis=1)
-        contains = (left[candidates] <= tq0) & (right[candidates] >= tq1)
+        exact = (np.abs(b[hit] - [qx0, qy0, qx1, qy1]) <= tol[hit, None]).all(axis=1)
+        contains = (left[hit] <= tq0) & (right[hit] >= tq1)
         # in float: an unbounded interval's Timestamp.max - Timestamp.min overflows int64 nanoseconds
-        width = right[candidates].astype(np.int64).astype(np.float64) - left[candidates].astype(np.int64)
-        i = int(candidates[np.lexsort((candidates, width, ~exact, ~contains))[0]])
+        width = right[hit].astype(np.float64) - left[hit].astype(np.float64)
+        i = int(near[hit[np.lexsort((near[hit], width, ~exact, ~contains))[0]]])
         steps = (x.step, y.step)
         for k, step in enumerate(steps):
             if step is not None and not np.isclose(float(step), self._tile_res[i, k], rtol=1e-6):
@@ -228,9 +243,10 @@ class CatalogGeoDataset(GeoDataset):
     def _window(self, i: int, qx0: float, qy0: float, qx1: float, qy1: float) -> tuple[int, int, int, int]:
         """The query box in tile ``i``'s pixels, snapped to its grid: ``(row0, row1, col0, col1)``, not yet
         clipped to the tile (a rotated tile's box reaches past its pixels)."""
-        inverse = ~self._affines[i]
-        cols, rows = zip(*(inverse * xy for xy in ((qx0, qy0), (qx1, qy0), (qx1, qy1), (qx0, qy1))))
-        return int(round(min(rows))), int(round(max(rows))), int(round(min(cols))), int(round(max(cols)))
+        a, b, c, d, e, f = self._inverse[i]
+        x, y = np.array([qx0, qx1, qx1, qx0]), np.array([qy0, qy0, qy1, qy1])
+        cols, rows = np.rint(a * x + b * y + c), np.rint(d * x + e * y + f)
+        return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
 
 
 def _three_slices(query: GeoSlice) -> tuple[slice, slice, slice]:
