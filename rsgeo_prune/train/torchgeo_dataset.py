@@ -138,6 +138,9 @@ class CatalogGeoDataset(GeoDataset):
             raise RSGeoPruneError(f"{source}: {images[0]!r} is a collection image ({len(images)} of {n} tiles): it has "
                                   "no footprint to index; select raster tiles for TorchGeo")
         crs_names = sorted({self.tiles.tile_crs(i) for i in range(n)})
+        if "" in crs_names:
+            raise RSGeoPruneError(f"{source}: tiles without a CRS (no 'crs' column or empty cells); rebuild the "
+                                  "catalog with rsgeo-prune, which records each tile's CRS")
         if len(crs_names) > 1:
             raise RSGeoPruneError(f"{source}: the tiles are in {len(crs_names)} CRSs ({', '.join(crs_names[:3])}); a "
                                   f"TorchGeo dataset has one: select one, e.g. select=\"kept and crs == "
@@ -147,6 +150,7 @@ class CatalogGeoDataset(GeoDataset):
         self._tile_bounds = np.stack([self.tiles.tile_bounds(i) for i in range(n)])
         # pixel sizes in CRS units along x and y (any rotation): the length of one column and one row step
         self._tile_res = np.array([(np.hypot(t[0], t[3]), np.hypot(t[1], t[4])) for t in transforms_])
+        # TorchGeo's samplers turn pixel sizes into CRS units with it: the finest, where resolutions differ
         self._res = (float(self._tile_res[:, 0].min()), float(self._tile_res[:, 1].min()))
         intervals = acquisition_intervals(table, source)
         self._check_unique(intervals, source)

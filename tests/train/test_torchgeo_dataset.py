@@ -19,6 +19,7 @@ from rsgeo_prune.errors import RSGeoPruneError
 from rsgeo_prune.train.dataset import CatalogDataset
 from rsgeo_prune.train.torchgeo_dataset import (CatalogGeoDataset, CatalogTileSampler, acquisition_intervals,
                                                 time_interval)
+from tests.conftest import shared
 
 torch.set_num_threads(1)
 
@@ -69,7 +70,6 @@ def test_a_loader_over_the_tile_sampler_yields_each_kept_tile_once_equal_to_cata
     ds = CatalogGeoDataset(catalog, output=output)
     ref = CatalogDataset(catalog, output=output)
     pos = {t: i for i, t in enumerate(ref.tile_ids)}
-    seen = []
     for workers in (0, 2):
         loader = torch.utils.data.DataLoader(ds, sampler=CatalogTileSampler(ds), batch_size=4, num_workers=workers,
                                              collate_fn=stack_samples)
@@ -197,7 +197,30 @@ def test_bad_input_is_one_clear_error(tmp_path):
         CatalogGeoDataset(backwards, select="all")
     with pytest.raises(RSGeoPruneError, match="time 'soon': not a date"):
         time_interval(("soon", None))
+    with pytest.raises(RSGeoPruneError, match="tiles without a CRS"):
+        CatalogGeoDataset(_tiles(a).drop(columns="crs"), select="all")
     ds = CatalogGeoDataset(_tiles(a), select="all")
     with pytest.raises(RSGeoPruneError, match="without reprojection"):
         ds.crs = CRS.from_epsg(4326)
     ds.crs = CRS.from_epsg(32614)  # its own CRS: nothing to do
+
+
+def test_two_naip_years_time_sliced_through_a_loader():
+    paths = [shared("naip", n) for n in ("m_4709963_se_14_1_20100629.tif", "m_4709963_se_14_1_20120731.tif")]
+    table = _tiles(*paths)
+    table["datetime"] = pd.to_datetime(table["href"].str.extract(r"_(\d{8})\.tif$")[0], utc=True)
+    ds, ref = CatalogGeoDataset(table, select="all"), CatalogDataset(table, select="all")
+    assert ds.crs == CRS.from_user_input(table["crs"].iloc[0]) and len(ds) == len(table)
+    in_2012 = CatalogTileSampler(ds, toi=("2012-01-01", "2012-12-31"))
+    want = sorted(table.loc[table["href"].str.contains("2012"), "tile_id"])
+    assert sorted(in_2012.tile_ids) == want and len(want) > 0
+    pos = {t: i for i, t in enumerate(ref.tile_ids)}
+    got = []
+    for batch in torch.utils.data.DataLoader(ds, sampler=in_2012, batch_size=8, collate_fn=stack_samples):
+        for k, tid in enumerate(batch["tile_id"]):
+            assert torch.equal(batch["image"][k], ref[pos[tid]]["image"])
+            np.testing.assert_allclose([batch["bounds"][k][0].start, batch["bounds"][k][1].start,
+                                        batch["bounds"][k][0].stop, batch["bounds"][k][1].stop],
+                                       ref[pos[tid]]["bounds"].numpy())
+            got.append(tid)
+    assert sorted(got) == want
