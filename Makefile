@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[embed,train,test,notebooks,bench,stac]"
+	$(PY) -m pip install --quiet $(TORCH_PINS) -e ".[embed,train,test,notebooks,bench,stac,torchgeo]"
 	npm install --silent --no-save --no-audit --no-fund --prefix $(NPM_DIR) $(LEAFLET)
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \

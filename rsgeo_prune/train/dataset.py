@@ -1,4 +1,5 @@
-"""Catalog rows → torch samples: ``image (C, H, W)`` float32 in [-1, 1], ``valid (H, W)``, ``tile_id``.
+"""Catalog rows → torch samples: ``image (C, H, W)`` float32 in [-1, 1], ``valid (H, W)``, ``tile_id``,
+and where the pixels lie: ``crs`` (text) and ``bounds`` (float64 ``(minx, miny, maxx, maxy)`` in that CRS).
 
 Two output forms (``CatalogDataset(..., output=)``):
 
@@ -241,11 +242,20 @@ class CatalogDataset(torch.utils.data.Dataset):
         output: ``"float"`` (default) or ``"raw"`` (see below).
 
     A sample is ``{"image": float32 (C, H, W) in [-1, 1], "valid": bool (H, W), "tile_id": str,
-    "index": int}``. With ``output="raw"``, ``image`` holds the file's values instead (uint8 as is;
-    uint16 and uint32 widened to int32 and int64, which torch handles; nodata pixels keep their
-    value) and the sample has ``"stretch": float64 (C, 3)``, each band's ``(lo, hi, uint8)`` (``(0, 255,
-    1)`` for uint8's rule, ``(p2, p98, 0)`` for a percentile stretch); ``self.to_model_range(batch)``
-    then gives the float samples' images, bit for bit.
+    "index": int, "crs": str, "bounds": float64 (4,)}``. ``crs`` is the tile's CRS as the catalog writes
+    it (``"EPSG:<code>"``, else WKT); ``bounds`` is ``(minx, miny, maxx, maxy)`` of the sample's pixels in
+    that CRS's units (metres for UTM): the tile, or the crop window when ``crop`` is set (a dihedral
+    transform turns the pixels within that box). Both collate with torch's default collate (a list of
+    strings, a ``(B, 4)`` tensor; a CRS object would not), and :func:`to_model_range` leaves ``bounds``
+    on the CPU (float64 is metadata the model never reads, and MPS has no float64). A collection image
+    has no footprint: ``bounds`` is its point location ``(lon, lat, lon, lat)`` in ``"EPSG:4326"`` where
+    the catalog locates it, else NaN with ``crs`` ``""``.
+
+    With ``output="raw"``, ``image`` holds the file's values instead (uint8 as is; uint16 and uint32
+    widened to int32 and int64, which torch handles; nodata pixels keep their value) and the sample has
+    ``"stretch": float64 (C, 3)``, each band's ``(lo, hi, uint8)`` (``(0, 255, 1)`` for uint8's rule,
+    ``(p2, p98, 0)`` for a percentile stretch); ``self.to_model_range(batch)`` then gives the float
+    samples' images, bit for bit.
     This is the fast path for training: workers copy and send 4x fewer bytes and the scaling runs
     once per batch on the device.
 
@@ -266,6 +276,7 @@ class CatalogDataset(torch.utils.data.Dataset):
             check_hrefs(table["href"], source)
         self.tile_ids = table["tile_id"].astype(str).tolist()
         self._rows = _row_records(table)
+        self._crs, self._transforms, self._bounds = _georeference(table)
         self.bands = self._resolve_bands(table, bands, source)
         self.crop = None if crop is None else int(crop)
         self.random_crop = bool(random_crop)
@@ -285,12 +296,14 @@ class CatalogDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self._rows[index]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)]) if self._draws else None
-        data, valid, stretch = self._read(row, rng)
+        data, valid, stretch, (dy, dx) = self._read(row, rng)
+        bounds = self._window_bounds(index, dy, dx, data.shape[1], data.shape[2])
         if self.dihedral:
             k = int(rng.integers(8))
             data, valid = np.ascontiguousarray(dihedral(data, k)), np.ascontiguousarray(dihedral(valid, k))
         sample = {"image": torch.from_numpy(_torch_dtype(data)), "valid": torch.from_numpy(valid),
-                  "stretch": stretch, "tile_id": self.tile_ids[index], "index": int(index)}
+                  "stretch": stretch, "tile_id": self.tile_ids[index], "index": int(index),
+                  "crs": self._crs[index], "bounds": torch.from_numpy(bounds)}
         # the float form is the raw one through the batch transform: the same numbers by construction
         return sample if self.output == "raw" else self.to_model_range(sample)
 
@@ -348,8 +361,11 @@ class CatalogDataset(torch.utils.data.Dataset):
         return digest([cache[h] for h in hrefs])
 
     # -- named steps ---------------------------------------------------------------------------
-    def _read(self, row: dict, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """``(raw (C, h, w), valid (h, w), stretch (C, 3))``; a raster crop reads only its window."""
+    def _read(self, row: dict, rng: np.random.Generator | None
+              ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, tuple[int, int]]:
+        """``(raw (C, h, w), valid (h, w), stretch (C, 3), (dy, dx))``, the last the crop's offset in the
+        tile (``(0, 0)`` without a crop); a raster crop reads only its window."""
+        dy = dx = 0
         if self.crop is not None and not is_image_row(row):
             dy, dx = self._offset(int(row["height"]), int(row["width"]), rng)
             row = dict(row, row_off=int(row["row_off"]) + dy, col_off=int(row["col_off"]) + dx,
@@ -363,7 +379,36 @@ class CatalogDataset(torch.utils.data.Dataset):
             dy, dx = self._offset(x.shape[1], x.shape[2], rng)
             x = np.ascontiguousarray(x[:, dy:dy + self.crop, dx:dx + self.crop])
             valid = np.ascontiguousarray(valid[dy:dy + self.crop, dx:dx + self.crop])
-        return x, valid, _stretch_tensor(tile.stretch, x.shape[0])
+        return x, valid, _stretch_tensor(tile.stretch, x.shape[0]), (dy, dx)
+
+    def tile_crs(self, index: int) -> str:
+        """The CRS of tile ``index`` as the catalog writes it (``"EPSG:<code>"``, else WKT; ``""`` for none)."""
+        return self._crs[index]
+
+    def tile_transform(self, index: int) -> tuple[float, ...] | None:
+        """The affine transform ``(a, b, c, d, e, f)`` of tile ``index`` (rasterio order); None for a
+        collection image."""
+        t = self._transforms[index]
+        return None if math.isnan(t[0]) else tuple(float(v) for v in t)
+
+    def tile_bounds(self, index: int) -> np.ndarray:
+        """``(minx, miny, maxx, maxy)`` float64 of the whole tile ``index`` in its CRS (no crop)."""
+        row = self._rows[index]
+        if is_image_row(row):
+            return self._bounds[index].copy()
+        return self._window_bounds(index, 0, 0, int(row["height"]), int(row["width"]))
+
+    def _window_bounds(self, index: int, dy: int, dx: int, h: int, w: int) -> np.ndarray:
+        """``(minx, miny, maxx, maxy)`` float64 of the ``h x w`` window at ``(dy, dx)`` of tile ``index``:
+        its four corners through the tile's affine transform (any rotation or flip); a collection image's
+        point location or NaN."""
+        a, b, c, d, e, f = self._transforms[index]
+        if math.isnan(a):
+            return self._bounds[index].copy()
+        cols = np.array([dx, dx + w, dx + w, dx], dtype=np.float64)
+        rows = np.array([dy, dy, dy + h, dy + h], dtype=np.float64)
+        x, y = a * cols + b * rows + c, d * cols + e * rows + f
+        return np.array([x.min(), y.min(), x.max(), y.max()])
 
     def _offset(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int]:
         if self.random_crop:
@@ -418,11 +463,12 @@ def to_model_range(batch: dict, *, fill: float = -1.0, device: torch.device | st
 
     Runs where the tensors are; ``device`` first moves every tensor of the batch there (the
     trainer's ``batch = ds.to_model_range(batch, device=device)``: uint8 crosses to the device,
-    4x fewer bytes than float32). The result has no ``stretch`` key, so a batch already in model
-    range (a ``"float"`` dataset's) is returned as is (moved to ``device``).
+    4x fewer bytes than float32); ``bounds`` stays on the CPU. The result has no ``stretch`` key, so a batch
+    already in model range (a ``"float"`` dataset's) is returned as is (moved to ``device``).
     """
     if device is not None:
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) and k not in _HOST_KEYS else v
+                 for k, v in batch.items()}
     if "stretch" not in batch:
         return batch
     x, valid = batch["image"], batch["valid"].to(batch["image"].device)
@@ -447,6 +493,8 @@ def to_model_range(batch: dict, *, fill: float = -1.0, device: torch.device | st
     return out
 
 
+#: Sample metadata :func:`to_model_range` leaves on the CPU: float64 the model never reads (MPS has no float64).
+_HOST_KEYS = frozenset({"bounds"})
 #: float32(2 / 255) as a Python float: torch multiplies a float32 tensor by it in float32.
 _TWO_OVER_255 = float(np.float32(2.0 / 255.0))
 _UINT8_STRETCH: dict[int, torch.Tensor] = {}
@@ -490,6 +538,25 @@ def _row_records(table: pd.DataFrame) -> list[dict]:
         else:
             r["transform"] = True  # only its presence matters: the row is a raster window
     return recs
+
+
+def _georeference(table: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Per row: the CRS text (``""`` when the catalog gives none), the affine transform ``(N, 6)``
+    (NaN for collection images) and a collection image's bounds ``(N, 4)`` (its point location, else NaN)."""
+    n = len(table)
+    crs_col = table["crs"] if "crs" in table else pd.Series([None] * n, index=table.index)
+    crs = ["" if c is None or (isinstance(c, float) and math.isnan(c)) else str(c) for c in crs_col]
+    transforms = np.full((n, 6), np.nan)
+    bounds = np.full((n, 4), np.nan)
+    geoms = table["geometry"].tolist() if "geometry" in table else [None] * n
+    for i, t in enumerate(table["transform"].tolist() if "transform" in table else [None] * n):
+        if t is not None and not (isinstance(t, float) and math.isnan(t)):
+            transforms[i] = np.asarray(t, dtype=np.float64)[:6]
+        elif crs[i] and getattr(geoms[i], "geom_type", None) == "Point":
+            bounds[i] = geoms[i].bounds
+        else:
+            crs[i] = ""  # no footprint and no location: nothing to name a CRS for
+    return crs, transforms, bounds
 
 
 __all__ = ["VAL_BY", "CatalogDataset", "acquisition_year", "band_names", "check_hrefs", "default_bands", "dihedral", "hash_split",

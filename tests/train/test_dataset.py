@@ -315,3 +315,62 @@ def test_split_validation_bad_input_names_the_problem():
         split_validation(undated, "year", 0.1)
     with pytest.raises(RSGeoPruneError, match="val-by 'month'"):
         split_validation(table, "month", 0.1)
+
+
+# -- where the pixels lie: crs and bounds ----------------------------------------------------------
+def test_samples_carry_the_crs_and_the_bounds_of_their_pixels(tmp_path):
+    path = _raster(tmp_path / "r.tif", "uint8", 3, nodata=0)  # EPSG:32614, origin (500000, 5000000), 1 m
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    ds = CatalogDataset(table, select="all")
+    i = ds.tile_ids.index(table.loc[(table.row_off == 32) & (table.col_off == 64), "tile_id"].item())
+    s = ds[i]
+    assert s["crs"] == "EPSG:32614" and ds.tile_crs(i) == "EPSG:32614"
+    assert s["bounds"].dtype == torch.float64
+    assert s["bounds"].tolist() == [500064.0, 4999936.0, 500096.0, 4999968.0]  # (minx, miny, maxx, maxy)
+    np.testing.assert_array_equal(ds.tile_bounds(i), s["bounds"].numpy())
+    # a centred crop of 16 px: the window 8 px in from the tile's corner
+    centred = CatalogDataset(table, select="all", crop=16, random_crop=False)[i]
+    assert centred["bounds"].tolist() == [500072.0, 4999944.0, 500088.0, 4999960.0]
+    # a random crop: a 16 m box inside the tile, on the pixel grid
+    b = CatalogDataset(table, select="all", crop=16, seed=4)[i]["bounds"].numpy()
+    assert b[2] - b[0] == 16 and b[3] - b[1] == 16 and b[0] >= 500064 and b[2] <= 500096 and b[0] == int(b[0])
+
+
+def test_bounds_follow_a_rotated_transform(tmp_path):
+    path = _raster(tmp_path / "r.tif", "uint8", 3, nodata=0)
+    table = pd.DataFrame(tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False))
+    table["transform"] = [np.array([0.0, 2.0, 100.0, -2.0, 0.0, 200.0])] * len(table)  # a quarter turn, 2 m pixels
+    s = CatalogDataset(table, select="all")[0]
+    # x = 2 row + 100, y = -2 col + 200 over rows, cols in [0, 32]
+    assert s["bounds"].tolist() == [100.0, 136.0, 164.0, 200.0]
+
+
+def test_crs_and_bounds_collate_and_stay_on_the_cpu(tmp_path):
+    path = _raster(tmp_path / "r.tif", "uint8", 3, nodata=0)
+    table = tiles_stage([path], TileConfig(tile_size=32, max_nodata=1.0), progress=False)
+    for output in ("float", "raw"):
+        ds = CatalogDataset(table, select="all", output=output)
+        batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=5)))
+        assert batch["crs"] == ["EPSG:32614"] * 5
+        assert batch["bounds"].shape == (5, 4) and batch["bounds"].dtype == torch.float64
+        np.testing.assert_array_equal(batch["bounds"].numpy(), np.stack([ds.tile_bounds(k) for k in range(5)]))
+        out = ds.to_model_range(batch, device="meta")  # a device other than the CPU, present everywhere
+        assert out["image"].device.type == "meta" and out["valid"].device.type == "meta"
+        assert out["bounds"].device.type == "cpu" and out["crs"] == batch["crs"]
+
+
+def test_collection_images_have_a_point_or_no_location(tmp_path):
+    from PIL import Image
+
+    from rsgeo_prune.sources import describe_image_collection
+    from rsgeo_prune.tiling import collection_grid
+
+    rng = np.random.default_rng(0)
+    for name in ("located", "unplaced"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3)).astype("uint8")).save(tmp_path / f"{name}.png")
+    (tmp_path / "manifest.csv").write_text("path,lon,lat\nlocated.png,-97.5,47.25\n")
+    ds = CatalogDataset(collection_grid(describe_image_collection(tmp_path)), select="all")
+    by_id = {t.split("/")[-2]: ds[k] for k, t in enumerate(ds.tile_ids)}
+    assert by_id["located"]["crs"] == "EPSG:4326"
+    assert by_id["located"]["bounds"].tolist() == [-97.5, 47.25, -97.5, 47.25]
+    assert by_id["unplaced"]["crs"] == "" and torch.isnan(by_id["unplaced"]["bounds"]).all()
