@@ -20,7 +20,6 @@ import hashlib
 import json
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path

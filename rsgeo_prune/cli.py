@@ -203,7 +203,7 @@ def _add_training_commands(sub) -> None:
                     "Fréchet distance every --sample-every steps, --log tensorboard. When the run ends it writes "
                     "OUT/export/ (config.json, ema.safetensors, model.safetensors), which loads with "
                     "rsgeo_prune.train.load_dit or plain torch. Multi-GPU: torchrun --nproc_per_node N -m "
-                    "rsgeo_prune.cli train-dit ... (--batch-size is the global batch)."
+                    "rsgeo_prune train-dit ... (--batch-size is the global batch)."
     )).set_defaults(func=_cmd_training, run=run_train_dit)
     add_sample_arguments(sub.add_parser(
         "sample", formatter_class=_Formatter, help="sample tiles from a DiT checkpoint's EMA weights",

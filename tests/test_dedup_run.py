@@ -5,8 +5,6 @@ the map; and runs without the options unchanged."""
 import hashlib
 import shutil
 
-import numpy as np
-import pandas as pd
 import pytest
 import rasterio
 

@@ -1,6 +1,6 @@
 """Every ``rsgeo-prune`` command line written in the README and in docs/ parses with the real command
 parser: the documented commands, flags and choices exist (a renamed flag breaks this test, not a reader's
-run). Lines launched through torchrun (``-m rsgeo_prune.train.dit_commands``) are parsed the same way."""
+run). Lines launched through torchrun (``-m rsgeo_prune``) are parsed the same way."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ _SHELL_BLOCK = re.compile(r"^```(?:bash|sh|shell)\n(.*?)^```", re.M | re.S)
 
 
 def command_lines(text: str) -> list[list[str]]:
-    """The argument lists after ``rsgeo-prune`` (or ``-m rsgeo_prune.train.dit_commands``) in a page's
+    """The argument lists after ``rsgeo-prune`` (or ``-m rsgeo_prune``) in a page's
     shell blocks, continuation lines joined and comments dropped."""
     found = []
     for block in _SHELL_BLOCK.findall(text):
@@ -63,7 +63,7 @@ def test_every_documented_command_line_parses(page):
 
 def test_a_misspelt_flag_and_a_continuation_are_caught():
     text = ("```bash\n.venv/bin/rsgeo-prune run 'a/*.tif' --out r \\\n    --budjet 0.1   # typo\n"
-            "torchrun --nproc_per_node 2 -m rsgeo_prune.train.dit_commands train-dit lat --out d\n```\n")
+            "torchrun --nproc_per_node 2 -m rsgeo_prune train-dit lat --out d\n```\n")
     lines = command_lines(text)
     assert lines == [["run", "a/*.tif", "--out", "r", "--budjet", "0.1"], ["train-dit", "lat", "--out", "d"]]
     assert "unrecognized arguments: --budjet 0.1" in parse_error(lines[0])

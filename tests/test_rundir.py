@@ -3,7 +3,6 @@ embedding, and bad run directories."""
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 

@@ -1,10 +1,8 @@
 """Front-end glue of the training wing: argparse registration and run functions for the
 ``train-vae`` and ``encode`` sub-commands, and :func:`run_command`, which runs any training command the
-way both front ends (``rsgeo-prune`` and ``python -m``) do: bad input is one line on stderr
+way the front end (``rsgeo-prune``, ``python -m rsgeo_prune``) does: bad input is one line on stderr
 (``rsgeo-prune <command>: …``) and exit code 2, Ctrl-C one line saying what a rerun continues from
 and exit code 130. Every option is checked before any output folder is created.
-
-Also runnable on its own: ``python -m rsgeo_prune.train.commands train-vae CATALOG --out DIR``.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArgumentParser, RSGeoPruneError, check_number, one_line
+from ..errors import RSGeoPruneError, check_number, one_line
 
 
 def _bands(text: str) -> list[int]:
@@ -205,24 +203,3 @@ def run_command(command: str, run, args) -> int:
         print(f"rsgeo-prune {command}: interrupted; {interrupt_hint(command, args)}", file=sys.stderr)
         return 130
     return 0
-
-
-def run_subcommands(prog: str, commands: dict, argv=None) -> int:
-    """A small command line of ``{name: (help, add_arguments, run)}`` (what ``python -m`` and
-    ``torchrun -m`` call), with :func:`run_command`'s errors."""
-    ap = ArgumentParser(prog=prog)
-    sub = ap.add_subparsers(dest="command", required=True)
-    for name, (text, add_arguments, _) in commands.items():
-        add_arguments(sub.add_parser(name, help=text))
-    args = ap.parse_args(argv)
-    return run_command(args.command, commands[args.command][2], args)
-
-
-def main(argv=None) -> int:
-    return run_subcommands("python -m rsgeo_prune.train.commands", {
-        "train-vae": ("train the 4-channel VAE from scratch", add_train_vae_arguments, run_train_vae),
-        "encode": ("encode tiles to latent shards", add_encode_arguments, run_encode)}, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

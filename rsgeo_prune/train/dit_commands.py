@@ -2,13 +2,12 @@
 (``rsgeo-prune`` registers them in its parser; they raise :class:`~rsgeo_prune.errors.RSGeoPruneError` on bad input,
 which the front end prints as one line, exit 2).
 
-The entry point, also under torchrun, is ``rsgeo-prune`` (the module ``rsgeo_prune.cli``)::
+The entry point, also under torchrun, is ``rsgeo-prune`` (``python -m rsgeo_prune``)::
 
     rsgeo-prune train-dit LATENTS --out RUN --model DiT-B/2
-    torchrun --nproc_per_node 4 -m rsgeo_prune.cli train-dit LATENTS --out RUN --model DiT-XL/2
+    torchrun --nproc_per_node 4 -m rsgeo_prune train-dit LATENTS --out RUN --model DiT-XL/2
     rsgeo-prune sample RUN/state.pt --vae VAE --n 64 --out SAMPLES
 
-``python -m rsgeo_prune.train.dit_commands`` runs the same two commands (and nothing else).
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 
@@ -121,16 +119,3 @@ def run_sample(args) -> dict:
                                device=args.device)
     print(json.dumps(summary))
     return summary
-
-
-def main(argv=None) -> int:
-    """``python -m rsgeo_prune.train.dit_commands`` (and ``torchrun -m …``): train-dit and sample."""
-    from .commands import run_subcommands
-
-    return run_subcommands("python -m rsgeo_prune.train.dit_commands", {
-        "train-dit": ("train an unconditional DiT on latent shards", add_train_dit_arguments, run_train_dit),
-        "sample": ("sample tiles from a DiT checkpoint's EMA weights", add_sample_arguments, run_sample)}, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

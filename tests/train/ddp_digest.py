@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers import weights_digest  # this script's folder is first on sys.path
 
 from rsgeo_prune.train import trainer
-from rsgeo_prune.cli import main  # the one entry point, as `torchrun -m rsgeo_prune.cli` runs it
+from rsgeo_prune.cli import main  # the one entry point, as `torchrun -m rsgeo_prune` runs it
 
 
 def run(template: str, argv: list[str]) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from rsgeo_prune import atomic
 from rsgeo_prune.errors import InvalidOption, RSGeoPruneError
-from rsgeo_prune.train.dit_commands import main
+from rsgeo_prune.cli import main
 
 torch.set_num_threads(1)
 

@@ -159,7 +159,7 @@ def test_encode_command_bad_input_leaves_no_shard(setup, tmp_path):
 
 
 def test_cli_exit_code_two_with_one_line(setup, tmp_path, capsys):
-    from rsgeo_prune.train.commands import main
+    from rsgeo_prune.cli import main
 
     table, vae_dir, _ = setup
     table.assign(kept=False).to_parquet(tmp_path / "none.parquet")

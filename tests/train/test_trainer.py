@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsgeo_prune.train.dit_commands import main
+from rsgeo_prune.cli import main
 from rsgeo_prune.train.runlog import read_metrics
 from rsgeo_prune.train.latents import write_synthetic_latents
 
