@@ -11,7 +11,7 @@ LEAFLET    := leaflet@1.9.4
 NPM_DIR    := $(VENV)/share/rsgeo_prune
 DEMO_DIR := catalogs/demo
 
-.PHONY: install demo test bench bench-train clean
+.PHONY: install demo lint test test-fast bench bench-train clean
 
 install: $(STAMP)
 
@@ -28,8 +28,16 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(PY) -m rsgeo_prune.demo --out $(DEMO_DIR)
 
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 test: install
 	$(PY) -m pytest
+
+# the inner loop: everything but the tests marked slow
+test-fast: install
+	$(PY) -m pytest -m "not slow"
 
 bench: install
 	$(PY) benchmarks/tiling.py

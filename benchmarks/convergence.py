@@ -109,40 +109,68 @@ PR_K = 3
 CONFIGS: dict[str, dict] = {
     # 2-core CPU (two DiT runs in parallel processes, one torch thread each), fresh work folder: synthetic
     # corpus 32 min, NAIP 23 min on a 2-core Xeon (the 40-min budget); DiT training and scoring are two thirds
-    "cpu": dict(tile_size=64, budget=0.15, entropy_keep=0.5, k=28, k_naip=30, procs=2,
-                vae=dict(preset="small", steps=1500, batch_size=16, lr=2e-3, kl_weight=1e-6, val_every=250,
-                         threads=2),
-                dit=dict(model="DiT-tiny/2", batch_size=32, lr=5e-4, ema_decay=0.999, steps=3000, grad_clip=1.0),
-                checkpoints=(500, 1000, 2000, 3000), sampler="ddim", sampler_steps=50, n_fd=512, seeds=(0, 1, 2),
-                synth=dict(train_scenes=6, rows=16, cols=16, heldout_scenes=4, balanced_per_class=64,
-                           reference_per_class=16),
-                naip=dict(heldout_cols=0.3)),
+    "cpu": dict(
+        tile_size=64,
+        budget=0.15,
+        entropy_keep=0.5,
+        k=28,
+        k_naip=30,
+        procs=2,
+        vae=dict(preset="small", steps=1500, batch_size=16, lr=2e-3, kl_weight=1e-6, val_every=250, threads=2),
+        dit=dict(model="DiT-tiny/2", batch_size=32, lr=5e-4, ema_decay=0.999, steps=3000, grad_clip=1.0),
+        checkpoints=(500, 1000, 2000, 3000),
+        sampler="ddim",
+        sampler_steps=50,
+        n_fd=512,
+        seeds=(0, 1, 2),
+        synth=dict(train_scenes=6, rows=16, cols=16, heldout_scenes=4, balanced_per_class=64, reference_per_class=16),
+        naip=dict(heldout_cols=0.3),
+    ),
     # one GPU (H100): 256-px tiles, DiT-S/2 on 32x32 latents. Documented; not measured.
-    "gpu": dict(tile_size=256, budget=0.15, entropy_keep=0.5, k=28, k_naip=30, procs=1,
-                vae=dict(preset="base", steps=6000, batch_size=32, lr=2e-4, kl_weight=1e-6, val_every=500, threads=8),
-                dit=dict(model="DiT-S/2", batch_size=256, lr=1e-4, ema_decay=0.9999, steps=20000, grad_clip=1.0),
-                checkpoints=(2500, 5000, 10000, 20000), sampler="ddpm", sampler_steps=250, n_fd=2048,
-                seeds=(0, 1, 2),
-                synth=dict(train_scenes=12, rows=24, cols=24, heldout_scenes=4, balanced_per_class=300,
-                           reference_per_class=32),
-                naip=dict(heldout_cols=0.3)),
+    "gpu": dict(
+        tile_size=256,
+        budget=0.15,
+        entropy_keep=0.5,
+        k=28,
+        k_naip=30,
+        procs=1,
+        vae=dict(preset="base", steps=6000, batch_size=32, lr=2e-4, kl_weight=1e-6, val_every=500, threads=8),
+        dit=dict(model="DiT-S/2", batch_size=256, lr=1e-4, ema_decay=0.9999, steps=20000, grad_clip=1.0),
+        checkpoints=(2500, 5000, 10000, 20000),
+        sampler="ddpm",
+        sampler_steps=250,
+        n_fd=2048,
+        seeds=(0, 1, 2),
+        synth=dict(train_scenes=12, rows=24, cols=24, heldout_scenes=4, balanced_per_class=300, reference_per_class=32),
+        naip=dict(heldout_cols=0.3),
+    ),
     # seconds: exercises every step of the script (not a result)
-    "smoke": dict(tile_size=64, budget=0.3, entropy_keep=0.5, k=14, k_naip=30, procs=2,
-                  vae=dict(preset="tiny", steps=20, batch_size=16, lr=1e-3, kl_weight=1e-6, val_every=10, threads=1),
-                  dit=dict(model="DiT-tiny/2", batch_size=16, lr=5e-4, ema_decay=0.999, steps=40, grad_clip=1.0),
-                  checkpoints=(10, 20, 30, 40), sampler="ddim", sampler_steps=5, n_fd=64, seeds=(0, 1),
-                  synth=dict(train_scenes=2, rows=8, cols=8, heldout_scenes=2, balanced_per_class=8,
-                             reference_per_class=4),
-                  naip=dict(heldout_cols=0.3)),
+    "smoke": dict(
+        tile_size=64,
+        budget=0.3,
+        entropy_keep=0.5,
+        k=14,
+        k_naip=30,
+        procs=2,
+        vae=dict(preset="tiny", steps=20, batch_size=16, lr=1e-3, kl_weight=1e-6, val_every=10, threads=1),
+        dit=dict(model="DiT-tiny/2", batch_size=16, lr=5e-4, ema_decay=0.999, steps=40, grad_clip=1.0),
+        checkpoints=(10, 20, 30, 40),
+        sampler="ddim",
+        sampler_steps=5,
+        n_fd=64,
+        seeds=(0, 1),
+        synth=dict(train_scenes=2, rows=8, cols=8, heldout_scenes=2, balanced_per_class=8, reference_per_class=4),
+        naip=dict(heldout_cols=0.3),
+    ),
 }
 #: the committed synthetic mix: a training scene is half cloud and water ...
 SYNTH_SHARES = {"cloud": 0.25, "water": 0.25, "cropland": 0.16, "forest": 0.12, "urban": 0.12, "bare_soil": 0.10}
-SYNTH_RARE = 3          # ... solar_farm tiles per scene
+SYNTH_RARE = 3  # ... solar_farm tiles per scene
 SYNTH_DUP_SHARE = 0.15  # ... share of a scene's tiles overwritten by noisy, shifted copies of 2 template tiles
-SYNTH_DUP_NOISE = 3.0   # std (uint8 levels) of the copies' noise
-EVAL_SEED = 12345       # generation seed of every sample set (a second seed, +1, measures sampling noise)
-CHECK_K = 2.0           # --check tolerance: CHECK_K · sqrt(sd_c² + sd_f²) + CHECK_K · noise
-FILTER_OVERDRAW = 2     # full-filtered: draw this many times n_fd samples, keep the first n_fd that pass (n reported)
+SYNTH_DUP_NOISE = 3.0  # std (uint8 levels) of the copies' noise
+EVAL_SEED = 12345  # generation seed of every sample set (a second seed, +1, measures sampling noise)
+CHECK_K = 2.0  # --check tolerance: CHECK_K · sqrt(sd_c² + sd_f²) + CHECK_K · noise
+FILTER_OVERDRAW = 2  # full-filtered: draw this many times n_fd samples, keep the first n_fd that pass (n reported)
 
 
 def registry_newcomers() -> list[str]:
@@ -162,8 +190,15 @@ def protocol(config: str, corpus: str, budget: float | None, entropy_keep: float
         p["budget"] = budget
     if entropy_keep is not None:
         p["entropy_keep"] = entropy_keep
-    p.update(config=config, corpus=corpus, spaces=list(SPACES), pr_k=PR_K, eval_seed=EVAL_SEED,
-             methods=catalog_methods(corpus), eval_controls=list(EVAL_CONTROLS))
+    p.update(
+        config=config,
+        corpus=corpus,
+        spaces=list(SPACES),
+        pr_k=PR_K,
+        eval_seed=EVAL_SEED,
+        methods=catalog_methods(corpus),
+        eval_controls=list(EVAL_CONTROLS),
+    )
     if corpus == "synth":
         p["synth_mix"] = synth_mix
     else:
@@ -193,7 +228,7 @@ def _tiles_of(path: Path, size: int, cols: tuple[int, int] | None = None) -> tup
     tiles, offs = [], []
     for r in range(0, a.shape[1] - size + 1, size):
         for c in range(c0, c1 - size + 1, size):
-            t = a[:, r:r + size, c:c + size]
+            t = a[:, r : r + size, c : c + size]
             if nodata is not None and (t == nodata).all(axis=0).any():
                 continue
             tiles.append(t)
@@ -224,21 +259,30 @@ def _redundant_scene(path: Path, rows: int, cols: int, size: int, seed: int, mix
     layout = _synth_layout(rows, cols, rng, mix)
     # every scene its own place (a synthetic scene is another landscape, not another year of one place:
     # same-place limits must not see them as revisits)
-    write_scene(path, rows=rows, cols=cols, tile_size=size, seed=seed, layout=layout, nodata_rows=1,
-                origin=(400_000.0 + 2_000.0 * (seed % 100), 5_000_000.0 + 50_000.0 * (seed // 100)))
+    write_scene(
+        path,
+        rows=rows,
+        cols=cols,
+        tile_size=size,
+        seed=seed,
+        layout=layout,
+        nodata_rows=1,
+        origin=(400_000.0 + 2_000.0 * (seed % 100), 5_000_000.0 + 50_000.0 * (seed // 100)),
+    )
     with rasterio.open(path) as src:
         a, profile, desc = src.read(), src.profile, src.descriptions
     cand = [(i, j) for (i, j), c in np.ndenumerate(layout) if c in ("cropland", "urban", "forest")]
     templates = [cand[k] for k in rng.choice(len(cand), 2, replace=False)]
-    others = [(i, j) for (i, j), c in np.ndenumerate(layout)
-              if c not in ("nodata", RARE_CLASS) and (i, j) not in templates]
+    others = [
+        (i, j) for (i, j), c in np.ndenumerate(layout) if c not in ("nodata", RARE_CLASS) and (i, j) not in templates
+    ]
     copies = set()
     n_dup = int(round(mix["dup_share"] * rows * cols))
     for k in rng.choice(len(others), n_dup, replace=False):
         (i, j), (ti, tj) = others[k], templates[k % 2]
-        t = a[:, ti * size:(ti + 1) * size, tj * size:(tj + 1) * size].astype(np.float32)
+        t = a[:, ti * size : (ti + 1) * size, tj * size : (tj + 1) * size].astype(np.float32)
         t = np.roll(t, tuple(rng.integers(-2, 3, 2)), axis=(1, 2)) + rng.normal(0, mix["dup_noise"], t.shape)
-        a[:, i * size:(i + 1) * size, j * size:(j + 1) * size] = np.clip(np.round(t), 1, 255).astype(np.uint8)
+        a[:, i * size : (i + 1) * size, j * size : (j + 1) * size] = np.clip(np.round(t), 1, 255).astype(np.uint8)
         layout[i, j] = layout[ti, tj]
         copies.add(f"{path.stem}/{i * size}_{j * size}")
     with rasterio.open(path, "w", **profile) as dst:
@@ -281,10 +325,16 @@ def build_synth(work: Path, p: dict) -> dict:
     btiles, boffs = _tiles_of(bpath, size)
     bcls = [str(layout[r // size, c // size]) for r, c in boffs]
     reference = write_reference_set(work / "reference", per_class=s["reference_per_class"], size=size, seed=11)
-    return dict(inputs=inputs, reference=reference, labels=labels, copies=copies, k=p["k"],
-                refs={"target": raw[content], "balanced": btiles, "raw": raw},
-                ref_classes={"target": list(raw_cls[content]), "balanced": bcls, "raw": list(raw_cls)},
-                classes=list(CONTENT) + list(JUNK))
+    return dict(
+        inputs=inputs,
+        reference=reference,
+        labels=labels,
+        copies=copies,
+        k=p["k"],
+        refs={"target": raw[content], "balanced": btiles, "raw": raw},
+        ref_classes={"target": list(raw_cls[content]), "balanced": bcls, "raw": list(raw_cls)},
+        classes=list(CONTENT) + list(JUNK),
+    )
 
 
 def build_naip(work: Path, p: dict) -> dict:
@@ -310,9 +360,17 @@ def build_naip(work: Path, p: dict) -> dict:
         inputs.append(out)
         tiles, _ = _tiles_of(f, size, cols=(cut, 10**9))
         held.append(tiles)
-    return dict(inputs=inputs, reference=SHARED / "reference" / "aid_150px", labels=None, copies=set(),
-                k=p["k_naip"], refs={"target": np.concatenate(held)}, ref_classes=None, classes=None,
-                heldout_block=f"eastern {share:.0%} of the columns of every year")
+    return dict(
+        inputs=inputs,
+        reference=SHARED / "reference" / "aid_150px",
+        labels=None,
+        copies=set(),
+        k=p["k_naip"],
+        refs={"target": np.concatenate(held)},
+        ref_classes=None,
+        classes=None,
+        heldout_block=f"eastern {share:.0%} of the columns of every year",
+    )
 
 
 # ------------------------------------------------------------------------------------------ catalogs
@@ -342,10 +400,15 @@ def build_catalogs(work: Path, data: dict, p: dict) -> tuple[dict, dict]:
 
     def pipeline(method, seed, budget_count):
         tile_opts, run_opts = _run_config(method, p, budget_count, seed, data["k"])
-        cat, counts = run_pipeline([str(x) for x in data["inputs"]], work / "catalogs" / f"{method}-s{seed}",
-                                   [str(data["reference"])], TileConfig(tile_size=p["tile_size"], **tile_opts),
-                                   RunConfig(k=data["k"], seed=int(seed), **run_opts), scheduler="synchronous",
-                                   progress=False)
+        cat, counts = run_pipeline(
+            [str(x) for x in data["inputs"]],
+            work / "catalogs" / f"{method}-s{seed}",
+            [str(data["reference"])],
+            TileConfig(tile_size=p["tile_size"], **tile_opts),
+            RunConfig(k=data["k"], seed=int(seed), **run_opts),
+            scheduler="synchronous",
+            progress=False,
+        )
         return cat
 
     full = pipeline("full", seed0, None)
@@ -391,19 +454,35 @@ def train_and_encode(work: Path, p: dict) -> tuple[Path, Path, dict]:
     if not (done.exists() and key_file.exists() and key_file.read_text() == key):
         shutil.rmtree(vae_out, ignore_errors=True)
         is_val = split_validation(table, "scene", 0.1)
-        cfg = VAETrainConfig(preset=v["preset"], steps=v["steps"], batch_size=v["batch_size"], lr=v["lr"],
-                             kl_weight=v["kl_weight"], val_every=v["val_every"], save_every=v["steps"],
-                             log_every=50, seed=0)
+        cfg = VAETrainConfig(
+            preset=v["preset"],
+            steps=v["steps"],
+            batch_size=v["batch_size"],
+            lr=v["lr"],
+            kl_weight=v["kl_weight"],
+            val_every=v["val_every"],
+            save_every=v["steps"],
+            log_every=50,
+            seed=0,
+        )
         threads = torch.get_num_threads()
         torch.set_num_threads(v.get("threads", 1))
         try:
-            res = train_vae(CatalogDataset(table[~is_val], select="all", dihedral=True, output="raw"),
-                            CatalogDataset(table[is_val], select="all", output="raw"), vae_out, cfg, progress=False)
+            res = train_vae(
+                CatalogDataset(table[~is_val], select="all", dihedral=True, output="raw"),
+                CatalogDataset(table[is_val], select="all", output="raw"),
+                vae_out,
+                cfg,
+                progress=False,
+            )
         finally:
             torch.set_num_threads(threads)
         (vae_out / "key").write_text(key)
-        say(f"  VAE {v['preset']}: {res.step} steps, best val {res.best_val:.4f} at step {res.best_step}; "
-            f"held-out-scene PSNR {res.metrics['vae']['psnr']:.2f} dB (bicubic x8 {res.metrics['bicubic_x8']['psnr']:.2f} dB)")
+        say(
+            f"  VAE {v['preset']}: {res.step} steps, best val {res.best_val:.4f} at step {res.best_step}; "
+            f"held-out-scene PSNR {res.metrics['vae']['psnr']:.2f} dB (bicubic x8 "
+            f"{res.metrics['bicubic_x8']['psnr']:.2f} dB)"
+        )
     lat = work / "latents" / "full"
     encode_catalog(CatalogDataset(cat, select="kept"), vae_out, lat, progress=False)
     report = json.loads((vae_out / "vae" / "rsgeo_vae.json").read_text())
@@ -427,8 +506,11 @@ def subset_latents(full: Path, ids: list[str], out: Path) -> tuple[Path, float]:
     ratio = (sd / torch.tensor(index["latents_std"], dtype=torch.float64)).tolist()
     if not (out / INDEX_FILE).exists():
         index.update(latents_mean=mu.tolist(), latents_std=sd.tolist())
-        meta = {k: (json.dumps(v) if k in ("latents_mean", "latents_std", "bands") else str(v)) for k, v in index.items()
-                if k in ("format", "vae_digest", "latents_mean", "latents_std", "bands")}
+        meta = {
+            k: (json.dumps(v) if k in ("latents_mean", "latents_std", "bands") else str(v))
+            for k, v in index.items()
+            if k in ("format", "vae_digest", "latents_mean", "latents_std", "bands")
+        }
         meta.update(catalog_digest=digest(ids), shard_size=str(len(ids)), shard="0")
         write_shard(out / shard_name(0), ds.mean[idx], ds.logvar[idx], ids, meta)
         index.update(tiles=len(ids), shards=[shard_name(0)], shard_size=len(ids), catalog_digest=meta["catalog_digest"])
@@ -465,8 +547,12 @@ class Judge:
             out[s] = {}
             for r, rf in by_ref.items():
                 pr = precision_recall(rf, feats[s], k=PR_K, real_classes=self.ref_classes.get(r))
-                out[s][r] = {"fd": float(frechet_distance(feats[s], rf)), "precision": pr.precision,
-                             "recall": pr.recall, "class_recall": pr.class_recall}
+                out[s][r] = {
+                    "fd": float(frechet_distance(feats[s], rf)),
+                    "precision": pr.precision,
+                    "recall": pr.recall,
+                    "class_recall": pr.class_recall,
+                }
         return out
 
     def classify(self, feats_primary: np.ndarray) -> np.ndarray:
@@ -483,16 +569,25 @@ def reconstruct(vae, tiles_u8: np.ndarray) -> torch.Tensor:
     from rsgeo_prune.train.sampling import decode_latents
 
     x = torch.from_numpy(tiles_u8.astype(np.float32) / 127.5 - 1.0)
-    z = torch.cat([vae.encode(x[i:i + 32]).latent_dist.mean for i in range(0, len(x), 32)])
+    z = torch.cat([vae.encode(x[i : i + 32]).latent_dist.mean for i in range(0, len(x), 32)])
     return decode_latents(vae, z)
 
 
 def _sample(model, info, vae, p: dict, n: int, seed: int) -> torch.Tensor:
     from rsgeo_prune.train.sampling import decode_latents, denormalise, diffusion_of, generate_latents
 
-    z = generate_latents(model, diffusion_of(info["config"]), n, latent_shape=tuple(info["latents"]["latent_shape"]),
-                         steps=p["sampler_steps"], sampler=p["sampler"], eta=0.0, seed=seed, batch_size=256,
-                         device="cpu")
+    z = generate_latents(
+        model,
+        diffusion_of(info["config"]),
+        n,
+        latent_shape=tuple(info["latents"]["latent_shape"]),
+        steps=p["sampler_steps"],
+        sampler=p["sampler"],
+        eta=0.0,
+        seed=seed,
+        batch_size=256,
+        device="cpu",
+    )
     return decode_latents(vae, denormalise(z, info["latents"]), batch_size=64, device="cpu")
 
 
@@ -526,9 +621,20 @@ def _train_and_score(job: dict) -> dict:
     t0 = time.perf_counter()
     if not (out / "checkpoints" / f"step-{cks[-1]:07d}.pt").exists():
         shutil.rmtree(out, ignore_errors=True)
-        cfg = DiTTrainConfig(model=d["model"], batch_size=d["batch_size"], lr=d["lr"], ema_decay=d["ema_decay"],
-                             grad_clip=d["grad_clip"], steps=cks[-1], log_every=100, save_every=cks[-1],
-                             keep_every=math.gcd(*cks), sample_every=0, fd_n=0, seed=int(job["seed"]))
+        cfg = DiTTrainConfig(
+            model=d["model"],
+            batch_size=d["batch_size"],
+            lr=d["lr"],
+            ema_decay=d["ema_decay"],
+            grad_clip=d["grad_clip"],
+            steps=cks[-1],
+            log_every=100,
+            save_every=cks[-1],
+            keep_every=math.gcd(*cks),
+            sample_every=0,
+            fd_n=0,
+            seed=int(job["seed"]),
+        )
         train_dit(job["latents"], out, cfg, progress=False)
     t_train = time.perf_counter() - t0
     rec = {"checkpoints": {}, "filtered": {}, "noise": None}
@@ -543,14 +649,22 @@ def _train_and_score(job: dict) -> dict:
         if job["method"] == "full" and _W["threshold"] is not None:
             # the same Stage I rule on the full model's samples: draw more, keep the first n_fd that pass
             many = _sample(model, info, vae, p, FILTER_OVERDRAW * p["n_fd"], EVAL_SEED + 7)
-            keep = np.flatnonzero(_entropy_pass(many, _W["threshold"]))[:p["n_fd"]]
+            keep = np.flatnonzero(_entropy_pass(many, _W["threshold"]))[: p["n_fd"]]
             ff = judge.features(many[keep])
-            rec["filtered"][str(step)] = {"scores": judge.score(ff), "n": int(len(keep)),
-                                          **({"mix": judge.mix(ff)} if judge.centroids is not None else {})}
+            rec["filtered"][str(step)] = {
+                "scores": judge.score(ff),
+                "n": int(len(keep)),
+                **({"mix": judge.mix(ff)} if judge.centroids is not None else {}),
+            }
         if job["method"] == "full" and step == cks[-1] and job["seed"] == p["seeds"][0]:
             other = judge.score(judge.features(_sample(model, info, vae, p, p["n_fd"], EVAL_SEED + 1)))
-            rec["noise"] = {s: {r_: abs(other[s][r_]["fd"] - rec["checkpoints"][str(step)]["scores"][s][r_]["fd"])
-                                for r_ in other[s]} for s in other}
+            rec["noise"] = {
+                s: {
+                    r_: abs(other[s][r_]["fd"] - rec["checkpoints"][str(step)]["scores"][s][r_]["fd"])
+                    for r_ in other[s]
+                }
+                for s in other
+            }
     write_grids(tiles[:64], Path(job["grids"]), f"{job['method']}-s{job['seed']}")
     losses = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rec["final_loss"] = [x["loss"] for x in losses if "loss" in x][-1]
@@ -558,20 +672,29 @@ def _train_and_score(job: dict) -> dict:
     return rec
 
 
-def train_and_judge(work: Path, lat_full: Path, vae_dir: Path, catalogs: dict, data: dict, p: dict,
-                    threshold: float | None) -> tuple[dict, dict]:
+def train_and_judge(
+    work: Path, lat_full: Path, vae_dir: Path, catalogs: dict, data: dict, p: dict, threshold: float | None
+) -> tuple[dict, dict]:
     jobs, ratios = [], {}
     for method in p["methods"]:
         for seed in p["seeds"]:
             lat, ratio = subset_latents(lat_full, catalogs[method, seed], work / "latents" / f"{method}-s{seed}")
             ratios.setdefault(method, ratio)
-            jobs.append(dict(method=method, seed=int(seed), latents=str(lat), out=str(work / "dit" / f"{method}-s{seed}"),
-                             grids=str(work / "grids")))
+            jobs.append(
+                dict(
+                    method=method,
+                    seed=int(seed),
+                    latents=str(lat),
+                    out=str(work / "dit" / f"{method}-s{seed}"),
+                    grids=str(work / "grids"),
+                )
+            )
     runs = {}
     ctx = multiprocessing.get_context("spawn")
     init = ((data["refs"], data["ref_classes"]), str(vae_dir), p, threshold)
-    with cf.ProcessPoolExecutor(max_workers=p["procs"], mp_context=ctx, initializer=_init_worker,
-                                initargs=init) as pool:
+    with cf.ProcessPoolExecutor(
+        max_workers=p["procs"], mp_context=ctx, initializer=_init_worker, initargs=init
+    ) as pool:
         futures = {pool.submit(_train_and_score, j): j for j in jobs}
         for fut in cf.as_completed(futures):
             j = futures[fut]
@@ -579,9 +702,12 @@ def train_and_judge(work: Path, lat_full: Path, vae_dir: Path, catalogs: dict, d
             rec["tiles"] = len(catalogs[j["method"], j["seed"]])
             runs[f"{j['method']}/{j['seed']}"] = rec
             last = rec["checkpoints"][str(p["checkpoints"][-1])]["scores"][PRIMARY]
-            say(f"  DiT {j['method']:16s} seed {j['seed']}: {rec['tiles']} tiles, loss {rec['final_loss']:.4f}, "
-                f"{PRIMARY} FD@{p['checkpoints'][-1]} " + ", ".join(f"{k} {v['fd']:.4f}" for k, v in last.items())
-                + f" ({rec['seconds']['total']:.0f} s)")
+            say(
+                f"  DiT {j['method']:16s} seed {j['seed']}: {rec['tiles']} tiles, loss {rec['final_loss']:.4f}, "
+                f"{PRIMARY} FD@{p['checkpoints'][-1]} "
+                + ", ".join(f"{k} {v['fd']:.4f}" for k, v in last.items())
+                + f" ({rec['seconds']['total']:.0f} s)"
+            )
     return runs, ratios
 
 
@@ -621,8 +747,11 @@ def floors(data: dict, catalogs: dict, judge: Judge, vae, p: dict) -> tuple[dict
         truth = np.array(data["ref_classes"]["target"])
         rec = judge.features(reconstruct(vae, data["refs"]["target"]))
         real = judge.features(data["refs"]["target"])
-        check = {"real": float((judge.classify(real[PRIMARY]) == truth).mean()),
-                 "decoded": float((judge.classify(rec[PRIMARY]) == truth).mean()), "n": int(len(truth))}
+        check = {
+            "real": float((judge.classify(real[PRIMARY]) == truth).mean()),
+            "decoded": float((judge.classify(rec[PRIMARY]) == truth).mean()),
+            "n": int(len(truth)),
+        }
     return out, cls_mix, check
 
 
@@ -695,8 +824,10 @@ def verdict(runs: dict, table: dict, p: dict) -> dict:
     rare = "solar_farm"
     rare_recall = {}
     for m in ("rs-prune", "full"):
-        vals = [runs[f"{m}/{s}"]["checkpoints"][str(last)]["scores"][PRIMARY][TARGET]["class_recall"].get(rare)
-                for s in p["seeds"]]
+        vals = [
+            runs[f"{m}/{s}"]["checkpoints"][str(last)]["scores"][PRIMARY][TARGET]["class_recall"].get(rare)
+            for s in p["seeds"]
+        ]
         rare_recall[m] = float(np.mean(vals)) if None not in vals else None
     rare_ok = None if None in rare_recall.values() else rare_recall["rs-prune"] >= rare_recall["full"]
     beats_baselines = all(vs[b]["beats"] for b in ("full", "random", "entropy", "cluster-nearest"))
@@ -709,13 +840,23 @@ def verdict(runs: dict, table: dict, p: dict) -> dict:
         word = "REFUTED (the gain over full is Stage I's junk removal: rs-prune ≈ stage1+random)"
     else:
         word = "INCONCLUSIVE"
-    stage2 = ("Stage II helps (rs-prune beats stage1+random)" if beats_stage1 else
-              "Stage II adds nothing measurable (rs-prune ≈ stage1+random)" if vs["stage1+random"]["indistinct"] else
-              "Stage II hurts (stage1+random beats rs-prune)" if paired(runs, p, "stage1+random", "rs-prune", last)["beats"]
-              else "Stage II: no clear difference")
+    stage2 = (
+        "Stage II helps (rs-prune beats stage1+random)"
+        if beats_stage1
+        else "Stage II adds nothing measurable (rs-prune ≈ stage1+random)"
+        if vs["stage1+random"]["indistinct"]
+        else "Stage II hurts (stage1+random beats rs-prune)"
+        if paired(runs, p, "stage1+random", "rs-prune", last)["beats"]
+        else "Stage II: no clear difference"
+    )
     if "oracle-clean" in vs:
-        stage2 += ("; rs-prune beats oracle-clean" if vs["oracle-clean"]["beats"] else
-                   "; rs-prune ≈ oracle-clean" if vs["oracle-clean"]["indistinct"] else "; oracle-clean is better")
+        stage2 += (
+            "; rs-prune beats oracle-clean"
+            if vs["oracle-clean"]["beats"]
+            else "; rs-prune ≈ oracle-clean"
+            if vs["oracle-clean"]["indistinct"]
+            else "; oracle-clean is better"
+        )
     return {"verdict": word, "stage2": stage2, "paired_vs": vs, "rare_recall": rare_recall}
 
 
@@ -723,69 +864,122 @@ def write_markdown(path: Path, res: dict) -> None:
     p, t = res["protocol"], res["table"]
     rows = method_rows(p)
     last = p["checkpoints"][-1]
-    L = [f"# Convergence at equal steps — `{p['config']}` configuration, corpus `{p['corpus']}`", "",
-         f"Written by `benchmarks/convergence.py --config {p['config']}"
-         + (f" --corpus {p['corpus']}" if p["corpus"] != "synth" else "") + f"` on {res['machine']} "
-         f"({res['date']}); total wall time **{res['seconds']['total'] / 60:.1f} min** "
-         f"({', '.join(f'{k} {v:.0f} s' for k, v in res['seconds'].items() if k != 'total')}).", "",
-         f"Protocol digest `{res['protocol_digest'][:16]}`: budget {p['budget']} = **{res['facts']['budget_count']} of "
-         f"{res['facts']['n']} tiles**, Stage I keep {p['entropy_keep']} (threshold "
-         f"{res['facts'].get('stage1_threshold_bits', float('nan')):.3f} bits), k {res['k']}, {p['tile_size']}-px tiles; "
-         f"{p['dit']['model']}, batch {p['dit']['batch_size']}, lr {p['dit']['lr']}, EMA {p['dit']['ema_decay']}, "
-         f"{p['dit']['steps']} steps; {p['sampler']} {p['sampler_steps']} steps, {p['n_fd']} EMA samples per score; "
-         f"seeds {list(p['seeds'])}; precision/recall k = {PR_K}.", "",
-         f"VAE `{p['vae']['preset']}` {p['vae']['steps']} steps: PSNR on its held-out scene "
-         f"{res['vae']['vae']['psnr']:.2f} dB (bicubic x8 {res['vae']['bicubic_x8']['psnr']:.2f} dB). Per-catalog latent "
-         "std / VAE std (largest channel): " + ", ".join(f"{m} {max(r):.2f}" for m, r in res["latent_std_ratio"].items())
-         + " (each catalog trains on its own normalisation).", "",
-         "Feature spaces: " + "; ".join(f"`{s['name']}` {s['dim']}-d sha256 `{s['digest'][:16]}`" for s in res["spaces"])
-         + f" (primary: `{PRIMARY}`). References: " + "; ".join(f"`{k}` {v} tiles" for k, v in res["ref_sizes"].items())
-         + ".", "", "Catalog sizes (tiles, first seed): " + ", ".join(f"{m} {n}" for m, n in res["tiles"].items())
-         + ".", "", f"## Verdict: **{res['verdict']['verdict']}**", "", f"{res['verdict']['stage2']}.", "",
-         f"Paired per-seed differences FD(rs-prune) − FD(other), `{PRIMARY}`, `{TARGET}`, step {last} "
-         "(negative: rs-prune better):", "", "| other | per seed | mean ± sd | seeds rs-prune better | beats |",
-         "|---|---|---|---|---|"]
+    L = [
+        f"# Convergence at equal steps — `{p['config']}` configuration, corpus `{p['corpus']}`",
+        "",
+        f"Written by `benchmarks/convergence.py --config {p['config']}"
+        + (f" --corpus {p['corpus']}" if p["corpus"] != "synth" else "")
+        + f"` on {res['machine']} "
+        f"({res['date']}); total wall time **{res['seconds']['total'] / 60:.1f} min** "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in res['seconds'].items() if k != 'total')}).",
+        "",
+        f"Protocol digest `{res['protocol_digest'][:16]}`: budget {p['budget']} = **{res['facts']['budget_count']} of "
+        f"{res['facts']['n']} tiles**, Stage I keep {p['entropy_keep']} (threshold "
+        f"{res['facts'].get('stage1_threshold_bits', float('nan')):.3f} bits), k {res['k']}, "
+        f"{p['tile_size']}-px tiles; "
+        f"{p['dit']['model']}, batch {p['dit']['batch_size']}, lr {p['dit']['lr']}, EMA {p['dit']['ema_decay']}, "
+        f"{p['dit']['steps']} steps; {p['sampler']} {p['sampler_steps']} steps, {p['n_fd']} EMA samples per score; "
+        f"seeds {list(p['seeds'])}; precision/recall k = {PR_K}.",
+        "",
+        f"VAE `{p['vae']['preset']}` {p['vae']['steps']} steps: PSNR on its held-out scene "
+        f"{res['vae']['vae']['psnr']:.2f} dB (bicubic x8 {res['vae']['bicubic_x8']['psnr']:.2f} dB). "
+        "Per-catalog latent "
+        "std / VAE std (largest channel): "
+        + ", ".join(f"{m} {max(r):.2f}" for m, r in res["latent_std_ratio"].items())
+        + " (each catalog trains on its own normalisation).",
+        "",
+        "Feature spaces: "
+        + "; ".join(f"`{s['name']}` {s['dim']}-d sha256 `{s['digest'][:16]}`" for s in res["spaces"])
+        + f" (primary: `{PRIMARY}`). References: "
+        + "; ".join(f"`{k}` {v} tiles" for k, v in res["ref_sizes"].items())
+        + ".",
+        "",
+        "Catalog sizes (tiles, first seed): " + ", ".join(f"{m} {n}" for m, n in res["tiles"].items()) + ".",
+        "",
+        f"## Verdict: **{res['verdict']['verdict']}**",
+        "",
+        f"{res['verdict']['stage2']}.",
+        "",
+        f"Paired per-seed differences FD(rs-prune) − FD(other), `{PRIMARY}`, `{TARGET}`, step {last} "
+        "(negative: rs-prune better):",
+        "",
+        "| other | per seed | mean ± sd | seeds rs-prune better | beats |",
+        "|---|---|---|---|---|",
+    ]
     for b, d in res["verdict"]["paired_vs"].items():
-        L.append(f"| {b} | {', '.join(f'{x:+.4f}' for x in d['values'])} | {d['mean']:+.4f} ± {d['std']:.4f} | "
-                 f"{d['a_better_in']}/{len(d['values'])} | {'yes' if d['beats'] else 'no'} |")
+        L.append(
+            f"| {b} | {', '.join(f'{x:+.4f}' for x in d['values'])} | {d['mean']:+.4f} ± {d['std']:.4f} | "
+            f"{d['a_better_in']}/{len(d['values'])} | {'yes' if d['beats'] else 'no'} |"
+        )
     rr = res["verdict"]["rare_recall"]
     if rr.get("full") is not None:
-        L += ["", f"Rare-class (solar_farm) recall on `{TARGET}`: rs-prune {rr['rs-prune']:.3f}, full {rr['full']:.3f}."]
-    filt = {st: [res["runs"][f"full/{sd}"]["filtered"][str(st)]["n"] for sd in p["seeds"]]
-            for st in p["checkpoints"] if str(st) in res["runs"][f"full/{p['seeds'][0]}"]["filtered"]}
+        L += [
+            "",
+            f"Rare-class (solar_farm) recall on `{TARGET}`: rs-prune {rr['rs-prune']:.3f}, full {rr['full']:.3f}.",
+        ]
+    filt = {
+        st: [res["runs"][f"full/{sd}"]["filtered"][str(st)]["n"] for sd in p["seeds"]]
+        for st in p["checkpoints"]
+        if str(st) in res["runs"][f"full/{p['seeds'][0]}"]["filtered"]
+    }
     if filt:
-        L += ["", f"full-filtered: of {FILTER_OVERDRAW * p['n_fd']} samples drawn per checkpoint, the first "
-              f"{p['n_fd']} passing Stage I's rule are kept; passing (per seed): "
-              + "; ".join(f"step {st}: {', '.join(map(str, v))}" for st, v in filt.items()) + "."]
-    L += ["", f"Steps to reach full's final FD ({PRIMARY}, {TARGET}, "
-          f"{t[f'full|{last}|{PRIMARY}|{TARGET}|fd']['mean']:.4f}): "
-          + ", ".join(f"{m} {('%.0f' % s) if s is not None else 'not reached'}" for m, s in res["steps_to_full"].items())
-          + ".", ""]
+        L += [
+            "",
+            f"full-filtered: of {FILTER_OVERDRAW * p['n_fd']} samples drawn per checkpoint, the first "
+            f"{p['n_fd']} passing Stage I's rule are kept; passing (per seed): "
+            + "; ".join(f"step {st}: {', '.join(map(str, v))}" for st, v in filt.items())
+            + ".",
+        ]
+    L += [
+        "",
+        f"Steps to reach full's final FD ({PRIMARY}, {TARGET}, "
+        f"{t[f'full|{last}|{PRIMARY}|{TARGET}|fd']['mean']:.4f}): "
+        + ", ".join(f"{m} {('%.0f' % s) if s is not None else 'not reached'}" for m, s in res["steps_to_full"].items())
+        + ".",
+        "",
+    ]
     for space in SPACES:
         for ref in res["refs"]:
-            L += [f"## `{space}` vs `{ref}` — FD (mean ± sd over seeds), precision / recall at step {last}", "",
-                  "| method | " + " | ".join(f"FD {s}" for s in p["checkpoints"])
-                  + f" | P@{last} | R@{last} | floor: own tiles | floor: VAE recon |",
-                  "|---|" + "---|" * (len(p["checkpoints"]) + 4)]
+            L += [
+                f"## `{space}` vs `{ref}` — FD (mean ± sd over seeds), precision / recall at step {last}",
+                "",
+                "| method | "
+                + " | ".join(f"FD {s}" for s in p["checkpoints"])
+                + f" | P@{last} | R@{last} | floor: own tiles | floor: VAE recon |",
+                "|---|" + "---|" * (len(p["checkpoints"]) + 4),
+            ]
             for m in rows:
                 key = lambda s, k: t.get(f"{m}|{s}|{space}|{ref}|{k}")  # noqa: E731
-                cells = [f"{key(s, 'fd')['mean']:.4f} ± {key(s, 'fd')['std']:.4f}" if key(s, "fd") else "–"
-                         for s in p["checkpoints"]]
+                cells = [
+                    f"{key(s, 'fd')['mean']:.4f} ± {key(s, 'fd')['std']:.4f}" if key(s, "fd") else "–"
+                    for s in p["checkpoints"]
+                ]
                 pr = [f"{key(last, k)['mean']:.3f}" if key(last, k) else "–" for k in ("precision", "recall")]
                 fl = res["floors"].get(f"catalog:{m}", {}).get(space, {}).get(ref, {}).get("fd")
                 fv = res["floors"].get(f"vae-recon:{m}", {}).get(space, {}).get(ref, {}).get("fd")
-                L.append(f"| {m} | " + " | ".join(cells + pr) + f" | {'%.4f' % fl if fl is not None else '–'} | "
-                         f"{'%.4f' % fv if fv is not None else '–'} |")
+                L.append(
+                    f"| {m} | " + " | ".join(cells + pr) + f" | {'%.4f' % fl if fl is not None else '–'} | "
+                    f"{'%.4f' % fv if fv is not None else '–'} |"
+                )
             noise = res.get("noise", {}).get(space, {}).get(ref)
-            L += ["", f"Sampling noise (full, final step, two generation seeds): {noise:.4f}." if noise is not None
-                  else "", ""]
+            L += [
+                "",
+                f"Sampling noise (full, final step, two generation seeds): {noise:.4f}." if noise is not None else "",
+                "",
+            ]
     if res.get("class_mix"):
         classes = list(next(iter(res["catalog_mix"].values())))
-        L += [f"## Class mix (synthetic labels) of each catalog, and of the step-{last} samples", "",
-              f"The sample classifier (nearest class mean of `balanced` in `{PRIMARY}`) labels real `{TARGET}` tiles "
-              f"with accuracy {res['classifier_check']['real']:.3f} and their VAE reconstructions with "
-              f"{res['classifier_check']['decoded']:.3f} (n = {res['classifier_check']['n']}); it knows content "
-              "classes only.", "", "| catalog | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        L += [
+            f"## Class mix (synthetic labels) of each catalog, and of the step-{last} samples",
+            "",
+            f"The sample classifier (nearest class mean of `balanced` in `{PRIMARY}`) labels real `{TARGET}` tiles "
+            f"with accuracy {res['classifier_check']['real']:.3f} and their VAE reconstructions with "
+            f"{res['classifier_check']['decoded']:.3f} (n = {res['classifier_check']['n']}); it knows content "
+            "classes only.",
+            "",
+            "| catalog | " + " | ".join(classes) + " |",
+            "|---|" + "---|" * len(classes),
+        ]
         for m in p["methods"]:
             L.append(f"| {m} | " + " | ".join(f"{res['catalog_mix'][m].get(c, 0):.3f}" for c in classes) + " |")
         mc = list(next(iter(res["class_mix"].values())))
@@ -795,13 +989,22 @@ def write_markdown(path: Path, res: dict) -> None:
         L.append("")
     elif res.get("catalog_mix"):
         years = sorted({y for mix in res["catalog_mix"].values() for y in mix})
-        L += ["## Year mix of each catalog", "", "| catalog | " + " | ".join(years) + " |", "|---|" + "---|" * len(years)]
+        L += [
+            "## Year mix of each catalog",
+            "",
+            "| catalog | " + " | ".join(years) + " |",
+            "|---|" + "---|" * len(years),
+        ]
         for m, mix in res["catalog_mix"].items():
             L.append(f"| {m} | " + " | ".join(f"{mix.get(y, 0):.3f}" for y in years) + " |")
         L.append("")
-    L += [f"![FD vs steps](convergence_{p['config']}_{p['corpus']}.png)", "",
-          "Per-seed values, floors, per-class recall and final training losses are in the `.json` beside this file; "
-          "`--check` compares a fresh run's paired differences with it.", ""]
+    L += [
+        f"![FD vs steps](convergence_{p['config']}_{p['corpus']}.png)",
+        "",
+        "Per-seed values, floors, per-class recall and final training losses are in the `.json` beside this file; "
+        "`--check` compares a fresh run's paired differences with it.",
+        "",
+    ]
     path.write_text("\n".join(L))
 
 
@@ -822,7 +1025,9 @@ def plot(path: Path, res: dict) -> None:
                 mu = [t[f"{m}|{s}|{space}|{ref}|fd"]["mean"] for s in steps]
                 sd = [t[f"{m}|{s}|{space}|{ref}|fd"]["std"] for s in steps]
                 ax.errorbar(steps, mu, yerr=sd, marker="o", capsize=3, label=m, lw=2.2 if m == "rs-prune" else 1.2)
-            ax.axhline(res["floors"]["vae-recon:full"][space][ref]["fd"], color="grey", ls=":", label="VAE floor (full)")
+            ax.axhline(
+                res["floors"]["vae-recon:full"][space][ref]["fd"], color="grey", ls=":", label="VAE floor (full)"
+            )
             ax.set_title(f"{p['corpus']}: {space} vs {ref}", fontsize=9)
             ax.set_xlabel("DiT steps")
             ax.set_ylabel("FD")
@@ -847,8 +1052,10 @@ def check(fresh: dict, committed: dict) -> bool:
         for step in p["checkpoints"]:
             for space in SPACES:
                 for ref in fresh["refs"]:
-                    dc, df = committed["paired_full"].get(f"{m}|{step}|{space}|{ref}"), \
-                        fresh["paired_full"].get(f"{m}|{step}|{space}|{ref}")
+                    dc, df = (
+                        committed["paired_full"].get(f"{m}|{step}|{space}|{ref}"),
+                        fresh["paired_full"].get(f"{m}|{step}|{space}|{ref}"),
+                    )
                     if dc is None or df is None:
                         continue
                     noise = max(fresh["noise"][space][ref], committed["noise"][space][ref])
@@ -857,19 +1064,29 @@ def check(fresh: dict, committed: dict) -> bool:
                     worst, n = max(worst, diff / max(tol, 1e-12)), n + 1
                     if diff > tol:
                         ok = False
-                        say(f"  OUTSIDE {m} − full @ {step} {space} {ref}: fresh {df['mean']:+.4f}, committed "
-                            f"{dc['mean']:+.4f} (tol {tol:.4f})")
+                        say(
+                            f"  OUTSIDE {m} − full @ {step} {space} {ref}: fresh {df['mean']:+.4f}, committed "
+                            f"{dc['mean']:+.4f} (tol {tol:.4f})"
+                        )
     same = fresh["verdict"]["verdict"] == committed["verdict"]["verdict"]
-    say(f"check: {n} paired cells, largest |Δ| = {worst:.2f} of the tolerance; verdict "
+    say(
+        f"check: {n} paired cells, largest |Δ| = {worst:.2f} of the tolerance; verdict "
         f"{'the same' if same else 'DIFFERENT'} ({fresh['verdict']['verdict']}) -> "
-        + ("REPRODUCED" if ok and same else "NOT reproduced"))
+        + ("REPRODUCED" if ok and same else "NOT reproduced")
+    )
     return ok and same
 
 
 def paired_full(runs: dict, p: dict, refs: list[str]) -> dict:
-    return {f"{m}|{step}|{space}|{ref}": paired(runs, p, m, "full", step, space, ref)
-            for m in method_rows(p) if m != "full" for step in p["checkpoints"] for space in SPACES for ref in refs
-            if _values(runs, p, m, step, space, ref)}
+    return {
+        f"{m}|{step}|{space}|{ref}": paired(runs, p, m, "full", step, space, ref)
+        for m in method_rows(p)
+        if m != "full"
+        for step in p["checkpoints"]
+        for space in SPACES
+        for ref in refs
+        if _values(runs, p, m, step, space, ref)
+    }
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -904,20 +1121,38 @@ def run(p: dict, work: Path) -> dict:
     from _common import cpu_name  # the script's folder is on sys.path when it runs
 
     cpu = cpu_name()
-    res = dict(protocol=p, protocol_digest=digest(p), refs=refs, k=data["k"], facts=facts,
-               machine=f"{cpu}, {os.cpu_count()} cores (AMX: {cpu_has_amx()}), torch threads 1, {p['procs']} DiT processes",
-               date=time.strftime("%Y-%m-%d"), seconds={k: round(v, 1) for k, v in times.items()},
-               spaces=[dict(name=s.name, dim=s.dim, digest=s.digest) for s in judge.spaces.values()],
-               ref_sizes={k: len(v) for k, v in data["refs"].items()},
-               tiles={m: len(catalogs[m, p["seeds"][0]]) for m in p["methods"]}, vae=vae_report["validation"],
-               latent_std_ratio=ratios, floors=fl, table=table, paired_full=paired_full(runs, p, refs),
-               noise=runs[f"full/{p['seeds'][0]}"]["noise"],
-               steps_to_full={m: steps_to_reach(table, p, m, goal) for m in method_rows(p) if m != "full"},
-               verdict=verdict(runs, table, p), catalog_mix=cat_mix, classifier_check=cls_check, runs=runs)
+    res = dict(
+        protocol=p,
+        protocol_digest=digest(p),
+        refs=refs,
+        k=data["k"],
+        facts=facts,
+        machine=f"{cpu}, {os.cpu_count()} cores (AMX: {cpu_has_amx()}), torch threads 1, {p['procs']} DiT processes",
+        date=time.strftime("%Y-%m-%d"),
+        seconds={k: round(v, 1) for k, v in times.items()},
+        spaces=[dict(name=s.name, dim=s.dim, digest=s.digest) for s in judge.spaces.values()],
+        ref_sizes={k: len(v) for k, v in data["refs"].items()},
+        tiles={m: len(catalogs[m, p["seeds"][0]]) for m in p["methods"]},
+        vae=vae_report["validation"],
+        latent_std_ratio=ratios,
+        floors=fl,
+        table=table,
+        paired_full=paired_full(runs, p, refs),
+        noise=runs[f"full/{p['seeds'][0]}"]["noise"],
+        steps_to_full={m: steps_to_reach(table, p, m, goal) for m in method_rows(p) if m != "full"},
+        verdict=verdict(runs, table, p),
+        catalog_mix=cat_mix,
+        classifier_check=cls_check,
+        runs=runs,
+    )
     if judge.centroids is not None:
-        res["class_mix"] = {m: {k: float(np.mean([runs[f"{m}/{s}"]["checkpoints"][str(last)]["mix"][k]
-                                                  for s in p["seeds"]])) for k in judge.mix_classes}
-                            for m in p["methods"]}
+        res["class_mix"] = {
+            m: {
+                k: float(np.mean([runs[f"{m}/{s}"]["checkpoints"][str(last)]["mix"][k] for s in p["seeds"]]))
+                for k in judge.mix_classes
+            }
+            for m in p["methods"]
+        }
     if p["corpus"] == "naip":
         res["heldout_block"] = data["heldout_block"]
     say(f"done in {times['total'] / 60:.1f} min; verdict: {res['verdict']['verdict']}; {res['verdict']['stage2']}")
@@ -934,8 +1169,10 @@ def _shares(text: str) -> dict:
 
     bad = [k for k in shares if k not in CLASSES or k == RARE_CLASS]
     if bad or not shares or any(not 0 <= v <= 1 for v in shares.values()) or abs(sum(shares.values()) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(f"{text!r}: shares of classes among {', '.join(c for c in CLASSES if c != RARE_CLASS)},"
-                                         " each in [0, 1], summing to 1 (the rare class is --synth-rare)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: shares of classes among {', '.join(c for c in CLASSES if c != RARE_CLASS)},"
+            " each in [0, 1], summing to 1 (the rare class is --synth-rare)"
+        )
     return shares
 
 
@@ -945,20 +1182,33 @@ def main(argv=None) -> int:
     ap.add_argument("--corpus", choices=("synth", "naip"), default="synth")
     ap.add_argument("--budget", type=float, help="fraction kept (default: the protocol's 0.15 = 85 %% pruned)")
     ap.add_argument("--entropy-keep", type=float, help="Stage I keep fraction (default: the protocol's)")
-    ap.add_argument("--synth-shares", type=_shares, default=dict(SYNTH_SHARES),
-                    help="class shares of a synthetic scene, e.g. cloud=0.25,water=0.25,cropland=0.16,forest=0.12,"
-                         "urban=0.12,bare_soil=0.10 (the default)")
+    ap.add_argument(
+        "--synth-shares",
+        type=_shares,
+        default=dict(SYNTH_SHARES),
+        help="class shares of a synthetic scene, e.g. cloud=0.25,water=0.25,cropland=0.16,forest=0.12,"
+        "urban=0.12,bare_soil=0.10 (the default)",
+    )
     ap.add_argument("--synth-rare", type=int, default=SYNTH_RARE, help="rare-class tiles per scene")
-    ap.add_argument("--synth-dup-share", type=float, default=SYNTH_DUP_SHARE, help="share of a scene's tiles overwritten "
-                    "by noisy shifted copies of two templates")
-    ap.add_argument("--synth-dup-noise", type=float, default=SYNTH_DUP_NOISE, help="noise std of the copies (uint8 levels)")
+    ap.add_argument(
+        "--synth-dup-share",
+        type=float,
+        default=SYNTH_DUP_SHARE,
+        help="share of a scene's tiles overwritten by noisy shifted copies of two templates",
+    )
+    ap.add_argument(
+        "--synth-dup-noise", type=float, default=SYNTH_DUP_NOISE, help="noise std of the copies (uint8 levels)"
+    )
     ap.add_argument("--synth-scenes", type=int, default=None, help="training scenes (default: the config's)")
     ap.add_argument("--work", type=Path, help="work folder (VAE, latents and DiT runs are reused from it)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where the .md/.json/.png go")
     ap.add_argument("--check", action="store_true", help="run afresh and compare with the committed table")
     a = ap.parse_args(argv)
-    for name, v, lo, hi in (("--synth-rare", a.synth_rare, 0, 100), ("--synth-dup-share", a.synth_dup_share, 0, 0.5),
-                            ("--synth-dup-noise", a.synth_dup_noise, 0, 64)):
+    for name, v, lo, hi in (
+        ("--synth-rare", a.synth_rare, 0, 100),
+        ("--synth-dup-share", a.synth_dup_share, 0, 0.5),
+        ("--synth-dup-noise", a.synth_dup_noise, 0, 64),
+    ):
         if not lo <= v <= hi:
             ap.error(f"{name} {v}: must be in [{lo}, {hi}]")
     mix = dict(shares=a.synth_shares, rare=a.synth_rare, dup_share=a.synth_dup_share, dup_noise=a.synth_dup_noise)

@@ -44,15 +44,14 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from _common import print_table  # noqa: E402
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-SIZE = 64          # tile edge (px) of the planted-copy corpus
-PLANTED = 40       # copies per planted raster
+SIZE = 64  # tile edge (px) of the planted-copy corpus
+PLANTED = 40  # copies per planted raster
 ELSEWHERE = 100_000.0  # metres east of the source: a planted raster without the original's georeference
 
 
@@ -61,8 +60,12 @@ def _write(path: Path, profile: dict, data: np.ndarray, dx: float = 0.0, dy_px: 
     import rasterio
 
     t = profile["transform"]
-    out = dict(profile, height=data.shape[1], width=data.shape[2],
-               transform=rasterio.Affine(t.a, t.b, t.c + dx + dx_px * t.a, t.d, t.e, t.f + dy_px * t.e))
+    out = dict(
+        profile,
+        height=data.shape[1],
+        width=data.shape[2],
+        transform=rasterio.Affine(t.a, t.b, t.c + dx + dx_px * t.a, t.d, t.e, t.f + dy_px * t.e),
+    )
     with rasterio.open(path, "w", **out) as dst:
         dst.write(data)
     return path
@@ -73,8 +76,10 @@ def _shifted_noisy(a: np.ndarray, r: int, c: int, shift: int, sigma: float, rng)
     dy, dx = rng.integers(1, shift + 1, 2) * rng.choice([-1, 1], 2)
     dy = dy if 0 <= r + dy <= a.shape[1] - SIZE else -dy
     dx = dx if 0 <= c + dx <= a.shape[2] - SIZE else -dx
-    w = a[:, r + dy:r + dy + SIZE, c + dx:c + dx + SIZE].astype(np.float32)
-    return np.clip(np.round(w + rng.normal(0, sigma, w.shape)), 0, 255).astype(np.uint8) if sigma else w.astype(np.uint8)
+    w = a[:, r + dy : r + dy + SIZE, c + dx : c + dx + SIZE].astype(np.float32)
+    return (
+        np.clip(np.round(w + rng.normal(0, sigma, w.shape)), 0, 255).astype(np.uint8) if sigma else w.astype(np.uint8)
+    )
 
 
 def plant_elsewhere(work: Path, year: Path, rng) -> tuple[list[Path], dict[str, str], dict[str, str]]:
@@ -86,16 +91,20 @@ def plant_elsewhere(work: Path, year: Path, rng) -> tuple[list[Path], dict[str, 
         a, profile = src.read(), src.profile
     grid = [(r, c) for r in range(0, a.shape[1] - SIZE + 1, SIZE) for c in range(0, a.shape[2] - SIZE + 1, SIZE)]
     paths, original, kind = [], {}, {}
-    for n, (name, make) in enumerate([("bytes", lambda r, c: a[:, r:r + SIZE, c:c + SIZE]),
-                                      ("noise1", lambda r, c: _shifted_noisy(a, r, c, 4, 1.0, rng)),
-                                      ("noise2", lambda r, c: _shifted_noisy(a, r, c, 4, 2.0, rng))]):
+    for n, (name, make) in enumerate(
+        [
+            ("bytes", lambda r, c: a[:, r : r + SIZE, c : c + SIZE]),
+            ("noise1", lambda r, c: _shifted_noisy(a, r, c, 4, 1.0, rng)),
+            ("noise2", lambda r, c: _shifted_noisy(a, r, c, 4, 2.0, rng)),
+        ]
+    ):
         picks = rng.choice(len(grid), PLANTED, replace=False)
         out = np.zeros((a.shape[0], 5 * SIZE, 8 * SIZE), np.uint8)
         path = work / f"planted_{name}.tif"
         for k, p in enumerate(picks):
             r, c = grid[p]
             i, j = divmod(k, 8)
-            out[:, i * SIZE:(i + 1) * SIZE, j * SIZE:(j + 1) * SIZE] = make(r, c)
+            out[:, i * SIZE : (i + 1) * SIZE, j * SIZE : (j + 1) * SIZE] = make(r, c)
             copy_id = f"{path.stem}/{i * SIZE}_{j * SIZE}"
             original[copy_id], kind[copy_id] = f"{year.stem}/{r}_{c}", name
         paths.append(_write(path, profile, out, dx=ELSEWHERE * (n + 1)))
@@ -123,9 +132,15 @@ def run(inputs, out: Path, ref: Path, budget: float, tau: float, max_per_place=N
     from rsgeo_prune.pipeline import run_pipeline
 
     t0 = time.perf_counter()
-    cat, counts = run_pipeline([str(p) for p in inputs], out, [str(ref)], TileConfig(tile_size=SIZE),
-                               RunConfig(k=30, budget=budget, dedup_cosine=tau, max_per_place=max_per_place),
-                               scheduler=scheduler, progress=False)
+    cat, counts = run_pipeline(
+        [str(p) for p in inputs],
+        out,
+        [str(ref)],
+        TileConfig(tile_size=SIZE),
+        RunConfig(k=30, budget=budget, dedup_cosine=tau, max_per_place=max_per_place),
+        scheduler=scheduler,
+        progress=False,
+    )
     return cat, counts, time.perf_counter() - t0
 
 
@@ -160,17 +175,29 @@ def planted_copies(tau: float, rows: list, figures: dict) -> None:
                     groups.setdefault(o, [o]).append(copy)
             extra, planted_n, lost = excess_kept(groups, kept)
             figures[f"recall_{'+'.join(which)}"] = 1 - extra / planted_n
-            rows.append((f"A recall, {' + '.join(which)} copies (tau {tau})", f"{1 - extra / planted_n:.3f}",
-                         f"{extra} of {planted_n} planted copies kept beside their original" +
-                         (" (target >= 0.95)" if which == ("bytes", "noise1") else "")))
+            rows.append(
+                (
+                    f"A recall, {' + '.join(which)} copies (tau {tau})",
+                    f"{1 - extra / planted_n:.3f}",
+                    f"{extra} of {planted_n} planted copies kept beside their original"
+                    + (" (target >= 0.95)" if which == ("bytes", "noise1") else ""),
+                )
+            )
         in_group = set(original) | set(original.values())
         lone = [t for t in base if t not in in_group]
-        false = sum(dropped[t] for t in lone) + excess_kept(
-            {o: [o] + [c for c in original if original[c] == o] for o in set(original.values())}, kept)[2]
+        false = (
+            sum(dropped[t] for t in lone)
+            + excess_kept({o: [o] + [c for c in original if original[c] == o] for o in set(original.values())}, kept)[2]
+        )
         figures["false_drop_A"] = false / len(base)
-        rows.append(("A distinct tiles dropped as duplicates", f"{false / len(base):.2%}",
-                     f"{false} of {len(base)} (target <= 1 %); exact {counts['exact copies']}, near "
-                     f"{counts['near copies']}; {secs:.1f} s"))
+        rows.append(
+            (
+                "A distinct tiles dropped as duplicates",
+                f"{false / len(base):.2%}",
+                f"{false} of {len(base)} (target <= 1 %); exact {counts['exact copies']}, near "
+                f"{counts['near copies']}; {secs:.1f} s",
+            )
+        )
         # B: the same place in eight years, plus two re-exports in place
         inputs = years + reexport_in_place(work, years, rng)
         cat, counts, secs = run(inputs, work / "B", ref, 1.0, tau, max_per_place=1)
@@ -178,12 +205,22 @@ def planted_copies(tau: float, rows: list, figures: dict) -> None:
         groups = cat.groupby("place")["tile_id"].apply(list).to_dict()
         extra, planted_n, lost = excess_kept(groups, set(cat.loc[cat["kept"].astype(bool), "tile_id"]))
         figures["recall_B"], figures["lost_B"] = 1 - extra / planted_n, lost / len(groups)
-        rows.append(("B recall of same-place tiles (8 years + 2 re-exports, budget 1.0)", f"{1 - extra / planted_n:.3f}",
-                     f"{extra} of {planted_n} kept beside another tile of their place; "
-                     f"{len(cat)} tiles, {len(groups)} places; {secs:.1f} s"))
-        rows.append(("B places lost (distinct tiles dropped)", f"{lost / len(groups):.2%}",
-                     f"{lost} of {len(groups)}; exact {counts['exact copies']}, near {counts['near copies']}, "
-                     f"same place {counts['same place copies']}"))
+        rows.append(
+            (
+                "B recall of same-place tiles (8 years + 2 re-exports, budget 1.0)",
+                f"{1 - extra / planted_n:.3f}",
+                f"{extra} of {planted_n} kept beside another tile of their place; "
+                f"{len(cat)} tiles, {len(groups)} places; {secs:.1f} s",
+            )
+        )
+        rows.append(
+            (
+                "B places lost (distinct tiles dropped)",
+                f"{lost / len(groups):.2%}",
+                f"{lost} of {len(groups)}; exact {counts['exact copies']}, near {counts['near copies']}, "
+                f"same place {counts['same place copies']}",
+            )
+        )
         # one tile per place allows at most 154 of the 1,540 tiles (10 %): a 5 % budget
         cat, counts, secs = run(inputs, work / "B5", ref, 0.05, tau, max_per_place=1)
         kept = cat[cat["kept"].astype(bool)].reset_index(drop=True)
@@ -191,12 +228,19 @@ def planted_copies(tau: float, rows: list, figures: dict) -> None:
         twice = same_place_partners(kept).pairs
         run(inputs, work / "B5-again", ref, 0.05, tau, max_per_place=1)
         p_secs = run(inputs, work / "B5-processes", ref, 0.05, tau, max_per_place=1, scheduler="processes")[2]
-        digests = {hashlib.sha256((work / d / "catalog.parquet").read_bytes()).hexdigest()
-                   for d in ("B5", "B5-again", "B5-processes")}
+        digests = {
+            hashlib.sha256((work / d / "catalog.parquet").read_bytes()).hexdigest()
+            for d in ("B5", "B5-again", "B5-processes")
+        }
         figures.update(budget_met=len(kept) == budget, same_place_pairs_kept=twice, identical=len(digests) == 1)
-        rows.append(("B at budget 0.05: kept / budget, same-place pairs kept", f"{len(kept)} / {budget}, {twice}",
-                     f"catalog bytes identical in a fresh run and under processes: {len(digests) == 1} "
-                     f"({secs:.1f} s threads, {p_secs:.1f} s processes)"))
+        rows.append(
+            (
+                "B at budget 0.05: kept / budget, same-place pairs kept",
+                f"{len(kept)} / {budget}, {twice}",
+                f"catalog bytes identical in a fresh run and under processes: {len(digests) == 1} "
+                f"({secs:.1f} s threads, {p_secs:.1f} s processes)",
+            )
+        )
         cosine_by_kind(y2018, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -213,16 +257,26 @@ def cosine_by_kind(year: Path, rows: list) -> None:
         a = src.read()
     rng = np.random.default_rng(1)
     offs = [(r, c) for r in range(0, a.shape[1] - SIZE + 1, SIZE) for c in range(0, a.shape[2] - SIZE + 1, SIZE)]
-    z = embed(np.stack([a[:, r:r + SIZE, c:c + SIZE] for r, c in offs]))
+    z = embed(np.stack([a[:, r : r + SIZE, c : c + SIZE] for r, c in offs]))
     near = z @ z.T
     np.fill_diagonal(near, -1)
-    rows.append(("distinct tiles: cosine to the nearest other tile, median / 99 % / max",
-                 " / ".join(f"{v:.3f}" for v in np.quantile(near.max(1), [0.5, 0.99, 1.0])), f"{len(offs)} tiles, 2018"))
+    rows.append(
+        (
+            "distinct tiles: cosine to the nearest other tile, median / 99 % / max",
+            " / ".join(f"{v:.3f}" for v in np.quantile(near.max(1), [0.5, 0.99, 1.0])),
+            f"{len(offs)} tiles, 2018",
+        )
+    )
     for shift, sigma in ((4, 0), (2, 1), (4, 1), (8, 1), (4, 2), (4, 3)):
         zc = embed(np.stack([_shifted_noisy(a, r, c, shift, sigma, rng) for r, c in offs]))
         cos = (zc * z).sum(1)
-        rows.append((f"copy shifted 1-{shift} px, noise sigma {sigma}: cosine 5 % quantile, share >= 0.97",
-                     f"{np.quantile(cos, 0.05):.3f}, {(cos >= 0.97).mean():.2f}", ""))
+        rows.append(
+            (
+                f"copy shifted 1-{shift} px, noise sigma {sigma}: cosine 5 % quantile, share >= 0.97",
+                f"{np.quantile(cos, 0.05):.3f}, {(cos >= 0.97).mean():.2f}",
+                "",
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -241,7 +295,7 @@ def clustered(n: int, d: int, k: int, rng) -> tuple[np.ndarray, np.ndarray]:
     copies = rng.choice(n, n // 20, replace=False)
     z[copies] = z[rng.integers(0, n, len(copies))] + 0.004 * rng.standard_normal((len(copies), d), dtype=np.float32)
     for s in range(0, n, 65_536):
-        z[s:s + 65_536] = unit(z[s:s + 65_536])
+        z[s : s + 65_536] = unit(z[s : s + 65_536])
     return z, centres
 
 
@@ -263,8 +317,13 @@ def timing(n: int, d: int, k: int, tau: float, rows: list, figures: dict) -> Non
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     z, centres = clustered(n, d, k, rng)
-    rows.append((f"synthetic embeddings {n:,} x {d}, {k} clusters", f"{time.perf_counter() - t0:.1f} s",
-                 f"{z.nbytes / 2**30:.2f} GB (not counted below)"))
+    rows.append(
+        (
+            f"synthetic embeddings {n:,} x {d}, {k} clusters",
+            f"{time.perf_counter() - t0:.1f} s",
+            f"{z.nbytes / 2**30:.2f} GB (not counted below)",
+        )
+    )
     ids = np.arange(n, dtype=np.int64)
     (cluster, sim), t_assign, m_assign = traced(lambda: assign(z, centres))
     for budget_frac in (0.15, 0.075):
@@ -274,18 +333,31 @@ def timing(n: int, d: int, k: int, tau: float, rows: list, figures: dict) -> Non
         assert chosen.sum() == budget == got.chosen.sum()
         plain = t_assign + t_quota
         tag = f"B = {budget_frac:.1%} ({budget:,}, quota {budget // k:,})"
-        rows += [(f"plain selection, {tag}: assignment + quota", f"{plain:.2f} s",
-                  f"{t_assign:.2f} + {t_quota:.2f} s; peak numpy memory {max(m_assign, m_quota) / 2**20:.0f} MB"),
-                 (f"selection without copies (tau {tau}), {tag}", f"{t_dedup:.2f} s",
-                  f"{t_dedup / plain:.2f}x the plain selection (target <= 2x), {t_dedup / t_quota:.1f}x the quota "
-                  f"step alone; peak numpy memory {m_dedup / 2**20:.0f} MB; {got.counts()['near']:,} near copies "
-                  "skipped")]
+        rows += [
+            (
+                f"plain selection, {tag}: assignment + quota",
+                f"{plain:.2f} s",
+                f"{t_assign:.2f} + {t_quota:.2f} s; peak numpy memory {max(m_assign, m_quota) / 2**20:.0f} MB",
+            ),
+            (
+                f"selection without copies (tau {tau}), {tag}",
+                f"{t_dedup:.2f} s",
+                f"{t_dedup / plain:.2f}x the plain selection (target <= 2x), {t_dedup / t_quota:.1f}x the quota "
+                f"step alone; peak numpy memory {m_dedup / 2**20:.0f} MB; {got.counts()['near']:,} near copies "
+                "skipped",
+            ),
+        ]
         figures[f"ratio_{budget_frac}"] = t_dedup / plain
         figures[f"ratio_quota_{budget_frac}"] = t_dedup / t_quota
         figures[f"dedup_s_{budget_frac}"], figures[f"dedup_mb_{budget_frac}"] = t_dedup, m_dedup / 2**20
     sizes = np.bincount(cluster, minlength=k).astype(np.float64)
-    rows.append(("for scale: every cluster's full n x n cosine matrix (float32)", f"{(sizes ** 2).sum() * 4 / 2**30:.1f} GB",
-                 "what a dedup that follows the cluster size squared would hold"))
+    rows.append(
+        (
+            "for scale: every cluster's full n x n cosine matrix (float32)",
+            f"{(sizes**2).sum() * 4 / 2**30:.1f} GB",
+            "what a dedup that follows the cluster size squared would hold",
+        )
+    )
 
 
 def main() -> None:

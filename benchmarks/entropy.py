@@ -13,16 +13,14 @@ Usage: python benchmarks/entropy.py [--tiles 512] [--repeat 5] [--workdir DIR]
 
 from __future__ import annotations
 
-
-
 import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import rasterio
-
 from _common import best_of, naip_sized_scene, print_table
+
 from rsgeo_prune import describe_raster
 from rsgeo_prune.entropy import entropy_from_histograms, scene_histograms, tile_histograms
 from rsgeo_prune.tiling import tile_offsets
@@ -91,8 +89,11 @@ def main() -> None:
         ("numpy bincount, vectorised", per(t_bincount), f"{t_bincount / t_copy:.1f}x memcpy"),
         ("skimage shannon_entropy per tile (16 timed)", per(t_skimage), f"{t_skimage / t_copy:.0f}x memcpy"),
         ("plain rasterio read, 4x7575x5893 deflate", f"{t_read:.2f} s", "baseline"),
-        (f"entropy stage from the file ({len(r)} tiles)", f"{t_stage:.2f} s",
-         f"throughput {t_read / t_stage:.2f}x decode (target >= 0.8)"),
+        (
+            f"entropy stage from the file ({len(r)} tiles)",
+            f"{t_stage:.2f} s",
+            f"throughput {t_read / t_stage:.2f}x decode (target >= 0.8)",
+        ),
     ]
     print_table(rows)
     print(f"entropy_vs_memcpy={t_kernel / t_copy:.3f}")

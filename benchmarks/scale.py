@@ -12,20 +12,17 @@ Usage: python benchmarks/scale.py [--tiles 1000000] [--workdir DIR]
 
 from __future__ import annotations
 
-import sys
-
-
 import argparse
 import hashlib
 import json
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import print_table
 
 PAPER_TILES = 10_500_000
@@ -36,7 +33,7 @@ def make_inputs(work: Path, n: int, d: int = 512) -> None:
     z = np.lib.format.open_memmap(work / "emb.npy", mode="w+", dtype=np.float32, shape=(n, d))
     for s in range(0, n, 100_000):
         block = rng.standard_normal((min(100_000, n - s), d), dtype=np.float32)
-        z[s:s + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        z[s : s + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     z.flush()
     c = rng.standard_normal((200, d), dtype=np.float32)
     np.save(work / "centroids.npy", c / np.linalg.norm(c, axis=1, keepdims=True))
@@ -52,13 +49,19 @@ def tile_table(n: int):
     i = np.arange(n)
     x0, y0 = -100.0 + (i % side) * 0.0033, 40.0 + (i // side) * 0.0023
     geom = shapely.box(x0, y0, x0 + 0.0033, y0 + 0.0023)
-    return gpd.GeoDataFrame({
-        "tile_id": [f"scene_{k // 10_000:04d}/{(k % 10_000) // 100 * 256}_{k % 100 * 256}" for k in range(n)],
-        "scene_id": [f"scene_{k // 10_000:04d}" for k in range(n)],
-        "row_off": (i % 10_000) // 100 * 256, "col_off": i % 100 * 256,
-        "entropy": np.random.default_rng(1).uniform(4, 7, n), "kept": True,
-        "pruned_by": pd.array([None] * n, dtype="string"),
-    }, geometry=geom, crs="EPSG:4326")
+    return gpd.GeoDataFrame(
+        {
+            "tile_id": [f"scene_{k // 10_000:04d}/{(k % 10_000) // 100 * 256}_{k % 100 * 256}" for k in range(n)],
+            "scene_id": [f"scene_{k // 10_000:04d}" for k in range(n)],
+            "row_off": (i % 10_000) // 100 * 256,
+            "col_off": i % 100 * 256,
+            "entropy": np.random.default_rng(1).uniform(4, 7, n),
+            "kept": True,
+            "pruned_by": pd.array([None] * n, dtype="string"),
+        },
+        geometry=geom,
+        crs="EPSG:4326",
+    )
 
 
 def worker(work: Path, scheduler: str) -> dict:
@@ -101,8 +104,15 @@ def worker(work: Path, scheduler: str) -> dict:
     if cluster_client is not None:
         cluster_client.close()
     peak_driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"assign": t1 - t0, "select": t2 - t1, "catalog": t3 - t2, "total": t3 - t0, "kept": int(chosen.sum()),
-            "peak": max(peak_driver, peak_workers), "sha": hashlib.sha256(out.read_bytes()).hexdigest()}
+    return {
+        "assign": t1 - t0,
+        "select": t2 - t1,
+        "catalog": t3 - t2,
+        "total": t3 - t0,
+        "kept": int(chosen.sum()),
+        "peak": max(peak_driver, peak_workers),
+        "sha": hashlib.sha256(out.read_bytes()).hexdigest(),
+    }
 
 
 def main() -> None:
@@ -121,20 +131,37 @@ def main() -> None:
         make_inputs(work, args.tiles)
     res = {}
     for name in ("threads", "cluster"):
-        proc = subprocess.run([sys.executable, __file__, "--workdir", str(work), "--_worker", name],
-                              capture_output=True, text=True, check=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--workdir", str(work), "--_worker", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         res[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     th, cl = res["threads"], res["cluster"]
     rows = []
     for name, r in (("threaded scheduler", th), ("LocalCluster, 2 worker processes", cl)):
-        rows.append((f"{name}: assign / select / catalog", f"{r['total']:.1f} s",
-                     f"{r['assign']:.1f} / {r['select']:.1f} / {r['catalog']:.1f} s; peak {r['peak'] / 2**30:.2f} GB"))
+        rows.append(
+            (
+                f"{name}: assign / select / catalog",
+                f"{r['total']:.1f} s",
+                f"{r['assign']:.1f} / {r['select']:.1f} / {r['catalog']:.1f} s; peak {r['peak'] / 2**30:.2f} GB",
+            )
+        )
     rows.append(("distributed vs threaded", f"{cl['total'] / th['total']:.2f}x", "target <= 1.5x"))
     rows.append(("same catalog bytes on both", str(th["sha"] == cl["sha"]), th["sha"][:16]))
-    rows.append((f"projection to {PAPER_TILES:,} tiles (threaded)", f"{th['total'] * PAPER_TILES / args.tiles:.0f} s",
-                 "linear in N"))
+    rows.append(
+        (
+            f"projection to {PAPER_TILES:,} tiles (threaded)",
+            f"{th['total'] * PAPER_TILES / args.tiles:.0f} s",
+            "linear in N",
+        )
+    )
     print_table(rows)
-    print(f"scale_1M_s={th['total']:.2f} peak_gb={th['peak'] / 2**30:.2f} distributed_vs_threaded={cl['total'] / th['total']:.2f}")
+    print(
+        f"scale_1M_s={th['total']:.2f} peak_gb={th['peak'] / 2**30:.2f} "
+        f"distributed_vs_threaded={cl['total'] / th['total']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -16,15 +16,13 @@ Usage: python benchmarks/selection.py [--n-assign 131072] [--n-select 10500000]
 
 from __future__ import annotations
 
-
-
 import argparse  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
-
 from _common import best_of, print_table  # noqa: E402
+
 from rsgeo_prune.embed import load_embedder  # noqa: E402
 from rsgeo_prune.exact import canonical_matmul, uncertain_fraction  # noqa: E402
 from rsgeo_prune.kmeans import assign, spherical_kmeans  # noqa: E402
@@ -51,8 +49,10 @@ def main() -> None:
     centres = unit(rng.standard_normal((400, 1024), dtype=np.float32))
     xc = unit(centres[rng.integers(0, 400, 55_605)] + 0.04 * rng.standard_normal((55_605, 1024), dtype=np.float32))
     t_kmc = best_of(lambda: spherical_kmeans(xc, 200, seed=0), 1)
-    rows += [("spherical k-means 55,605 x 1024, K=200, random vectors", f"{t_km:.2f} s", "target <= 5 s (paper: 115 s)"),
-             ("spherical k-means, same size, 400 planted clusters", f"{t_kmc:.2f} s", "")]
+    rows += [
+        ("spherical k-means 55,605 x 1024, K=200, random vectors", f"{t_km:.2f} s", "target <= 5 s (paper: 115 s)"),
+        ("spherical k-means, same size, 400 planted clusters", f"{t_kmc:.2f} s", ""),
+    ]
 
     emb = unit(rng.standard_normal((args.n_assign, 1024), dtype=np.float32))
     cen = unit(rng.standard_normal((200, 1024), dtype=np.float32))
@@ -64,12 +64,20 @@ def main() -> None:
     t_as = best_of(lambda: assign(emb, cen), 3)
     t_cm = best_of(lambda: canonical_matmul(emb[:8192], np.asfortranarray(cen.T)), 3) * args.n_assign / 8192
     unsure = uncertain_fraction(emb[:8192], np.asfortranarray(cen.T))
-    rows += [(f"bare float32 matmul {args.n_assign:,} x 1024 x 200, numpy", f"{t_np:.3f} s", "for scale"),
-             (f"bare float32 matmul {args.n_assign:,} x 1024 x 200, torch", f"{t_mm:.3f} s", "baseline"),
-             ("canonical assignment (blocks of 8,192: float32 screen + canonical candidates)", f"{t_as:.3f} s",
-              f"{t_as / t_mm:.2f}x matmul (target <= 1.2x); 10.5 M tiles: {t_as * PAPER_TILES / args.n_assign:.0f} s"),
-             ("full canonical_matmul of the same size (float64 BLAS + certificate)", f"{t_cm:.3f} s",
-              f"{t_cm / t_mm:.2f}x matmul; {unsure:.2e} of entries uncertain in float64")]
+    rows += [
+        (f"bare float32 matmul {args.n_assign:,} x 1024 x 200, numpy", f"{t_np:.3f} s", "for scale"),
+        (f"bare float32 matmul {args.n_assign:,} x 1024 x 200, torch", f"{t_mm:.3f} s", "baseline"),
+        (
+            "canonical assignment (blocks of 8,192: float32 screen + canonical candidates)",
+            f"{t_as:.3f} s",
+            f"{t_as / t_mm:.2f}x matmul (target <= 1.2x); 10.5 M tiles: {t_as * PAPER_TILES / args.n_assign:.0f} s",
+        ),
+        (
+            "full canonical_matmul of the same size (float64 BLAS + certificate)",
+            f"{t_cm:.3f} s",
+            f"{t_cm / t_mm:.2f}x matmul; {unsure:.2e} of entries uncertain in float64",
+        ),
+    ]
 
     n = args.n_select
     cluster = rng.integers(0, 200, n).astype(np.int32)
@@ -83,8 +91,13 @@ def main() -> None:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert chosen.sum() == budget
-    rows.append((f"RS-Prune selection, {n:,} assignments, B = 15 %", f"{t_sel:.2f} s",
-                 f"peak extra memory {peak / 2**30:.2f} GB (targets <= 3 s, <= 1 GB)"))
+    rows.append(
+        (
+            f"RS-Prune selection, {n:,} assignments, B = 15 %",
+            f"{t_sel:.2f} s",
+            f"peak extra memory {peak / 2**30:.2f} GB (targets <= 3 s, <= 1 GB)",
+        )
+    )
 
     tiles = rng.integers(0, 256, (512, 4, 256, 256), dtype=np.uint8)
     default = load_embedder("default")
@@ -95,8 +108,13 @@ def main() -> None:
     from rsgeo_prune.exact import unit_rows
 
     colour = unit_rows(np.sqrt(np.sqrt(_statistics(tiles[:64], TARGET_SIDE, np.float32(1 / 255))[0])))
-    rows.append(("  its colour projection: entries uncertain in float64", f"{uncertain_fraction(colour, default.projection):.2e}",
-                 "random-noise tiles (dense histograms: the worst case)"))
+    rows.append(
+        (
+            "  its colour projection: entries uncertain in float64",
+            f"{uncertain_fraction(colour, default.projection):.2e}",
+            "random-noise tiles (dense histograms: the worst case)",
+        )
+    )
     try:
         import open_clip
         import torch
@@ -114,8 +132,13 @@ def main() -> None:
 
         clip()
         t_clip = best_of(clip, 2)
-        rows.append(("open_clip ViT-B-32 on CPU (preprocess + image tower)", f"{len(sub) / t_clip:,.0f} tiles/s",
-                     f"default is {(len(tiles) / t_def) / (len(sub) / t_clip):.0f}x faster"))
+        rows.append(
+            (
+                "open_clip ViT-B-32 on CPU (preprocess + image tower)",
+                f"{len(sub) / t_clip:,.0f} tiles/s",
+                f"default is {(len(tiles) / t_def) / (len(sub) / t_clip):.0f}x faster",
+            )
+        )
     except ImportError:
         rows.append(("open_clip ViT-B-32", "n/a", "open_clip_torch not installed"))
     print_table(rows)

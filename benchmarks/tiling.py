@@ -10,8 +10,6 @@ Usage: python benchmarks/tiling.py [--repeat 3] [--workdir DIR]
 
 from __future__ import annotations
 
-
-
 import argparse
 import tempfile
 from pathlib import Path
@@ -19,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import shapely
-
 from _common import best_of, naip_sized_scene, print_table
+
 from rsgeo_prune import TileConfig, tiles_stage, urban_fraction
 
 
@@ -47,7 +45,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     side = int(np.ceil(np.sqrt(100_000)))
     x0, y0 = np.meshgrid(np.arange(side) * 256.0, np.arange(side) * 256.0)
-    tiles = shapely.box(x0.ravel()[:100_000], y0.ravel()[:100_000], x0.ravel()[:100_000] + 256, y0.ravel()[:100_000] + 256)
+    tiles = shapely.box(
+        x0.ravel()[:100_000], y0.ravel()[:100_000], x0.ravel()[:100_000] + 256, y0.ravel()[:100_000] + 256
+    )
     extent = side * 256.0
     centres = shapely.points(rng.random((10_000, 2)) * extent)
     polys = shapely.buffer(centres, rng.uniform(50, 1500, 10_000), quad_segs=8)
@@ -55,8 +55,11 @@ def main() -> None:
 
     rows = [
         ("plain rasterio read, 4x7575x5893 uint8", f"{t_read:.2f} s", "baseline"),
-        (f"tiles stage ({n_tiles} tiles: grid, footprints, nodata, urban)", f"{t_stage:.2f} s",
-         f"{t_stage / t_read:.2f}x read (target <= 1.5x)"),
+        (
+            f"tiles stage ({n_tiles} tiles: grid, footprints, nodata, urban)",
+            f"{t_stage:.2f} s",
+            f"{t_stage / t_read:.2f}x read (target <= 1.5x)",
+        ),
         ("urban fraction, 100,000 tiles x 10,000 polygons", f"{t_urban:.2f} s", "target < 10 s"),
     ]
     print_table(rows)

@@ -25,13 +25,11 @@ Usage: python benchmarks/train_data.py [--tiles 2000] [--tile-size 256] [--repea
 
 from __future__ import annotations
 
-import sys
-
-
 import argparse
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,8 +68,9 @@ def _pass(ds, workers: int, batch: int, transform=None) -> float:
     """Tiles per second of one pass over ``ds`` (consumer: count the tiles, optionally transform)."""
     import torch
 
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, shuffle=False,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch, num_workers=workers, shuffle=False, persistent_workers=False
+    )
     t0 = time.perf_counter()
     n = 0
     for b in loader:
@@ -90,9 +89,10 @@ def child(args) -> None:
 
     torch.set_num_threads(1)
     path = Path(args.scene)
-    table = tiles_stage([path], TileConfig(tile_size=args.tile_size), progress=False).iloc[:args.tiles]
-    bare = BareWindows([(str(path), int(r.row_off), int(r.col_off), int(r.height), int(r.width))
-                        for r in table.itertuples()])
+    table = tiles_stage([path], TileConfig(tile_size=args.tile_size), progress=False).iloc[: args.tiles]
+    bare = BareWindows(
+        [(str(path), int(r.row_off), int(r.col_off), int(r.height), int(r.width)) for r in table.itertuples()]
+    )
     variants = {"bare": (bare, None), "float": (dsmod.CatalogDataset(table, select="all"), None)}
     if hasattr(dsmod, "to_model_range"):  # absent before the raw output existed (a 'before' run)
         raw = dsmod.CatalogDataset(table, select="all", output="raw")
@@ -106,7 +106,7 @@ def child(args) -> None:
                 _pass(ds, 0, args.batch, tf)
         names = list(variants)
         for r in range(args.repeat):
-            for k in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
+            for k in names[r % len(names) :] + names[: r % len(names)]:  # rotate who goes first
                 ds, tf = variants[k]
                 best[k] = max(best[k], _pass(ds, workers, args.batch, tf))
         out[str(workers)] = best
@@ -129,8 +129,8 @@ def main() -> None:
         return
 
     import numpy as np
-
     from _common import print_table
+
     from rsgeo_prune import synth
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rsgeo-bench-"))
@@ -138,8 +138,9 @@ def main() -> None:
     path = work / f"train_data_{side}x{side}_{args.tile_size}.tif"
     if not path.exists():
         print(f"writing {path} ...", flush=True)
-        synth.write_scene(path, rows=side, cols=side, tile_size=args.tile_size, seed=0, nodata_rows=0,
-                          blocksize=args.tile_size)
+        synth.write_scene(
+            path, rows=side, cols=side, tile_size=args.tile_size, seed=0, nodata_rows=0, blocksize=args.tile_size
+        )
     regimes = {"default cache": None, f"{args.small_cache} MB cache": args.small_cache}
     results = {}
     for name, mb in regimes.items():
@@ -148,17 +149,33 @@ def main() -> None:
             env.pop("GDAL_CACHEMAX", None)
         else:
             env["GDAL_CACHEMAX"] = str(mb)
-        cmd = [sys.executable, __file__, "--child", "--scene", str(path), "--tiles", str(args.tiles),
-               "--tile-size", str(args.tile_size), "--batch", str(args.batch), "--repeat", str(args.repeat)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--scene",
+            str(path),
+            "--tiles",
+            str(args.tiles),
+            "--tile-size",
+            str(args.tile_size),
+            "--batch",
+            str(args.batch),
+            "--repeat",
+            str(args.repeat),
+        ]
         print(f"measuring: {name} ...", flush=True)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             sys.exit(f"{name}: child failed\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(lines[-1][len("RESULT "):])
+        results[name] = json.loads(lines[-1][len("RESULT ") :])
 
-    labels = {"float": "CatalogDataset (float, default)", "raw": "CatalogDataset(output='raw')",
-              "raw+cpu": "  + to_model_range on the CPU"}
+    labels = {
+        "float": "CatalogDataset (float, default)",
+        "raw": "CatalogDataset(output='raw')",
+        "raw+cpu": "  + to_model_range on the CPU",
+    }
     rows = []
     for name, res in results.items():
         for workers in ("0", "2"):
@@ -170,13 +187,20 @@ def main() -> None:
                     continue
                 ratio = cell[k] / bare
                 verdict = "meets" if ratio >= TARGET else f"misses by {TARGET - ratio:.2f}"
-                rows.append((f"[{name}, {workers} workers] {label}", f"{cell[k]:,.0f} tiles/s",
-                             f"{ratio:.2f}x bare ({verdict} the {TARGET}x target)"))
+                rows.append(
+                    (
+                        f"[{name}, {workers} workers] {label}",
+                        f"{cell[k]:,.0f} tiles/s",
+                        f"{ratio:.2f}x bare ({verdict} the {TARGET}x target)",
+                    )
+                )
                 print(f"{k}_vs_bare_{name.replace(' ', '_')}_{workers}w={ratio:.3f}")
     tiles = next(iter(results.values()))["tiles"]
-    print(f"\n{tiles} tiles of 4 x {args.tile_size} x {args.tile_size} uint8 (deflate, {args.tile_size}-px blocks, "
-          f"nodata 0), batch {args.batch}, best of {args.repeat} alternating passes; "
-          f"the target applies to the 'raw' row (the scaling then runs on the device)")
+    print(
+        f"\n{tiles} tiles of 4 x {args.tile_size} x {args.tile_size} uint8 (deflate, {args.tile_size}-px blocks, "
+        f"nodata 0), batch {args.batch}, best of {args.repeat} alternating passes; "
+        f"the target applies to the 'raw' row (the scaling then runs on the device)"
+    )
     print_table(rows)
 
 

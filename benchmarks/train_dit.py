@@ -15,8 +15,6 @@ Usage: python benchmarks/train_dit.py [--cpu-steps 60] [--gpu-steps 20] [--compi
 
 from __future__ import annotations
 
-
-
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import statistics  # noqa: E402
@@ -26,11 +24,11 @@ from dataclasses import asdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-
 from _common import print_table  # noqa: E402
-from rsgeo_prune.train.dit import dit_flops  # noqa: E402
+
 from rsgeo_prune.train.device import enable_tf32  # noqa: E402
 from rsgeo_prune.train.diffusion import diffusion_of  # noqa: E402
+from rsgeo_prune.train.dit import dit_flops  # noqa: E402
 from rsgeo_prune.train.latents import write_synthetic_latents  # noqa: E402
 from rsgeo_prune.train.rng import seeded_generator  # noqa: E402
 from rsgeo_prune.train.runlog import read_metrics  # noqa: E402
@@ -38,8 +36,14 @@ from rsgeo_prune.train.trainer import DiTTrainConfig, TrainStep, build_training,
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM: the yardstick of the MFU target
 #: dense bf16 peaks by device name (vendor data sheets), so a PCIe or NVL card is also judged by its own peak
-BF16_PEAKS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
-              ("L40S", 362e12))
+BF16_PEAKS = (
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+)
 
 
 def device_peak(name: str) -> float | None:
@@ -52,8 +56,16 @@ def cpu_rows(steps: int, lr: float) -> list[tuple[str, str, str]]:
     log_every = 10
     with tempfile.TemporaryDirectory() as tmp:
         lat = write_synthetic_latents(Path(tmp) / "lat", n=256, shape=(4, 16, 16), seed=0)
-        cfg = DiTTrainConfig(model="DiT-tiny/2", batch_size=16, lr=lr, steps=steps, log_every=log_every,
-                             save_every=steps, sample_every=0, device="cpu")
+        cfg = DiTTrainConfig(
+            model="DiT-tiny/2",
+            batch_size=16,
+            lr=lr,
+            steps=steps,
+            log_every=log_every,
+            save_every=steps,
+            sample_every=0,
+            device="cpu",
+        )
         t0 = time.perf_counter()
         train_dit(lat, Path(tmp) / "run", cfg, progress=False)
         wall = time.perf_counter() - t0
@@ -61,11 +73,16 @@ def cpu_rows(steps: int, lr: float) -> list[tuple[str, str, str]]:
     step_s = statistics.median(r["step_time_s"] for r in recs[1:] or recs)  # first window: warm-up
     curve = ", ".join(f"{r['step']}: {r['loss']:.3f}" for r in recs if r["step"] in _curve_steps(steps, log_every))
     return [
-        ("CPU DiT-tiny/2 (0.18 M) 4x16x16, batch 16, 1 thread: step", f"{step_s * 1e3:.1f} ms",
-         f"{16 / step_s:.0f} img/s; {steps} steps in {wall:.1f} s with startup and checkpoint"),
-        (f"CPU DiT-tiny/2 loss, mean of {log_every} steps: first → last",
-         f"{recs[0]['loss']:.3f} → {recs[-1]['loss']:.3f}",
-         f"step: loss = {curve}; lr {lr:g}, DDPM eps-MSE (1.0 at init)"),
+        (
+            "CPU DiT-tiny/2 (0.18 M) 4x16x16, batch 16, 1 thread: step",
+            f"{step_s * 1e3:.1f} ms",
+            f"{16 / step_s:.0f} img/s; {steps} steps in {wall:.1f} s with startup and checkpoint",
+        ),
+        (
+            f"CPU DiT-tiny/2 loss, mean of {log_every} steps: first → last",
+            f"{recs[0]['loss']:.3f} → {recs[-1]['loss']:.3f}",
+            f"step: loss = {curve}; lr {lr:g}, DDPM eps-MSE (1.0 at init)",
+        ),
     ]
 
 
@@ -115,12 +132,23 @@ def gpu_rows(models: dict[str, int], steps: int, compile_: bool) -> list[tuple[s
         train_flops = 3 * dit_flops(name, 32, 4, unit="flops")
         mfu = ips * train_flops / H100_BF16_PEAK
         own = device_peak(gpu)
-        own_note = f"; {100 * ips * train_flops / own:.1f} % of this device's {own / 1e12:.0f} TFLOP/s" \
-            if own and own != H100_BF16_PEAK else ""
-        rows += [(f"GPU {name} 256 px bf16, batch {batch}: images/s per GPU", f"{ips:.1f}",
-                  f"{gpu}; {'compiled' if compile_ else 'eager'}; peak memory {mem / 2**30:.1f} GiB"),
-                 (f"GPU {name} MFU (3 x {train_flops / 3 / 1e9:.1f} GFLOP fwd / image)", f"{100 * mfu:.1f} %",
-                  "vs 989 TFLOP/s dense bf16 (H100 SXM)" + own_note)]
+        own_note = (
+            f"; {100 * ips * train_flops / own:.1f} % of this device's {own / 1e12:.0f} TFLOP/s"
+            if own and own != H100_BF16_PEAK
+            else ""
+        )
+        rows += [
+            (
+                f"GPU {name} 256 px bf16, batch {batch}: images/s per GPU",
+                f"{ips:.1f}",
+                f"{gpu}; {'compiled' if compile_ else 'eager'}; peak memory {mem / 2**30:.1f} GiB",
+            ),
+            (
+                f"GPU {name} MFU (3 x {train_flops / 3 / 1e9:.1f} GFLOP fwd / image)",
+                f"{100 * mfu:.1f} %",
+                "vs 989 TFLOP/s dense bf16 (H100 SXM)" + own_note,
+            ),
+        ]
     return rows
 
 

@@ -26,13 +26,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import cpu_name
+
 from rsgeo_prune import TileConfig, tiles_stage
 from rsgeo_prune.train.dataset import CatalogDataset, hash_split, split_validation
 from rsgeo_prune.train.device import PRECISIONS, cpu_has_amx
-from rsgeo_prune.train.vae import (VAETrainConfig, _loss_terms, build_vae, evaluate, load_vae,
-                                   resolve_precision, train_vae)
+from rsgeo_prune.train.vae import (
+    VAETrainConfig,
+    _loss_terms,
+    build_vae,
+    evaluate,
+    load_vae,
+    resolve_precision,
+    train_vae,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "naip"
 
@@ -110,28 +117,55 @@ def main() -> None:
     if not args.no_probe:  # the configurations a step can run in, timed in this run
         cl, cf = torch.channels_last, torch.contiguous_format
         base = step_time(args.preset, args.batch_size, args.tile_size, cf, "fp32")
-        for name, layout, prec in (("fp32, NCHW (previous default)", cf, "fp32"), ("fp32, channels-last", cl, "fp32"),
-                                   ("bf16 autocast, NCHW", cf, "bf16"), ("bf16 autocast, channels-last", cl, "bf16")):
-            t = base if (layout, prec) == (cf, "fp32") else step_time(args.preset, args.batch_size, args.tile_size,
-                                                                      layout, prec)
+        for name, layout, prec in (
+            ("fp32, NCHW (previous default)", cf, "fp32"),
+            ("fp32, channels-last", cl, "fp32"),
+            ("bf16 autocast, NCHW", cf, "bf16"),
+            ("bf16 autocast, channels-last", cl, "bf16"),
+        ):
+            t = (
+                base
+                if (layout, prec) == (cf, "fp32")
+                else step_time(args.preset, args.batch_size, args.tile_size, layout, prec)
+            )
             probe.append({"config": name, "ms_per_step": 1000 * t, "steps_per_s": 1 / t, "speedup": base / t})
-        print(f"\nstep time, {args.preset} preset, batch {args.batch_size} of 4 x {args.tile_size} x {args.tile_size}, "
-              f"{args.threads} thread(s), {cpu_name()} (AMX: {cpu_has_amx()}):")
-        print_table([(p["config"], f"{p['ms_per_step']:.0f} ms", f"{p['steps_per_s']:.2f} steps/s",
-                      f"{p['speedup']:.2f}x") for p in probe])
+        print(
+            f"\nstep time, {args.preset} preset, batch {args.batch_size} of 4 x {args.tile_size} x {args.tile_size}, "
+            f"{args.threads} thread(s), {cpu_name()} (AMX: {cpu_has_amx()}):"
+        )
+        print_table(
+            [
+                (p["config"], f"{p['ms_per_step']:.0f} ms", f"{p['steps_per_s']:.2f} steps/s", f"{p['speedup']:.2f}x")
+                for p in probe
+            ]
+        )
 
     out = Path(args.out or tempfile.mkdtemp(prefix="rsgeo-vae-bench-"))
     jitter = {} if not args.no_jitter else dict(jitter_gain=0.0, jitter_offset=0.0, jitter_gamma=0.0)
-    cfg = VAETrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr,
-                         steps=args.steps or 10**7, minutes=None if args.steps else args.minutes,
-                         val_every=args.val_every, save_every=args.val_every, num_workers=args.workers,
-                         val_tiles=64, precision=args.precision, sam_weight=args.sam_weight, **jitter)
+    cfg = VAETrainConfig(
+        preset=args.preset,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        steps=args.steps or 10**7,
+        minutes=None if args.steps else args.minutes,
+        val_every=args.val_every,
+        save_every=args.val_every,
+        num_workers=args.workers,
+        val_tiles=64,
+        precision=args.precision,
+        sam_weight=args.sam_weight,
+        **jitter,
+    )
     monitor = {"holdout": torch.utils.data.Subset(test_ds, spread(len(test_ds), 64)), "val_hash": hash_ds}
     monitor["holdout"].fill = test_ds.fill
-    print(f"\ntraining {args.preset} ({precision}, jitter {'off' if args.no_jitter else 'on'}) on {len(train_ds)} tiles of "
-          f"{len(files) - len(years) - len(val_year)} years; checkpoints chosen on year {', '.join(val_year)} "
-          f"({len(val_ds)} tiles); testing on {len(test_ds)} tiles of {', '.join(years)}; "
-          f"{f'{args.steps} steps' if args.steps else f'{args.minutes} min'}; run folder {out}", flush=True)
+    print(
+        f"\ntraining {args.preset} ({precision}, jitter {'off' if args.no_jitter else 'on'}) on "
+        f"{len(train_ds)} tiles of "
+        f"{len(files) - len(years) - len(val_year)} years; checkpoints chosen on year {', '.join(val_year)} "
+        f"({len(val_ds)} tiles); testing on {len(test_ds)} tiles of {', '.join(years)}; "
+        f"{f'{args.steps} steps' if args.steps else f'{args.minutes} min'}; run folder {out}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     res = train_vae(train_ds, val_ds, out, cfg, progress=False, monitor=monitor)
     wall = time.perf_counter() - t0
@@ -142,12 +176,31 @@ def main() -> None:
         rows = test_rows["scene_id"].str[-8:] == y
         per_year[y] = evaluate(vae, CatalogDataset(test_rows[rows.to_numpy()], **common), cfg)
     curve = [r for r in _records(out / "metrics.jsonl") if "holdout_psnr" in r]
-    results = {"args": vars(args), "cpu": cpu_name(), "amx": cpu_has_amx(), "precision": precision,
-               "steps": res.step, "best_step": res.best_step, "wall_s": wall, "train_s": wall,
-               "steps_per_s": res.step / wall, "probe": probe, "holdout": metrics, "per_year": per_year,
-               "val_scene": res.metrics, "val_hash": res.monitor.get("val_hash"),
-               "curve": [{"minutes": round(r["elapsed_s"] / 60, 2), "step": r["step"], "psnr": r["holdout_psnr"],
-                          "sam_deg": r["holdout_sam_deg"]} for r in curve]}
+    results = {
+        "args": vars(args),
+        "cpu": cpu_name(),
+        "amx": cpu_has_amx(),
+        "precision": precision,
+        "steps": res.step,
+        "best_step": res.best_step,
+        "wall_s": wall,
+        "train_s": wall,
+        "steps_per_s": res.step / wall,
+        "probe": probe,
+        "holdout": metrics,
+        "per_year": per_year,
+        "val_scene": res.metrics,
+        "val_hash": res.monitor.get("val_hash"),
+        "curve": [
+            {
+                "minutes": round(r["elapsed_s"] / 60, 2),
+                "step": r["step"],
+                "psnr": r["holdout_psnr"],
+                "sam_deg": r["holdout_sam_deg"],
+            }
+            for r in curve
+        ],
+    }
     (out / "benchmark.json").write_text(json.dumps(results, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -172,23 +225,38 @@ def _report(args, r: dict, years: list[str]) -> None:
         return (name, f"{m['psnr']:.2f} dB", f"{m['sam_deg']:.2f} deg", f"R/G/B/NIR {bands} dB", f"SSIM {ssim}")
 
     v, b = r["holdout"]["vae"], r["holdout"]["bicubic_x8"]
-    print(f"\nheld-out years {', '.join(years)}: {r['holdout']['tiles']} tiles of 4 x {args.tile_size} x {args.tile_size}; "
-          f"{r['steps']} steps in {r['wall_s'] / 60:.1f} min = {r['steps_per_s']:.2f} steps/s (best at {r['best_step']}), "
-          f"batch {args.batch_size}, {args.threads} thread(s), {r['precision']}, {r['cpu']}")
+    print(
+        f"\nheld-out years {', '.join(years)}: {r['holdout']['tiles']} tiles of 4 x {args.tile_size} x "
+        f"{args.tile_size}; "
+        f"{r['steps']} steps in {r['wall_s'] / 60:.1f} min = {r['steps_per_s']:.2f} steps/s (best at "
+        f"{r['best_step']}), "
+        f"batch {args.batch_size}, {args.threads} thread(s), {r['precision']}, {r['cpu']}"
+    )
     rows = [row(f"{args.preset} VAE, held-out years", v), row("bicubic x8, held-out years", b)]
     for y, m in r["per_year"].items():
         rows += [row(f"  VAE, {y}", m["vae"]), row(f"  bicubic x8, {y}", m["bicubic_x8"])]
-    rows += [row("VAE, checkpoint-choice year", r["val_scene"]["vae"]),
-             row("bicubic x8, checkpoint-choice year", r["val_scene"]["bicubic_x8"])]
+    rows += [
+        row("VAE, checkpoint-choice year", r["val_scene"]["vae"]),
+        row("bicubic x8, checkpoint-choice year", r["val_scene"]["bicubic_x8"]),
+    ]
     if r.get("val_hash"):
-        rows += [row("VAE, hash split of training years", r["val_hash"]["vae"]),
-                 row("bicubic x8, hash split of training years", r["val_hash"]["bicubic_x8"])]
+        rows += [
+            row("VAE, hash split of training years", r["val_hash"]["vae"]),
+            row("bicubic x8, hash split of training years", r["val_hash"]["bicubic_x8"]),
+        ]
     print_table(rows)
-    print(f"\nVAE - bicubic on the held-out years: {v['psnr'] - b['psnr']:+.2f} dB PSNR, {v['sam_deg'] - b['sam_deg']:+.2f} deg "
-          "SAM (target: >= +1 dB and lower SAM)")
+    print(
+        f"\nVAE - bicubic on the held-out years: {v['psnr'] - b['psnr']:+.2f} dB PSNR, "
+        f"{v['sam_deg'] - b['sam_deg']:+.2f} deg "
+        "SAM (target: >= +1 dB and lower SAM)"
+    )
     print("\nheld-out PSNR over time (64 tiles spread over the held-out years):")
-    print_table([(f"{c['minutes']:.1f} min", f"step {c['step']}", f"{c['psnr']:.2f} dB", f"SAM {c['sam_deg']:.2f} deg")
-                 for c in r["curve"]])
+    print_table(
+        [
+            (f"{c['minutes']:.1f} min", f"step {c['step']}", f"{c['psnr']:.2f} dB", f"SAM {c['sam_deg']:.2f} deg")
+            for c in r["curve"]
+        ]
+    )
     print(f"vae_minus_bicubic_db={v['psnr'] - b['psnr']:.3f}")
     print(f"vae_sam_minus_bicubic_deg={v['sam_deg'] - b['sam_deg']:.3f}")
 

@@ -24,16 +24,28 @@ except PackageNotFoundError:  # a source tree that was not installed
 
 #: public name → the module that defines it
 _EXPORTS = {
-    "read_catalog": "catalog", "write_geoparquet": "catalog",
-    "RunConfig": "config", "TileConfig": "config",
-    "InvalidOption": "errors", "RSGeoPruneError": "errors",
-    "mask_filter": "masks", "read_vector": "masks", "urban_fraction": "masks",
-    "PixelReader": "pixels", "read_tile_pixels": "pixels",
-    "ImageCollection": "sources", "RasterScene": "sources", "describe_image_collection": "sources",
-    "describe_raster": "sources", "describe_stac_item": "sources", "open_raster": "sources",
+    "read_catalog": "catalog",
+    "write_geoparquet": "catalog",
+    "RunConfig": "config",
+    "TileConfig": "config",
+    "InvalidOption": "errors",
+    "RSGeoPruneError": "errors",
+    "mask_filter": "masks",
+    "read_vector": "masks",
+    "urban_fraction": "masks",
+    "PixelReader": "pixels",
+    "read_tile_pixels": "pixels",
+    "ImageCollection": "sources",
+    "RasterScene": "sources",
+    "describe_image_collection": "sources",
+    "describe_raster": "sources",
+    "describe_stac_item": "sources",
+    "open_raster": "sources",
     "resolve_inputs": "sources",
-    "entropy_stage": "tile_table", "tiles_stage": "tile_table",
-    "nodata_fraction": "tiling", "tile_grid": "tiling",
+    "entropy_stage": "tile_table",
+    "tiles_stage": "tile_table",
+    "nodata_fraction": "tiling",
+    "tile_grid": "tiling",
 }
 #: the package's modules and subpackages (``rsgeo_prune.pipeline`` works after a plain ``import rsgeo_prune``)
 _SUBMODULES = frozenset(m.name for m in pkgutil.iter_modules(__path__))
@@ -62,7 +74,14 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing is imported at run
     from .errors import InvalidOption, RSGeoPruneError
     from .masks import mask_filter, read_vector, urban_fraction
     from .pixels import PixelReader, read_tile_pixels
-    from .sources import (ImageCollection, RasterScene, describe_image_collection, describe_raster,
-                          describe_stac_item, open_raster, resolve_inputs)
+    from .sources import (
+        ImageCollection,
+        RasterScene,
+        describe_image_collection,
+        describe_raster,
+        describe_stac_item,
+        open_raster,
+        resolve_inputs,
+    )
     from .tile_table import entropy_stage, tiles_stage
     from .tiling import nodata_fraction, tile_grid

@@ -1,4 +1,5 @@
-"""``python -m rsgeo_prune``: the ``rsgeo-prune`` command (torchrun starts it this way: ``torchrun ... -m rsgeo_prune``)."""
+"""``python -m rsgeo_prune``: the ``rsgeo-prune`` command (torchrun starts it this way: ``torchrun ... -m
+rsgeo_prune``)."""
 
 import sys
 

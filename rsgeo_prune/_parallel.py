@@ -30,8 +30,11 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(default_threads(), thread_name_prefix="rsgeo-slices",
-                                       initializer=lambda: setattr(_IN_POOL, "active", True))
+            _POOL = ThreadPoolExecutor(
+                default_threads(),
+                thread_name_prefix="rsgeo-slices",
+                initializer=lambda: setattr(_IN_POOL, "active", True),
+            )
         return _POOL
 
 

@@ -28,9 +28,21 @@ UTC = dt.timezone.utc
 #: Metadata tags read for the acquisition time, most specific first. ``TIFFTAG_DATETIME`` comes
 #: last: the TIFF spec defines it as the image's creation time, which for many files is the time
 #: it was processed; it is used only when nothing better is there.
-TIME_TAGS = ("ACQUISITION_DATETIME", "ACQUISITIONDATETIME", "ACQUISITION_DATE", "ACQUISITIONDATE",
-             "DATE_ACQUIRED", "ACQUISITION_TIME", "SENSING_TIME", "SENSING_DATE", "DATATAKE_SENSING_START",
-             "PRODUCT_START_TIME", "IMAGE_DATE", "DATE_TIME", "TIFFTAG_DATETIME")
+TIME_TAGS = (
+    "ACQUISITION_DATETIME",
+    "ACQUISITIONDATETIME",
+    "ACQUISITION_DATE",
+    "ACQUISITIONDATE",
+    "DATE_ACQUIRED",
+    "ACQUISITION_TIME",
+    "SENSING_TIME",
+    "SENSING_DATE",
+    "DATATAKE_SENSING_START",
+    "PRODUCT_START_TIME",
+    "IMAGE_DATE",
+    "DATE_TIME",
+    "TIFFTAG_DATETIME",
+)
 
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _TIFF_DATETIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})$")
@@ -100,8 +112,9 @@ def parse_time(text: str, source: str) -> AcquisitionTime:
     try:
         return AcquisitionTime.instant(dt.datetime.fromisoformat(text.replace(" ", "T", 1)), source)
     except ValueError:
-        raise ValueError(f"{text!r} is not a date (2020-08-31), an instant (2020-08-31T17:08:51Z) or a range "
-                         "(START/END)") from None
+        raise ValueError(
+            f"{text!r} is not a date (2020-08-31), an instant (2020-08-31T17:08:51Z) or a range (START/END)"
+        ) from None
 
 
 def parse_option(text: str | None) -> AcquisitionTime | None:
@@ -178,11 +191,22 @@ def time_columns(times) -> dict:
     def column(values):
         return pd.array(pd.to_datetime(values, utc=True)).astype("datetime64[us, UTC]")
 
-    return {"datetime": column([t.datetime for t in times]),
-            "start_datetime": column([t.start for t in times]),
-            "end_datetime": column([t.end for t in times]),
-            "datetime_source": pd.array([t.source for t in times], dtype="string")}
+    return {
+        "datetime": column([t.datetime for t in times]),
+        "start_datetime": column([t.start for t in times]),
+        "end_datetime": column([t.end for t in times]),
+        "datetime_source": pd.array([t.source for t in times], dtype="string"),
+    }
 
 
-__all__ = ["AcquisitionTime", "TIME_TAGS", "UNKNOWN", "first_known", "from_filename", "from_tags",
-           "parse_option", "parse_time", "time_columns"]
+__all__ = [
+    "AcquisitionTime",
+    "TIME_TAGS",
+    "UNKNOWN",
+    "first_known",
+    "from_filename",
+    "from_tags",
+    "parse_option",
+    "parse_time",
+    "time_columns",
+]

@@ -38,14 +38,16 @@ def check_writable(path: str | Path, *, create: bool = True) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InvalidOption("out", str(path), f"output folder cannot be created ({exc.strerror}); "
-                                "choose another") from exc
+            raise InvalidOption(
+                "out", str(path), f"output folder cannot be created ({exc.strerror}); choose another"
+            ) from exc
     else:
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         if not folder.is_dir():
-            raise InvalidOption("out", str(path), f"output folder cannot be created ({os.strerror(17)}); "
-                                "choose another")
+            raise InvalidOption(
+                "out", str(path), f"output folder cannot be created ({os.strerror(17)}); choose another"
+            )
     if not os.access(folder, os.W_OK):
         raise InvalidOption("out", str(path), "output folder is not writable; choose another")
     return path
@@ -82,7 +84,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         plain_mode(tmp)
         os.replace(tmp, path)
     except OSError as exc:
-        raise InvalidOption("out", str(path), f"output cannot be written ({exc.strerror or exc}); choose another") from exc
+        raise InvalidOption(
+            "out", str(path), f"output cannot be written ({exc.strerror or exc}); choose another"
+        ) from exc
     finally:
         _cleanup(tmp)
 
@@ -104,7 +108,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
             os.replace(path, old)
         os.replace(tmp, path)
     except OSError as exc:
-        raise InvalidOption("out", str(path), f"output cannot be written ({exc.strerror or exc}); choose another") from exc
+        raise InvalidOption(
+            "out", str(path), f"output cannot be written ({exc.strerror or exc}); choose another"
+        ) from exc
     finally:
         _cleanup(tmp, old)
 

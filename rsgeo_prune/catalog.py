@@ -36,10 +36,33 @@ from .errors import RSGeoPruneError
 
 #: Column order of the catalog (DESIGN.md); columns a stage has not computed yet are left out.
 CATALOG_COLUMNS = (
-    "tile_id", "scene_id", "href", "row_off", "col_off", "height", "width", "crs", "transform",
-    "geometry", "gsd", "bands", "dtype", "datetime", "start_datetime", "end_datetime", "datetime_source",
-    "nodata_frac", "urban_frac", "entropy", "entropy_bands", "cluster", "similarity", "kept", "pruned_by",
-    "duplicate_of", "rank",
+    "tile_id",
+    "scene_id",
+    "href",
+    "row_off",
+    "col_off",
+    "height",
+    "width",
+    "crs",
+    "transform",
+    "geometry",
+    "gsd",
+    "bands",
+    "dtype",
+    "datetime",
+    "start_datetime",
+    "end_datetime",
+    "datetime_source",
+    "nodata_frac",
+    "urban_frac",
+    "entropy",
+    "entropy_bands",
+    "cluster",
+    "similarity",
+    "kept",
+    "pruned_by",
+    "duplicate_of",
+    "rank",
 )
 METADATA_KEY = b"rsgeo_prune"
 WORLD = (-180.0, -90.0, 180.0, 90.0)
@@ -78,8 +101,9 @@ def write_geoparquet(table: pd.DataFrame, path: str | Path, *, metadata: dict | 
     gdf = _oriented(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
     if "href" in gdf:
         gdf["href"] = relative_hrefs(gdf["href"], Path(path).parent)
-    arrow = _geopandas_to_arrow(gdf, index=False, geometry_encoding="WKB", schema_version="1.1.0",
-                                write_covering_bbox=True)
+    arrow = _geopandas_to_arrow(
+        gdf, index=False, geometry_encoding="WKB", schema_version="1.1.0", write_covering_bbox=True
+    )
     meta = dict(arrow.schema.metadata or {})
     geo = json.loads(meta[b"geo"])
     geo["columns"][geo["primary_column"]]["orientation"] = "counterclockwise"
@@ -97,13 +121,15 @@ def _oriented(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     import shapely
 
     out = gdf.copy()
-    out[gdf.geometry.name] = gpd.GeoSeries(shapely.orient_polygons(gdf.geometry.to_numpy()), index=gdf.index,
-                                           crs=gdf.crs)
+    out[gdf.geometry.name] = gpd.GeoSeries(
+        shapely.orient_polygons(gdf.geometry.to_numpy()), index=gdf.index, crs=gdf.crs
+    )
     return out
 
 
-def write_catalog(table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None,
-                  copies: dict | None = None) -> Path:
+def write_catalog(
+    table: pd.DataFrame, path: str | Path, *, config: dict, bank_digest: str | None = None, copies: dict | None = None
+) -> Path:
     """The run catalog: spatial row order and file metadata (version, config, bank digest, and the
     copies skipped by kind when the selection removed copies)."""
     gdf = spatial_order(table if isinstance(table, gpd.GeoDataFrame) else to_geodataframe(table))
@@ -143,8 +169,9 @@ def relative_hrefs(hrefs: pd.Series, folder: Path) -> pd.Series:
     """
     base = os.path.realpath(folder)
     values = hrefs.astype(object).to_numpy()
-    distinct = {h: Path(os.path.relpath(os.path.realpath(h), base)).as_posix()
-                for h in set(values) if isinstance(h, str)}
+    distinct = {
+        h: Path(os.path.relpath(os.path.realpath(h), base)).as_posix() for h in set(values) if isinstance(h, str)
+    }
     return pd.Series([distinct.get(h, h) for h in values], index=hrefs.index, dtype=hrefs.dtype)
 
 
@@ -163,14 +190,23 @@ def catalog_metadata(path: str | Path) -> dict:
     return json.loads(meta[METADATA_KEY]) if METADATA_KEY in meta else {}
 
 
-def write_embeddings(tile_id, embeddings: np.ndarray, path: str | Path, *, source=None, pixel_digest=None,
-                     metadata: dict[bytes, bytes] | None = None) -> Path:
+def write_embeddings(
+    tile_id,
+    embeddings: np.ndarray,
+    path: str | Path,
+    *,
+    source=None,
+    pixel_digest=None,
+    metadata: dict[bytes, bytes] | None = None,
+) -> Path:
     """``tile_id`` + ``embedding`` (fixed-size list of float32) [+ ``source``] [+ ``pixel_digest``,
     nullable], zstd, atomically."""
     z = np.ascontiguousarray(embeddings, np.float32)
     values = pa.array(z.reshape(-1), pa.float32())
-    columns = {"tile_id": pa.array(list(map(str, tile_id)), pa.string()),
-               "embedding": pa.FixedSizeListArray.from_arrays(values, z.shape[1] if z.ndim == 2 else 0)}
+    columns = {
+        "tile_id": pa.array(list(map(str, tile_id)), pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(values, z.shape[1] if z.ndim == 2 else 0),
+    }
     if source is not None:  # identity of the file each tile was read from (reuse across runs)
         columns["source"] = pa.array(list(map(str, source)), pa.string())
     if pixel_digest is not None:  # sha256 of the tile's levels (exact copies), null where not computed

@@ -26,7 +26,6 @@ from .sources import IMAGE_SUFFIXES
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class ReferenceSet:
     """Images of one or more ImageFolder roots: paths, class index per image, class names."""
@@ -92,12 +91,21 @@ class CentroidBank:
         return h.hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        meta = {"embedder": self.embedder, "reference_digest": self.reference_digest, "classes": list(self.classes),
-                "seed": self.seed, "format": "rsgeo_prune.CentroidBank/1"}
+        meta = {
+            "embedder": self.embedder,
+            "reference_digest": self.reference_digest,
+            "classes": list(self.classes),
+            "seed": self.seed,
+            "format": "rsgeo_prune.CentroidBank/1",
+        }
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, centroids=self.centroids.astype(np.float32), class_counts=self.class_counts,
-                         meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8))
+                np.savez(
+                    fh,
+                    centroids=self.centroids.astype(np.float32),
+                    class_counts=self.class_counts,
+                    meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8),
+                )
         return Path(path)
 
     @classmethod
@@ -105,11 +113,18 @@ class CentroidBank:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(z["meta"].tobytes())
-                return cls(centroids=z["centroids"], embedder=meta["embedder"],
-                           reference_digest=meta["reference_digest"], classes=tuple(meta["classes"]),
-                           class_counts=z["class_counts"], seed=int(meta.get("seed", 0)))
+                return cls(
+                    centroids=z["centroids"],
+                    embedder=meta["embedder"],
+                    reference_digest=meta["reference_digest"],
+                    classes=tuple(meta["classes"]),
+                    class_counts=z["class_counts"],
+                    seed=int(meta.get("seed", 0)),
+                )
         except (OSError, KeyError, ValueError) as exc:
-            raise RSGeoPruneError(f"{path}: not a readable centroid bank ({exc}); rebuild it with `rsgeo-prune centroids`") from exc
+            raise RSGeoPruneError(
+                f"{path}: not a readable centroid bank ({exc}); rebuild it with `rsgeo-prune centroids`"
+            ) from exc
 
 
 _CLASS_COLUMNS = ("class", "label", "category", "scene_class")
@@ -181,18 +196,23 @@ def check_reference(reference: Sequence[str | Path], embedder_spec: str, *, k: i
     ``embedder_spec``; reference sets hold at least ``k`` images. Returns the bank when one is given."""
     for r in reference:
         if not Path(r).exists():
-            raise RSGeoPruneError(f"{r}: reference not found; give ImageFolder reference sets, reference "
-                                  "catalogs (Parquet/CSV) or one bank .npz")
+            raise RSGeoPruneError(
+                f"{r}: reference not found; give ImageFolder reference sets, reference "
+                "catalogs (Parquet/CSV) or one bank .npz"
+            )
     if is_bank_file(reference):
         bank = CentroidBank.load(reference[0])
         if bank.embedder != embedder_spec:
-            raise RSGeoPruneError(f"{reference[0]}: bank was made with embedder {bank.embedder!r}, not "
-                                  f"{embedder_spec!r}; use embedder {bank.embedder} or rebuild the bank")
+            raise RSGeoPruneError(
+                f"{reference[0]}: bank was made with embedder {bank.embedder!r}, not "
+                f"{embedder_spec!r}; use embedder {bank.embedder} or rebuild the bank"
+            )
         return bank
     folders = [r for r in reference if Path(r).is_dir()]
     n = len(read_reference_sets(folders).paths) if folders else 0
     n += sum(len(read_reference_catalog(c)[0]) for c in reference if not Path(c).is_dir())
     if k > n:
-        raise InvalidOption("k", k, f"is larger than the {n} reference images; use {n} or fewer, "
-                            "or add reference images")
+        raise InvalidOption(
+            "k", k, f"is larger than the {n} reference images; use {n} or fewer, or add reference images"
+        )
     return None

@@ -56,10 +56,14 @@ class TileConfig:
         _fraction("entropy_keep", self.entropy_keep, "0.3 keeps the 30 % highest-entropy tiles")
         if self.min_urban is not None and not self.mask:
             raise InvalidOption("min_urban", self.min_urban, "needs the urban polygons (a mask vector file)")
-        if self.entropy_min is not None and not (math.isfinite(self.entropy_min)
-                                                 and 0.0 <= self.entropy_min <= MAX_ENTROPY_BITS):
-            raise InvalidOption("entropy_min", self.entropy_min,
-                                f"must be a threshold in bits within [0, {MAX_ENTROPY_BITS:g}] (e.g. 4.5)")
+        if self.entropy_min is not None and not (
+            math.isfinite(self.entropy_min) and 0.0 <= self.entropy_min <= MAX_ENTROPY_BITS
+        ):
+            raise InvalidOption(
+                "entropy_min",
+                self.entropy_min,
+                f"must be a threshold in bits within [0, {MAX_ENTROPY_BITS:g}] (e.g. 4.5)",
+            )
         if self.entropy_min is not None and self.entropy_keep is not None:
             raise InvalidOption("entropy_min", self.entropy_min, "give either a threshold or a keep fraction, not both")
         if self.nodata is not None and not isinstance(self.nodata, (int, float)):
@@ -116,8 +120,11 @@ class RunConfig:
         check_iou(self.place_iou)
         for name in ("dedup_cosine", "max_per_place"):
             if getattr(self, name) is not None and self.method not in COPY_METHODS:
-                raise InvalidOption(name, getattr(self, name), f"applies to the quota selection: use method "
-                                    f"{' or '.join(COPY_METHODS)} (not {self.method})")
+                raise InvalidOption(
+                    name,
+                    getattr(self, name),
+                    f"applies to the quota selection: use method {' or '.join(COPY_METHODS)} (not {self.method})",
+                )
         if self.place_iou != DEFAULT_IOU and self.effective_max_per_place is None:
             raise InvalidOption("place_iou", self.place_iou, "applies with max_per_place (or method rs-prune-dedup)")
 

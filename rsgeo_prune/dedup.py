@@ -42,8 +42,8 @@ from .errors import InvalidOption, RSGeoPruneError
 from .exact import canonical_pair_dots, float32_screen_error, row_norms
 from .places import Places
 
-DEFAULT_COSINE = 0.97       # τ of rs-prune-dedup when none is given
-DEFAULT_MAX_PER_PLACE = 1   # tiles per place of rs-prune-dedup when none is given
+DEFAULT_COSINE = 0.97  # τ of rs-prune-dedup when none is given
+DEFAULT_MAX_PER_PLACE = 1  # tiles per place of rs-prune-dedup when none is given
 
 #: kinds of copy (``DistinctSelection.kind``)
 DISTINCT, EXACT, NEAR, PLACE = 0, 1, 2, 3
@@ -72,10 +72,14 @@ class DistinctSelection:
 
 
 def check_cosine(cosine) -> None:
-    if cosine is not None and (isinstance(cosine, bool) or not isinstance(cosine, (int, float))
-                               or not 0.0 < cosine <= 1.0):
-        raise InvalidOption("dedup_cosine", cosine, "must be a cosine in (0, 1] (e.g. 0.97; 1 removes only "
-                            "tiles with identical embeddings)")
+    if cosine is not None and (
+        isinstance(cosine, bool) or not isinstance(cosine, (int, float)) or not 0.0 < cosine <= 1.0
+    ):
+        raise InvalidOption(
+            "dedup_cosine",
+            cosine,
+            "must be a cosine in (0, 1] (e.g. 0.97; 1 removes only tiles with identical embeddings)",
+        )
 
 
 def check_max_per_place(n) -> None:
@@ -83,9 +87,19 @@ def check_max_per_place(n) -> None:
         raise InvalidOption("max_per_place", n, "must be a whole number of tiles >= 1 (e.g. 1)")
 
 
-def select_distinct(cluster, order, embeddings, budget: int, k: int, *, cosine: float | None = None,
-                    digests=None, places: Places | None = None, max_per_place: int | None = None,
-                    block: int = 256) -> DistinctSelection:
+def select_distinct(
+    cluster,
+    order,
+    embeddings,
+    budget: int,
+    k: int,
+    *,
+    cosine: float | None = None,
+    digests=None,
+    places: Places | None = None,
+    max_per_place: int | None = None,
+    block: int = 256,
+) -> DistinctSelection:
     """RS-Prune's quota selection of ``min(budget, distinct)`` tiles that skips copies (module docstring).
 
     Args:
@@ -132,15 +146,30 @@ def select_distinct(cluster, order, embeddings, budget: int, k: int, *, cosine: 
     filled = np.zeros(k, np.int64)
     cursor = np.zeros(3, np.int64)  # phase (0: quotas, 1: the rest, 2: done), position in walk, chosen so far
     while True:
-        c = _walk(walk, cluster, pos, prefix, rank, *(near.arrays() if near else _no_partners(n)),
-                  places.start, places.partner, max_per_place, quota, budget, state, copy_of, filled, cursor)
+        c = _walk(
+            walk,
+            cluster,
+            pos,
+            prefix,
+            rank,
+            *(near.arrays() if near else _no_partners(n)),
+            places.start,
+            places.partner,
+            max_per_place,
+            quota,
+            budget,
+            state,
+            copy_of,
+            filled,
+            cursor,
+        )
         if c < 0:
             break
         # the walk reached a tile past cluster c's prefix: grow it (the first time: the quota and a little)
         old = int(prefix[c])
         grow = max(_PREFIX_STEP, old // 8) if old else max(quota + max(16, quota // 32), _PREFIX_STEP)
         new = min(int(sizes[c]), old + grow)
-        mine = members[bounds[c]:bounds[c] + new]
+        mine = members[bounds[c] : bounds[c] + new]
         near.add_prefix_rows(mine[old:], mine[:old][state[mine[:old]] == _CHOSEN])
         prefix[c] = new
     # a byte copy of a tile the walk skipped names the tile that one copies: no copy names a copy
@@ -155,8 +184,10 @@ def select_distinct(cluster, order, embeddings, budget: int, k: int, *, cosine: 
 # Steps
 # ---------------------------------------------------------------------------------------------
 
-def _mark_exact_copies(digests: np.ndarray, rank: np.ndarray, order: np.ndarray, state: np.ndarray,
-                       copy_of: np.ndarray) -> None:
+
+def _mark_exact_copies(
+    digests: np.ndarray, rank: np.ndarray, order: np.ndarray, state: np.ndarray, copy_of: np.ndarray
+) -> None:
     """Every tile whose digest an earlier tile (in priority order) has is an exact copy of the earliest."""
     import pandas as pd
 
@@ -224,16 +255,17 @@ class _NearCopies:
         need = self.used + len(partners)
         if need > len(self.partner):
             grown = np.zeros(max(need, 2 * len(self.partner)), np.int64)
-            grown[:self.used] = self.partner[:self.used]
+            grown[: self.used] = self.partner[: self.used]
             self.partner = grown
-        self.partner[self.used:need] = partners
+        self.partner[self.used : need] = partners
         self.start[new] = self.used + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.count[new] = counts
         self.used = need
 
 
-def _pairs_at_least(a: np.ndarray, b: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray,
-                    threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def _pairs_at_least(
+    a: np.ndarray, b: np.ndarray, norm_a: np.ndarray, norm_b: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` of the pairs whose canonical dot product ``a[r] · b[c]`` is ``≥ threshold``.
 
     A float32 product screens; entries within twice :func:`float32_screen_error` of the threshold
@@ -263,8 +295,25 @@ def _pairs_at_least(a: np.ndarray, b: np.ndarray, norm_a: np.ndarray, norm_b: np
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk(walk, cluster, pos, prefix, rank, near_start, near_count, near_partner, place_start, place_partner,
-          max_per_place, quota, budget, state, copy_of, filled, cursor):  # pragma: no cover - compiled
+def _walk(
+    walk,
+    cluster,
+    pos,
+    prefix,
+    rank,
+    near_start,
+    near_count,
+    near_partner,
+    place_start,
+    place_partner,
+    max_per_place,
+    quota,
+    budget,
+    state,
+    copy_of,
+    filled,
+    cursor,
+):  # pragma: no cover - compiled
     # The greedy walk, resumable: returns a cluster whose prefix must grow before tile walk[cursor[1]]
     # can be judged, or -1 when the budget is met or every tile was seen. Phase 0 fills each cluster's
     # quota in priority order; phase 1 fills the rest of the budget in global priority order. A
@@ -318,5 +367,16 @@ def _walk(walk, cluster, pos, prefix, rank, near_start, near_count, near_partner
     return -1
 
 
-__all__ = ["DEFAULT_COSINE", "DEFAULT_MAX_PER_PLACE", "DISTINCT", "EXACT", "KIND_NAMES", "NEAR", "PLACE",
-           "DistinctSelection", "check_cosine", "check_max_per_place", "select_distinct"]
+__all__ = [
+    "DEFAULT_COSINE",
+    "DEFAULT_MAX_PER_PLACE",
+    "DISTINCT",
+    "EXACT",
+    "KIND_NAMES",
+    "NEAR",
+    "PLACE",
+    "DistinctSelection",
+    "check_cosine",
+    "check_max_per_place",
+    "select_distinct",
+]

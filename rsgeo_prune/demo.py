@@ -32,8 +32,15 @@ def main(argv=None) -> int:
     inputs = out / "inputs"
 
     print(f"1. Synthetic inputs → {inputs}/")
-    scene = write_scene(inputs / "synth_naip.tif", rows=args.rows, cols=args.cols, seed=args.seed, rare_tiles=3,
-                        nodata_rows=1, extra_px=(120, 70))
+    scene = write_scene(
+        inputs / "synth_naip.tif",
+        rows=args.rows,
+        cols=args.cols,
+        seed=args.seed,
+        rare_tiles=3,
+        nodata_rows=1,
+        extra_px=(120, 70),
+    )
     ref = write_reference_set(inputs / "reference", seed=args.seed + 1)
     print(f"   {scene.path.name}: 4-band uint8 NAIP-like scene (R,G,B,NIR), 1 m, {scene.crs}, nodata 0")
     print(f"   {scene.urban_path.name}: urban polygons (EPSG:4326) covering the urban tiles")
@@ -49,7 +56,11 @@ def main(argv=None) -> int:
     for name, cfg in runs.items():
         table = tiles_stage([scene.path], cfg, progress=False)
         write_geoparquet(table, out / name)
-        opts = {k: v for k, v in cfg.as_dict().items() if k in ("min_urban", "entropy_keep", "entropy_min") and v is not None}
+        opts = {
+            k: v
+            for k, v in cfg.as_dict().items()
+            if k in ("min_urban", "entropy_keep", "entropy_min") and v is not None
+        }
         print(f"   {out / name}  {opts or ''}\n      {len(table)} tiles: {summary_line(table)}")
         if name == "stage1.parquet":
             stage1 = table
@@ -62,32 +73,49 @@ def main(argv=None) -> int:
         ent = "   -" if pd.isna(row["entropy"]) else f"{row['entropy']:.2f}"
         print(f"     {cls:<11} {int(row['tiles']):>3} / {int(row['kept']):>3} / {ent}")
     print("   Clouds and water carry the least information: Stage I removes them first.")
-    print("\n3. The whole run: tiles → entropy (keep 70 %) → embed (default, weights-free) → centroids of the "
-          "reference set (K=7) → RS-Prune selection at 85 % pruning (--budget 0.15)")
+    print(
+        "\n3. The whole run: tiles → entropy (keep 70 %) → embed (default, weights-free) → centroids of the "
+        "reference set (K=7) → RS-Prune selection at 85 % pruning (--budget 0.15)"
+    )
     runs_dir = out / "runs"
     for method in ("rs-prune", "random"):
-        catalog, counts = run_pipeline([scene.path], runs_dir / method, [ref], TileConfig(entropy_keep=0.7),
-                                       RunConfig(budget=0.15, k=7, method=method, seed=args.seed), progress=False)
+        catalog, counts = run_pipeline(
+            [scene.path],
+            runs_dir / method,
+            [ref],
+            TileConfig(entropy_keep=0.7),
+            RunConfig(budget=0.15, k=7, method=method, seed=args.seed),
+            progress=False,
+        )
         kept = catalog.merge(labels[["tile_id", "class"]], on="tile_id")
         kept = kept.loc[kept["kept"], "class"].value_counts()
-        print(f"   {runs_dir / method / 'catalog.parquet'} ({method}): {counts['tiles']} tiles → "
-              + ", ".join(f"{n} pruned by {k}" for k, n in pruned_counts(catalog).items() if n or k != DUPLICATE)
-              + f", {counts['selected']} kept")
+        print(
+            f"   {runs_dir / method / 'catalog.parquet'} ({method}): {counts['tiles']} tiles → "
+            + ", ".join(f"{n} pruned by {k}" for k, n in pruned_counts(catalog).items() if n or k != DUPLICATE)
+            + f", {counts['selected']} kept"
+        )
         print("      kept classes: " + ", ".join(f"{c} {n}" for c, n in kept.items()))
-    print(f"   {runs_dir / 'rs-prune'}/: also bank.npz (the centroid bank), embeddings.parquet, stac/ (STAC catalog "
-          "of the kept tiles), items.parquet (stac-geoparquet) and run.json (the resumable run's manifest)")
+    print(
+        f"   {runs_dir / 'rs-prune'}/: also bank.npz (the centroid bank), embeddings.parquet, stac/ (STAC catalog "
+        "of the kept tiles), items.parquet (stac-geoparquet) and run.json (the resumable run's manifest)"
+    )
     from .viz import write_map_html, write_report
 
     rs_dir = runs_dir / "rs-prune"
     write_map_html(read_catalog(rs_dir / "catalog.parquet"), rs_dir / "map.html")
     write_report(rs_dir, rs_dir / "report.html", classes=labels.set_index("tile_id")["class"])
     print(f"   {rs_dir / 'map.html'}: offline map of kept/pruned tiles; {rs_dir / 'report.html'}: the run report")
-    print("   RS-Prune keeps every scene type, the rare solar_farm tiles included; a random subset of the same size, "
-          "drawn from the same Stage I candidates, follows the class frequencies and usually misses the rare class.")
+    print(
+        "   RS-Prune keeps every scene type, the rare solar_farm tiles included; a random subset of the same size, "
+        "drawn from the same Stage I candidates, follows the class frequencies and usually misses the rare class."
+    )
 
-    print("\nOpen the catalogs with geopandas.read_parquet(...) or DuckDB; each row is a tile with its "
-          "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, entropy (gray, bits), entropy_bands, cluster, similarity, rank,\n"
-          f"kept and pruned_by ({', '.join(REASONS)} or null for kept tiles).")
+    print(
+        "\nOpen the catalogs with geopandas.read_parquet(...) or DuckDB; each row is a tile with its "
+        "EPSG:4326 footprint,\nwindow, transform, nodata_frac, urban_frac, entropy (gray, bits), "
+        "entropy_bands, cluster, similarity, rank,\n"
+        f"kept and pruned_by ({', '.join(REASONS)} or null for kept tiles)."
+    )
     return 0
 
 

@@ -48,6 +48,7 @@ LUMA_WEIGHTS = (77, 150, 29)  # BT.601 in 1/256 steps; they sum to 256
 # The kernel
 # ---------------------------------------------------------------------------------------------
 
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _row_flags(levels, valid, use_valid, nodata, has_nodata, y, x0, x1, flags):  # pragma: no cover
     # flags[x] = 1 where pixel (y, x0 + x) counts; returns how many do. Band 1 is scanned first
@@ -94,8 +95,12 @@ def _accumulate(levels, valid, use_valid, nodata, has_nodata, y0, y1, x0, x1, hi
             continue
         if nb >= 3:
             for x in range(w):
-                gray[x] = (77 * np.int32(levels[0, y, x0 + x]) + 150 * np.int32(levels[1, y, x0 + x])
-                           + 29 * np.int32(levels[2, y, x0 + x]) + 128) >> 8
+                gray[x] = (
+                    77 * np.int32(levels[0, y, x0 + x])
+                    + 150 * np.int32(levels[1, y, x0 + x])
+                    + 29 * np.int32(levels[2, y, x0 + x])
+                    + 128
+                ) >> 8
         else:
             for x in range(w):
                 gray[x] = levels[0, y, x0 + x]
@@ -131,8 +136,18 @@ def _cell_histograms(levels, valid, use_valid, nodata, has_nodata, cell):  # pra
     out = np.zeros((ny, nx, nb + 1, 256), np.int64)
     for i in range(ny):
         for j in range(nx):
-            _accumulate(levels, valid, use_valid, nodata, has_nodata, i * cell, min(h, (i + 1) * cell),
-                        j * cell, min(w, (j + 1) * cell), out[i, j])
+            _accumulate(
+                levels,
+                valid,
+                use_valid,
+                nodata,
+                has_nodata,
+                i * cell,
+                min(h, (i + 1) * cell),
+                j * cell,
+                min(w, (j + 1) * cell),
+                out[i, j],
+            )
     return out
 
 
@@ -147,22 +162,24 @@ def _batch_histograms_serial(tiles, valid, use_valid, nodata, has_nodata):  # pr
 
 def _batch_histograms(tiles, nodata, has_nodata, threads=None):
     dummy = np.zeros((1, 1, 1), np.uint8)
-    parts = map_slices(lambda a, b: _batch_histograms_serial(tiles[a:b], dummy, False, nodata, has_nodata),
-                       len(tiles), threads)
+    parts = map_slices(
+        lambda a, b: _batch_histograms_serial(tiles[a:b], dummy, False, nodata, has_nodata), len(tiles), threads
+    )
     return np.concatenate(parts)
 
 
 def _batch_histograms_masked(tiles, valid, threads=None):
-    parts = map_slices(lambda a, b: _batch_histograms_serial(tiles[a:b], valid[a:b], True, np.uint8(0), False),
-                       len(tiles), threads)
+    parts = map_slices(
+        lambda a, b: _batch_histograms_serial(tiles[a:b], valid[a:b], True, np.uint8(0), False), len(tiles), threads
+    )
     return np.concatenate(parts)
 
 
 #: Σ h log2 h is summed in fixed point (integers add exactly, in any order), then scaled back:
 #: entropy values are then the same bits on every CPU and thread count.
 #: Per term the rounding is 2^-33 (table) or 2^-25 (larger counts); H moves by < 1e-10 bits.
-_FIXED_SCALE = 2.0 ** 32  # 65536 · log2(65536) · 2^32 = 2^52: no int64 overflow
-_FIXED_SCALE_LARGE = 2.0 ** 24  # counts up to 2^28 per bin stay below 2^63
+_FIXED_SCALE = 2.0**32  # 65536 · log2(65536) · 2^32 = 2^52: no int64 overflow
+_FIXED_SCALE_LARGE = 2.0**24  # counts up to 2^28 per bin stay below 2^63
 #: round(k log2 k · 2^32) for every count a 256 x 256 tile can hold: the sum becomes a table look-up.
 _XLOG2X = np.rint(np.arange(65537) * portable_log2(np.maximum(np.arange(65537), 1)) * _FIXED_SCALE).astype(np.int64)
 
@@ -200,6 +217,7 @@ def entropy_from_histograms(hist: np.ndarray) -> np.ndarray:
 # Histograms of tiles: numpy batches, dask-backed rasters
 # ---------------------------------------------------------------------------------------------
 
+
 def tile_histograms(tiles: np.ndarray, nodata: float | None = None, *, lo=None, hi=None) -> np.ndarray:
     """Histograms of in-memory tiles.
 
@@ -216,8 +234,9 @@ def tile_histograms(tiles: np.ndarray, nodata: float | None = None, *, lo=None, 
     if tiles.dtype == np.uint8 and not (nodata is not None and not float(nodata).is_integer()):
         has = nodata is not None and 0 <= nodata <= 255
         return _batch_histograms(np.ascontiguousarray(tiles), np.uint8(nodata if has else 0), has)
-    valid = (np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles)
-             else np.zeros((0,) + tiles.shape[2:], np.uint8))
+    valid = (
+        np.stack([valid_pixels(t, nodata) for t in tiles]) if len(tiles) else np.zeros((0,) + tiles.shape[2:], np.uint8)
+    )
     if lo is None or hi is None:
         side_by_side = np.concatenate(list(tiles), axis=2) if len(tiles) else tiles[:0].reshape(tiles.shape[1], 0, 0)
         lo, hi = percentile_range(side_by_side, nodata)
@@ -246,8 +265,9 @@ def _chunk_histograms(block: np.ndarray, nodata, cell: int, lo, hi, mask_href, b
     return _cell_histograms(stretch_levels(block, lo, hi), valid_pixels(block, nodata), True, np.uint8(0), False, cell)
 
 
-def raster_histograms(data: dsa.Array, row_off, col_off, height, width, *, nodata=None, lo=None, hi=None,
-                      mask_href: str | None = None) -> np.ndarray:
+def raster_histograms(
+    data: dsa.Array, row_off, col_off, height, width, *, nodata=None, lo=None, hi=None, mask_href: str | None = None
+) -> np.ndarray:
     """Histograms of tile windows of a dask-backed ``(C, H, W)`` raster, ``(N, C + 1, 256)`` int64.
 
     Works for any grid: each chunk is reduced to histograms of ``g x g`` cells, ``g`` the gcd of all
@@ -264,16 +284,31 @@ def raster_histograms(data: dsa.Array, row_off, col_off, height, width, *, nodat
     cell = int(np.gcd.reduce(np.concatenate([row_off, col_off, *inner, [0]])))
     cell = cell or int(max(H, W))  # a single tile
     if cell < 8:
-        raise RSGeoPruneError(f"tile offsets and sizes share only a {cell}-px grid; use a stride that shares a "
-                              "factor of at least 8 px with the tile size")
+        raise RSGeoPruneError(
+            f"tile offsets and sizes share only a {cell}-px grid; use a stride that shares a "
+            "factor of at least 8 px with the tile size"
+        )
     for ch in data.chunks[1:]:
         if any(c % cell for c in ch[:-1]):
-            data = data.rechunk({1: max(cell, (data.chunks[1][0] // cell) * cell),
-                                 2: max(cell, (data.chunks[2][0] // cell) * cell)})
+            data = data.rechunk(
+                {1: max(cell, (data.chunks[1][0] // cell) * cell), 2: max(cell, (data.chunks[2][0] // cell) * cell)}
+            )
             break
     out_chunks = tuple(tuple(math.ceil(c / cell) for c in ch) for ch in data.chunks[1:]) + ((nb + 1,), (LEVELS,))
-    cells = dsa.map_blocks(_chunk_histograms, data, nodata, cell, lo, hi, mask_href, chunks=out_chunks,
-                           drop_axis=0, new_axis=[2, 3], dtype=np.int64, meta=np.empty((0, 0, 0, 0), np.int64))
+    cells = dsa.map_blocks(
+        _chunk_histograms,
+        data,
+        nodata,
+        cell,
+        lo,
+        hi,
+        mask_href,
+        chunks=out_chunks,
+        drop_axis=0,
+        new_axis=[2, 3],
+        dtype=np.int64,
+        meta=np.empty((0, 0, 0, 0), np.int64),
+    )
     return window_sums(cells.compute(), cell, row_off, col_off, height, width)
 
 
@@ -287,8 +322,9 @@ def scene_histograms(scene, row_off, col_off, height, width, tile_size: int = 25
     mask_href = scene.href if (scene.nodata is None and scene.has_mask) else None
     data = open_raster(scene, tile_size).data
     with decode_errors(scene.href):
-        return raster_histograms(data, row_off, col_off, height, width, nodata=scene.nodata, lo=lo, hi=hi,
-                                 mask_href=mask_href)
+        return raster_histograms(
+            data, row_off, col_off, height, width, nodata=scene.nodata, lo=lo, hi=hi, mask_href=mask_href
+        )
 
 
 def image_histograms(paths) -> np.ndarray:
@@ -314,8 +350,15 @@ def stack_histograms(parts, n: int) -> np.ndarray:
 # Filters
 # ---------------------------------------------------------------------------------------------
 
-def entropy_filter(entropy: np.ndarray, tile_id, candidates: np.ndarray, *, entropy_min: float | None = None,
-                   entropy_keep: float | None = None) -> np.ndarray:
+
+def entropy_filter(
+    entropy: np.ndarray,
+    tile_id,
+    candidates: np.ndarray,
+    *,
+    entropy_min: float | None = None,
+    entropy_keep: float | None = None,
+) -> np.ndarray:
     """Which candidates Stage I prunes, ``(N,)`` bool.
 
     Args:

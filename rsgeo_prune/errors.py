@@ -37,8 +37,17 @@ def one_line(exc: RSGeoPruneError) -> str:
     return " ".join(text.split())
 
 
-def check_number(option: str, value, low: float | None = None, high: float | None = None, *,
-                 open_low: bool = False, open_high: bool = False, whole: bool = False, example=None) -> None:
+def check_number(
+    option: str,
+    value,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    whole: bool = False,
+    example=None,
+) -> None:
     """Refuse ``value`` unless it is a finite number (an integer with ``whole``) within ``[low, high]``
     (``open_low`` / ``open_high`` exclude the bound): ``lr nan: must be a finite number > 0 (e.g. 0.0001)``."""
     ok = isinstance(value, numbers.Integral if whole else numbers.Real) and not isinstance(value, bool)
@@ -57,8 +66,12 @@ def check_number(option: str, value, low: float | None = None, high: float | Non
         where = f" {'<' if open_high else '<='} {high:g}"
     else:
         where = ""
-    raise InvalidOption(option, value, f"must be {'a whole' if whole else 'a finite'} number{where}"
-                                       + (f" (e.g. {example})" if example is not None else ""))
+    raise InvalidOption(
+        option,
+        value,
+        f"must be {'a whole' if whole else 'a finite'} number{where}"
+        + (f" (e.g. {example})" if example is not None else ""),
+    )
 
 
 def check_seed(option: str, value) -> None:

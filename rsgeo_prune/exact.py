@@ -57,8 +57,8 @@ import numpy as np
 
 from ._parallel import map_slices
 
-U64 = 2.0 ** -53  # unit roundoff of float64
-U32 = 2.0 ** -24  # unit roundoff of float32
+U64 = 2.0**-53  # unit roundoff of float64
+U32 = 2.0**-24  # unit roundoff of float32
 
 
 def gamma(m, u: float = U64):
@@ -76,7 +76,7 @@ def float32_screen_error(d: int, norm_a, norm_b):
     float32 product with a threshold (``dedup``) or with another product (``kmeans.assign``)
     multiply this by their own safety factor: only values inside the margin are recomputed.
     """
-    return (gamma(d, U32) + 2.0 * U32) * (np.asarray(norm_a, np.float64) * norm_b) + d * 2.0 ** -125
+    return (gamma(d, U32) + 2.0 * U32) * (np.asarray(norm_a, np.float64) * norm_b) + d * 2.0**-125
 
 
 def canonical_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -98,8 +98,15 @@ def canonical_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _plus_zero(out)
 
 
-def canonical_pair_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarray, *,
-                        norm_a: np.ndarray | None = None, norm_b: np.ndarray | None = None) -> np.ndarray:
+def canonical_pair_dots(
+    a: np.ndarray,
+    b: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    *,
+    norm_a: np.ndarray | None = None,
+    norm_b: np.ndarray | None = None,
+) -> np.ndarray:
     """``f32(f64(exact a[rows[p]] · b[cols[p]]))`` for float32 ``a (M, n)``, ``b (K, n)``: float32 ``(P,)``.
 
     Used where only a few entries of ``a @ b.T`` are needed (the nearest centroid's similarity).
@@ -112,8 +119,15 @@ def canonical_pair_dots(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np
     cols = np.ascontiguousarray(cols, np.int64)
     norm_a = row_norms(a) if norm_a is None else norm_a
     norm_b = row_norms(b) if norm_b is None else norm_b
-    v = np.concatenate(map_slices(lambda i, j: _pair_dots_kernel(a, b, rows[i:j], cols[i:j]), len(rows),
-                                  _threads(), min_per_thread=4096)) if len(rows) else np.zeros(0)
+    v = (
+        np.concatenate(
+            map_slices(
+                lambda i, j: _pair_dots_kernel(a, b, rows[i:j], cols[i:j]), len(rows), _threads(), min_per_thread=4096
+            )
+        )
+        if len(rows)
+        else np.zeros(0)
+    )
     bound = _error_bound(a.shape[1], norm_a[rows], norm_b[cols])
     unsure = np.flatnonzero(~_certain(v, bound))
     out = v.astype(np.float32)
@@ -161,6 +175,7 @@ def uncertain_fraction(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # Steps
 # ---------------------------------------------------------------------------------------------
+
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
     """``x`` as a 2-d float32 array; float64 input must hold float32 values (products stay exact)."""
@@ -285,7 +300,12 @@ def _squares_kernel(x):  # pragma: no cover - compiled
     for i in range(x.shape[0]):
         s0 = s1 = s2 = s3 = 0.0
         for k in range(0, n4, 4):
-            y0, y1, y2, y3 = np.float64(x[i, k]), np.float64(x[i, k + 1]), np.float64(x[i, k + 2]), np.float64(x[i, k + 3])
+            y0, y1, y2, y3 = (
+                np.float64(x[i, k]),
+                np.float64(x[i, k + 1]),
+                np.float64(x[i, k + 2]),
+                np.float64(x[i, k + 3]),
+            )
             s0 += y0 * y0
             s1 += y1 * y1
             s2 += y2 * y2

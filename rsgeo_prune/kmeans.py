@@ -36,15 +36,18 @@ def assign(embeddings: np.ndarray, centroids: np.ndarray, *, block: int = 8_192)
     embeddings = np.asarray(embeddings, np.float32)
     centroids = np.asarray(centroids, np.float32)
     if embeddings.ndim != 2 or centroids.ndim != 2 or embeddings.shape[1] != centroids.shape[1]:
-        raise RSGeoPruneError(f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)")
+        raise RSGeoPruneError(
+            f"embeddings {embeddings.shape} and centroids {centroids.shape} must be (N, D) and (K, D)"
+        )
     if not np.isfinite(centroids).all():
         raise RSGeoPruneError("the centroid bank holds NaN or infinite values; rebuild it with `rsgeo-prune centroids`")
     # writable copies where needed: torch cannot wrap read-only arrays (dask task arguments, memmaps)
     return _assign(embeddings, np.require(centroids, np.float32, ["C", "W"]), block)
 
 
-def _assign(embeddings: np.ndarray, centroids: np.ndarray, block: int,
-            norm_e_all: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _assign(
+    embeddings: np.ndarray, centroids: np.ndarray, block: int, norm_e_all: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """:func:`assign` on checked float32 inputs; ``norm_e_all (N,)``: the rows' norms if known."""
     n = len(embeddings)
     cluster = np.empty(n, np.int32)
@@ -53,19 +56,20 @@ def _assign(embeddings: np.ndarray, centroids: np.ndarray, block: int,
         return cluster, similarity
     norm_c = row_norms(centroids)
     for start in range(0, n, max(1, block)):
-        part = np.require(embeddings[start:start + block], np.float32, ["C", "W"])
-        norm_e = row_norms(part) if norm_e_all is None else norm_e_all[start:start + len(part)]
+        part = np.require(embeddings[start : start + block], np.float32, ["C", "W"])
+        norm_e = row_norms(part) if norm_e_all is None else norm_e_all[start : start + len(part)]
         _check_finite_rows(norm_e, start)
         rows, cols = _screen(part, centroids, norm_e, float(norm_c.max()))
         sims = canonical_pair_dots(part, centroids, rows, cols, norm_a=norm_e, norm_b=norm_c)
         best, best_sim = _best_per_row(rows, cols, sims, len(part))
-        cluster[start:start + len(part)] = best
-        similarity[start:start + len(part)] = best_sim
+        cluster[start : start + len(part)] = best
+        similarity[start : start + len(part)] = best_sim
     return cluster, similarity
 
 
-def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters: int = 30,
-                     tol: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def spherical_kmeans(
+    x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters: int = 30, tol: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means on the unit sphere: cosine assignment, centroids re-normalised every iteration.
 
     Seeded k-means++ initialisation on a sample of ``20·k`` points; an emptied cluster is re-seeded
@@ -80,8 +84,9 @@ def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters:
     """
     n = len(x)
     if k > n:
-        raise InvalidOption("k", k, f"is larger than the {n} reference images; use {n} or fewer, "
-                              "or add reference images")
+        raise InvalidOption(
+            "k", k, f"is larger than the {n} reference images; use {n} or fewer, or add reference images"
+        )
     if k <= 0:
         raise InvalidOption("k", k, "must be >= 1")
     if not np.isfinite(x).all():
@@ -109,15 +114,20 @@ def spherical_kmeans(x: np.ndarray, k: int = DEFAULT_K, *, seed: int = 0, iters:
 # assign: steps
 # ---------------------------------------------------------------------------------------------
 
+
 def _check_finite_rows(norms: np.ndarray, offset: int) -> None:
     # a row's float64 norm is finite exactly when the row is (float32 squares cannot overflow it)
     bad = np.flatnonzero(~np.isfinite(norms))
     if len(bad):
-        raise RSGeoPruneError(f"embedding row {offset + int(bad[0])} holds NaN or infinite values; re-embed the tiles "
-                              "(check the embedder on that tile)")
+        raise RSGeoPruneError(
+            f"embedding row {offset + int(bad[0])} holds NaN or infinite values; re-embed the tiles "
+            "(check the embedder on that tile)"
+        )
 
 
-def _screen(part: np.ndarray, centroids: np.ndarray, norm_e: np.ndarray, max_norm_c: float) -> tuple[np.ndarray, np.ndarray]:
+def _screen(
+    part: np.ndarray, centroids: np.ndarray, norm_e: np.ndarray, max_norm_c: float
+) -> tuple[np.ndarray, np.ndarray]:
     """``(rows, cols)`` of every centroid that may be a row's canonical nearest, row-major.
 
     The float32 product ``S`` is off by at most ``E = γ_D(2^-24)·‖e‖·max‖c‖`` (any summation order,
@@ -177,6 +187,7 @@ def _best_per_row(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int) 
 # ---------------------------------------------------------------------------------------------
 # spherical k-means: steps
 # ---------------------------------------------------------------------------------------------
+
 
 def _seed_kmeanspp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeds ``(k, D)`` float32, cosine distance ``1 - s``, on a seeded sample of ``20·k`` points.

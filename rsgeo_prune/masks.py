@@ -36,10 +36,13 @@ def read_vector(path: str | Path) -> gpd.GeoDataFrame:
         else:
             gdf = gpd.read_file(path)
     except Exception as exc:  # pyogrio/fiona/pyarrow raise many types for a bad file
-        raise RSGeoPruneError(f"{path}: not a readable vector file ({exc}); give a GeoPackage, Shapefile, GeoJSON or GeoParquet") from exc
+        raise RSGeoPruneError(
+            f"{path}: not a readable vector file ({exc}); give a GeoPackage, Shapefile, GeoJSON or GeoParquet"
+        ) from exc
     if gdf.crs is None:
         raise RSGeoPruneError(
-            f"{path}: vector file has no CRS; set one (e.g. `ogr2ogr -a_srs EPSG:4326 fixed.gpkg {path.name}`)")
+            f"{path}: vector file has no CRS; set one (e.g. `ogr2ogr -a_srs EPSG:4326 fixed.gpkg {path.name}`)"
+        )
     polygonal = gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])
     if not polygonal.any():
         raise RSGeoPruneError(f"{path}: vector file holds no polygons; give urban-boundary polygons")
@@ -105,8 +108,9 @@ def polygons_in_crs(gdf: gpd.GeoDataFrame, crs, bounds: tuple[float, float, floa
     return np.asarray(gdf.geometry.values)
 
 
-def mask_filter(nodata_frac: np.ndarray, urban_frac: np.ndarray | None, *, max_nodata: float = 0.5,
-                min_urban: float | None = None) -> np.ndarray:
+def mask_filter(
+    nodata_frac: np.ndarray, urban_frac: np.ndarray | None, *, max_nodata: float = 0.5, min_urban: float | None = None
+) -> np.ndarray:
     """Why each tile is pruned by the pre-filters: ``"nodata"``, ``"mask"`` or ``None`` (kept).
 
     A tile is pruned as ``nodata`` when ``nodata_frac > max_nodata``; otherwise as ``mask`` when

@@ -25,9 +25,9 @@ from .config import RunConfig, TileConfig
 from .dedup import KIND_NAMES
 from .embed_cache import embed_candidates
 from .errors import InvalidOption, RSGeoPruneError
+from .places import acquisition_dates, same_place_partners
 from .rundir import RunDir, digest, embedder_identity, input_identities, package_version
 from .scheduler import assign_in_tasks, cached_embedder, check_scheduler, dask_scheduler
-from .places import acquisition_dates, same_place_partners
 from .select import METHODS, SelectionInputs, rank_in_cluster, run_selection
 from .sources import RasterScene, resolve_inputs
 from .stac import write_stac
@@ -54,9 +54,16 @@ class RunPlan:
     bank: CentroidBank | None = None
 
 
-def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: Sequence[str | Path],
-                 tile_cfg: TileConfig = TileConfig(), run_cfg: RunConfig = RunConfig(), *,
-                 scheduler: str = "threads", progress: bool = True):
+def run_pipeline(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    reference: Sequence[str | Path],
+    tile_cfg: TileConfig = TileConfig(),
+    run_cfg: RunConfig = RunConfig(),
+    *,
+    scheduler: str = "threads",
+    progress: bool = True,
+):
     """tiles → masks → entropy → embed → assign → select → catalog, in a resumable run directory.
 
     ``out_dir`` gets ``tiles.parquet``, ``embeddings.parquet``, ``bank.npz`` (when built here),
@@ -92,32 +99,46 @@ def run_pipeline(inputs: Sequence[str | Path], out_dir: str | Path, reference: S
 # Validation: every option, input and reference, before any stage runs
 # ---------------------------------------------------------------------------------------------
 
+
 def _plan_run(inputs, out_dir, reference, tile_cfg: TileConfig, run_cfg: RunConfig, scheduler: str) -> RunPlan:
     out_dir = Path(out_dir)
     check_writable(out_dir / "run.json")
     check_scheduler(scheduler)
     reference = [str(r) for r in reference]
     if METHODS[run_cfg.method].needs_reference and not reference:
-        raise RSGeoPruneError(f"selection method {run_cfg.method} needs reference centroids: give reference "
-                              "sets (ImageFolder folders or catalogs) or a bank .npz")
+        raise RSGeoPruneError(
+            f"selection method {run_cfg.method} needs reference centroids: give reference "
+            "sets (ImageFolder folders or catalogs) or a bank .npz"
+        )
     if METHODS[run_cfg.method].needs_entropy and not tile_cfg.wants_entropy:
         # without a Stage I option no entropy is computed and the ranking would be the tile-id tie-break
-        raise InvalidOption("method", run_cfg.method, "ranks by Stage I entropy: give an entropy threshold or keep "
-                            "fraction too (entropy_min 0 computes it and prunes nothing)")
+        raise InvalidOption(
+            "method",
+            run_cfg.method,
+            "ranks by Stage I entropy: give an entropy threshold or keep "
+            "fraction too (entropy_min 0 computes it and prunes nothing)",
+        )
     embedder = cached_embedder(run_cfg.embedder, run_cfg.nir_view)  # a bad spec or weights file fails now
     bank = None
     if reference:
         bank = check_reference(reference, embedder.spec, k=run_cfg.k_or_default)
         if bank is not None and run_cfg.k is not None and run_cfg.k != bank.k:
-            raise InvalidOption("k", run_cfg.k, f"the bank {reference[0]} has {bank.k} centroids; leave k out "
-                                "or rebuild the bank with that k")
+            raise InvalidOption(
+                "k",
+                run_cfg.k,
+                f"the bank {reference[0]} has {bank.k} centroids; leave k out or rebuild the bank with that k",
+            )
     run_cfg = dataclasses.replace(run_cfg, k=bank.k if bank is not None else run_cfg.k_or_default)
     # bad inputs fail now, and are resolved once
     sources = resolve_inputs(inputs, nodata=tile_cfg.nodata, datetime=tile_cfg.datetime)
     embedder_id = embedder_identity(run_cfg.embedder, run_cfg.nir_view)
     run = RunDir(out_dir)
-    config = {"inputs": [str(p) for p in inputs], "reference": reference, "tiles": tile_cfg.as_dict(),
-              "run": run_cfg.as_dict()}
+    config = {
+        "inputs": [str(p) for p in inputs],
+        "reference": reference,
+        "tiles": tile_cfg.as_dict(),
+        "run": run_cfg.as_dict(),
+    }
     run.header(config)
     plan = RunPlan(run, list(inputs), sources, reference, tile_cfg, run_cfg, config, embedder_id, {}, bank)
     plan.keys = _stage_keys(plan)
@@ -137,13 +158,19 @@ def _stage_keys(plan: RunPlan) -> dict[str, str]:
     embed = digest([tiles, plan.embedder_id])
     selection = {k: v for k, v in run_cfg.as_dict().items() if k != "export_tiles"}
     select = digest([embed, bank, selection])
-    return {"tiles": tiles, "centroids": bank, "embed": embed, "select": select,
-            "stac": digest([select, run_cfg.export_tiles])}
+    return {
+        "tiles": tiles,
+        "centroids": bank,
+        "embed": embed,
+        "select": select,
+        "stac": digest([select, run_cfg.export_tiles]),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # The steps
 # ---------------------------------------------------------------------------------------------
+
 
 def _tiles_step(plan: RunPlan, progress: bool) -> pd.DataFrame:
     """Stage 0 and Stage I: the tile table (``tiles.parquet``)."""
@@ -162,8 +189,11 @@ def _candidates(table: pd.DataFrame, run_cfg: RunConfig) -> tuple[np.ndarray, in
     """Positions of the tiles Stage II chooses from, the budget B, and the counts so far."""
     passed = ~table["pruned_by"].isin(list(PRE_FILTERS)).to_numpy(bool)
     cand = np.flatnonzero(table["kept"].to_numpy(bool))
-    budget = run_cfg.budget_count if run_cfg.budget_count is not None else \
-        int(math.floor(run_cfg.budget * passed.sum() + 0.5))
+    budget = (
+        run_cfg.budget_count
+        if run_cfg.budget_count is not None
+        else int(math.floor(run_cfg.budget * passed.sum() + 0.5))
+    )
     if budget > len(cand):
         log.warning("budget %d is more than the %d candidates: all are kept", budget, len(cand))
     return cand, budget, {"tiles": len(table), "after nodata/mask": int(passed.sum()), "after entropy": len(cand)}
@@ -194,9 +224,18 @@ def _embed_step(plan: RunPlan, table: pd.DataFrame, cand: np.ndarray, workers: i
     plan.run.forget("select")
     plan.run.forget("embed")
     z, embedded, digests = embed_candidates(
-        plan.run, table.iloc[cand], embedder_spec=cfg.embedder, nir_view=cfg.nir_view, embedder_id=plan.embedder_id,
-        dim=cached_embedder(cfg.embedder, cfg.nir_view).dim, nodata=plan.tile_cfg.nodata, chunk=cfg.chunk,
-        workers=workers, progress=progress, digests=cfg.effective_dedup_cosine is not None)
+        plan.run,
+        table.iloc[cand],
+        embedder_spec=cfg.embedder,
+        nir_view=cfg.nir_view,
+        embedder_id=plan.embedder_id,
+        dim=cached_embedder(cfg.embedder, cfg.nir_view).dim,
+        nodata=plan.tile_cfg.nodata,
+        chunk=cfg.chunk,
+        workers=workers,
+        progress=progress,
+        digests=cfg.effective_dedup_cosine is not None,
+    )
     plan.run.mark("embed", plan.keys["embed"], rows=len(cand))
     return z, digests, embedded
 
@@ -208,18 +247,34 @@ def _select_step(plan: RunPlan, z, digests, table: pd.DataFrame, cand: np.ndarra
     cluster = similarity = None
     if bank is not None:
         cluster, similarity = assign_in_tasks(z, bank.centroids, cfg.chunk)
-    entropy = table["entropy"].to_numpy(np.float64, na_value=np.nan)[cand] if "entropy" in table \
+    entropy = (
+        table["entropy"].to_numpy(np.float64, na_value=np.nan)[cand]
+        if "entropy" in table
         else np.full(len(cand), np.nan)
+    )
     copies = {}
     if cfg.removes_copies:
         rows = table.iloc[cand]
         per_place = cfg.effective_max_per_place
-        copies = dict(dedup_cosine=cfg.effective_dedup_cosine, max_per_place=per_place, digests=digests,
-                      places=same_place_partners(rows, cfg.place_iou) if per_place is not None else None,
-                      acquired=acquisition_dates(rows))
-    inputs = SelectionInputs(embeddings=z, tile_id=table["tile_id"].to_numpy()[cand].astype(str), entropy=entropy,
-                             budget=budget, seed=cfg.seed, k=bank.k if bank is not None else cfg.k, chunk=cfg.chunk,
-                             cluster=cluster, similarity=similarity, **copies)
+        copies = dict(
+            dedup_cosine=cfg.effective_dedup_cosine,
+            max_per_place=per_place,
+            digests=digests,
+            places=same_place_partners(rows, cfg.place_iou) if per_place is not None else None,
+            acquired=acquisition_dates(rows),
+        )
+    inputs = SelectionInputs(
+        embeddings=z,
+        tile_id=table["tile_id"].to_numpy()[cand].astype(str),
+        entropy=entropy,
+        budget=budget,
+        seed=cfg.seed,
+        k=bank.k if bank is not None else cfg.k,
+        chunk=cfg.chunk,
+        cluster=cluster,
+        similarity=similarity,
+        **copies,
+    )
     return run_selection(cfg.method, inputs)
 
 
@@ -248,8 +303,13 @@ def _catalog_step(plan: RunPlan, table: pd.DataFrame, cand: np.ndarray, selectio
         table.loc[cand[is_copy], "pruned_by"] = DUPLICATE
         table["duplicate_of"] = pd.array(duplicate_of, dtype="string")
         copies = {name: int((selection.copy_kind == kind).sum()) for kind, name in KIND_NAMES.items()}
-    write_catalog(to_geodataframe(table), plan.run.artifact("select"), config=plan.config,
-                  bank_digest=bank.digest if bank is not None else None, copies=copies)
+    write_catalog(
+        to_geodataframe(table),
+        plan.run.artifact("select"),
+        config=plan.config,
+        bank_digest=bank.digest if bank is not None else None,
+        copies=copies,
+    )
     plan.run.mark("select", plan.keys["select"], kept=int(selection.chosen.sum()))
     return read_catalog(plan.run.artifact("select"))
 

@@ -37,7 +37,6 @@ import pandas as pd
 from .errors import RSGeoPruneError
 from .sources import decode_errors, read_image
 
-
 #: The stretch of non-uint8 rasters: per band, these percentiles map to levels 0 and 255.
 STRETCH_PERCENTILES = (2.0, 98.0)
 
@@ -84,8 +83,9 @@ def scene_percentiles(href: str, nodata: float | None, max_side: int = 1024) -> 
 
     with rasterio.open(href) as src:
         f = max(1, math.ceil(max(src.height, src.width) / max_side))
-        sample = src.read(out_shape=(src.count, math.ceil(src.height / f), math.ceil(src.width / f)),
-                          resampling=Resampling.nearest)
+        sample = src.read(
+            out_shape=(src.count, math.ceil(src.height / f), math.ceil(src.width / f)), resampling=Resampling.nearest
+        )
     return percentile_range(sample, nodata)
 
 
@@ -207,8 +207,12 @@ class PixelReader:
     def profile(self, row) -> dict:
         """rasterio profile facts of the row's raster (count, dtype, crs, nodata) for exports."""
         src = self._handle(_field(row, "href"))
-        return {"count": len(self.bands) if self.bands else src.count, "dtype": src.dtypes[0], "crs": src.crs,
-                "nodata": src.nodata}
+        return {
+            "count": len(self.bands) if self.bands else src.count,
+            "dtype": src.dtypes[0],
+            "crs": src.crs,
+            "nodata": src.nodata,
+        }
 
     # -- named steps --------------------------------------------------------------------------
     def _handle(self, href: str):
@@ -226,16 +230,20 @@ class PixelReader:
                     try:
                         src = rasterio.open(href)
                     except rasterio.errors.RasterioIOError as exc:
-                        raise RSGeoPruneError(f"{href}: raster cannot be opened ({exc}); the catalog's href no "
-                                              "longer resolves: restore the file or rebuild the catalog") from exc
+                        raise RSGeoPruneError(
+                            f"{href}: raster cannot be opened ({exc}); the catalog's href no "
+                            "longer resolves: restore the file or rebuild the catalog"
+                        ) from exc
                 self._handles[href] = src
                 self._locks[href] = threading.Lock()
             return src
 
     def _check_bands(self, href: str, count: int) -> None:
         if self.bands and (min(self.bands) < 1 or max(self.bands) > count):
-            raise RSGeoPruneError(f"{href}: band {max(self.bands) if max(self.bands) > count else min(self.bands)} "
-                                  f"is out of range; the file has bands 1..{count}")
+            raise RSGeoPruneError(
+                f"{href}: band {max(self.bands) if max(self.bands) > count else min(self.bands)} "
+                f"is out of range; the file has bands 1..{count}"
+            )
 
     def _nodata_of(self, src) -> float | None:
         return src.nodata if src.nodata is not None else self.nodata
@@ -259,8 +267,12 @@ class PixelReader:
         href = _field(row, "href")
         src = self._handle(href)
         self._check_bands(href, src.count)
-        window = Window(int(_field(row, "col_off")), int(_field(row, "row_off")),
-                        int(_field(row, "width")), int(_field(row, "height")))
+        window = Window(
+            int(_field(row, "col_off")),
+            int(_field(row, "row_off")),
+            int(_field(row, "width")),
+            int(_field(row, "height")),
+        )
         all_valid = with_valid and self._every_pixel_valid(href, src)
         masked = with_valid and not all_valid and src.nodata is None and self.nodata is None
         with decode_errors(href), self._locks[href]:
@@ -284,9 +296,11 @@ class PixelReader:
         if fact is None:
             from rasterio.enums import MaskFlags
 
-            fact = (self._nodata_of(src) is None
-                    and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
-                    and all(list(flags) == [MaskFlags.all_valid] for flags in src.mask_flag_enums))
+            fact = (
+                self._nodata_of(src) is None
+                and not any(np.issubdtype(np.dtype(d), np.floating) for d in src.dtypes)
+                and all(list(flags) == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+            )
             self._all_valid[href] = fact
         return fact
 
@@ -351,8 +365,9 @@ def _field(row, name: str):
     return getattr(row, name) if hasattr(row, name) else row[name]
 
 
-def read_tile_pixels(table: pd.DataFrame, *, nodata: float | None = None,
-                     batch: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def read_tile_pixels(
+    table: pd.DataFrame, *, nodata: float | None = None, batch: int = 256
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(row positions, tiles (n, C, H, W) uint8 levels)`` for every row of a tile table.
 
     Rows are grouped by source and shape so that a batch stacks; within a group the table's order
@@ -363,8 +378,9 @@ def read_tile_pixels(table: pd.DataFrame, *, nodata: float | None = None,
         yield positions, tiles
 
 
-def read_tile_pixels_and_digests(table: pd.DataFrame, *, nodata: float | None = None,
-                                 batch: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def read_tile_pixels_and_digests(
+    table: pd.DataFrame, *, nodata: float | None = None, batch: int = 256
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """As :func:`read_tile_pixels`, with each tile's :func:`pixel_digest` from the same read:
     yields ``(row positions, tiles, digests (n,) str)``."""
     yield from _read_batches(table, nodata, batch, digests=True)
@@ -396,11 +412,16 @@ def _read_batches(table: pd.DataFrame, nodata: float | None, batch: int, digests
     try:
         for positions in _batches(table, batch):
             rows = table.iloc[positions]
-            read = [reader.read_levels_and_digest(r) if digests else (reader.read_levels(r), None)
-                    for r in rows.itertuples(index=False)]
+            read = [
+                reader.read_levels_and_digest(r) if digests else (reader.read_levels(r), None)
+                for r in rows.itertuples(index=False)
+            ]
             for group in _same_shape([t for t, _ in read]):
-                yield (positions[group], np.stack([read[j][0] for j in group]),
-                       np.array([read[j][1] for j in group], dtype=object) if digests else None)
+                yield (
+                    positions[group],
+                    np.stack([read[j][0] for j in group]),
+                    np.array([read[j][1] for j in group], dtype=object) if digests else None,
+                )
     finally:
         reader.close()
 
@@ -415,7 +436,7 @@ def _batches(table: pd.DataFrame, batch: int) -> Iterator[np.ndarray]:
     for _, idx in pd.Series(keys).groupby(keys, sort=False).indices.items():
         idx = np.asarray(idx)
         for s in range(0, len(idx), batch):
-            yield idx[s:s + batch]
+            yield idx[s : s + batch]
 
 
 def _same_shape(tiles: list[np.ndarray]) -> list[list[int]]:
@@ -425,5 +446,13 @@ def _same_shape(tiles: list[np.ndarray]) -> list[list[int]]:
     return list(shapes.values())
 
 
-__all__ = ["PixelReader", "Stretch", "Tile", "is_image_row", "pixel_digest", "read_tile_pixels",
-           "read_tile_pixels_and_digests", "tile_digests"]
+__all__ = [
+    "PixelReader",
+    "Stretch",
+    "Tile",
+    "is_image_row",
+    "pixel_digest",
+    "read_tile_pixels",
+    "read_tile_pixels_and_digests",
+    "tile_digests",
+]

@@ -54,7 +54,7 @@ class Places:
         return cls(start, j[order])
 
     def of(self, i: int) -> np.ndarray:
-        return self.partner[self.start[i]:self.start[i + 1]]
+        return self.partner[self.start[i] : self.start[i + 1]]
 
     @property
     def pairs(self) -> int:
@@ -107,6 +107,7 @@ def acquisition_dates(rows: pd.DataFrame) -> np.ndarray:
 # Steps
 # ---------------------------------------------------------------------------------------------
 
+
 def _date_in_name(href: str):
     found = _DATE_IN_NAME.findall(PurePath(href).stem)
     return found[-1] if found else None
@@ -125,8 +126,11 @@ def _projected_groups(rows: pd.DataFrame) -> np.ndarray:
     from pyproj import CRS
 
     crs = rows["crs"].astype("string").fillna("").to_numpy()
-    has_transform = np.array([t is not None and not (isinstance(t, float) and np.isnan(t))
-                              for t in rows["transform"]], bool) if "transform" in rows else np.zeros(len(rows), bool)
+    has_transform = (
+        np.array([t is not None and not (isinstance(t, float) and np.isnan(t)) for t in rows["transform"]], bool)
+        if "transform" in rows
+        else np.zeros(len(rows), bool)
+    )
     names, codes = np.unique(crs, return_inverse=True)
     projected = np.array([bool(s) and CRS.from_user_input(s).is_projected for s in names], bool)
     return np.where(projected[codes] & has_transform, codes, -1).astype(np.int64)

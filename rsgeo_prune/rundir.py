@@ -22,11 +22,25 @@ from .atomic import atomic_output
 
 log = logging.getLogger(__name__)
 
-STAGE_FILES = {"tiles": "tiles.parquet", "embed": "embeddings.parquet", "centroids": "bank.npz",
-               "select": "catalog.parquet", "stac": "items.parquet"}
+STAGE_FILES = {
+    "tiles": "tiles.parquet",
+    "embed": "embeddings.parquet",
+    "centroids": "bank.npz",
+    "select": "catalog.parquet",
+    "stac": "items.parquet",
+}
 PARTS_DIR = "embed.parts"
-RECORDED_PACKAGES = ("numpy", "rasterio", "geopandas", "shapely", "pyarrow", "dask", "numba", "torch",
-                     "open_clip_torch")
+RECORDED_PACKAGES = (
+    "numpy",
+    "rasterio",
+    "geopandas",
+    "shapely",
+    "pyarrow",
+    "dask",
+    "numba",
+    "torch",
+    "open_clip_torch",
+)
 
 
 def package_version(name: str = "rsgeo_prune") -> str | None:
@@ -147,13 +161,28 @@ class RunDir:
     def header(self, config: dict) -> None:
         """Record the config, package versions and Python of this run."""
         versions = {pkg: v for pkg in RECORDED_PACKAGES if (v := package_version(pkg))}
-        self.manifest.update({"rsgeo_prune": package_version(), "python": platform.python_version(),
-                              "packages": versions, "config": config})
+        self.manifest.update(
+            {
+                "rsgeo_prune": package_version(),
+                "python": platform.python_version(),
+                "packages": versions,
+                "config": config,
+            }
+        )
 
     def _write(self) -> None:
         with atomic_output(self.manifest_path) as tmp:
             tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
 
 
-__all__ = ["PARTS_DIR", "RunDir", "STAGE_FILES", "content_digest", "digest", "embedder_identity", "file_identity", "input_identities",
-           "package_version"]
+__all__ = [
+    "PARTS_DIR",
+    "RunDir",
+    "STAGE_FILES",
+    "content_digest",
+    "digest",
+    "embedder_identity",
+    "file_identity",
+    "input_identities",
+    "package_version",
+]

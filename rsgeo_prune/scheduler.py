@@ -41,8 +41,10 @@ def dask_scheduler(spec: str = "threads"):
         try:
             client = Client(spec, timeout="10s")
         except OSError as exc:
-            raise RSGeoPruneError(f"scheduler {spec}: no dask scheduler answers there ({exc}); start one "
-                                  "(`dask scheduler` + `dask worker`) or run locally with threads") from exc
+            raise RSGeoPruneError(
+                f"scheduler {spec}: no dask scheduler answers there ({exc}); start one "
+                "(`dask scheduler` + `dask worker`) or run locally with threads"
+            ) from exc
         with client:
             yield max(1, sum(client.nthreads().values()))
         return
@@ -63,8 +65,13 @@ def embed_chunk(rows: pd.DataFrame, spec: str, nir_view: str, nodata, with_diges
     """Task: embeddings ``(len(rows), D)`` of a chunk of tile rows (and their pixel digests)."""
     from .embed import embed_table
 
-    return embed_table(rows.reset_index(drop=True), cached_embedder(spec, nir_view), nodata=nodata, progress=False,
-                       with_digests=with_digests)
+    return embed_table(
+        rows.reset_index(drop=True),
+        cached_embedder(spec, nir_view),
+        nodata=nodata,
+        progress=False,
+        with_digests=with_digests,
+    )
 
 
 def digest_chunk(rows: pd.DataFrame, nodata) -> np.ndarray:
@@ -74,8 +81,16 @@ def digest_chunk(rows: pd.DataFrame, nodata) -> np.ndarray:
     return tile_digests(rows.reset_index(drop=True), nodata=nodata)
 
 
-def embed_in_tasks(rows: pd.DataFrame, chunks: list[np.ndarray], spec: str, nir_view: str, nodata, *,
-                   embed: bool = True, digests: bool = False) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+def embed_in_tasks(
+    rows: pd.DataFrame,
+    chunks: list[np.ndarray],
+    spec: str,
+    nir_view: str,
+    nodata,
+    *,
+    embed: bool = True,
+    digests: bool = False,
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
     """``(embeddings, digests)`` of ``rows.iloc[c]`` for every chunk ``c`` (each None when not asked
     for), as parallel tasks on the current scheduler."""
     import dask
@@ -102,13 +117,23 @@ def assign_in_tasks(source, centroids: np.ndarray, chunk: int, n: int | None = N
     on_disk = isinstance(source, (str, Path))
     if n is None:
         n = len(np.load(source, mmap_mode="r")) if on_disk else len(source)
-    tasks = [dask.delayed(_assign_rows)(source if on_disk else source[s:s + chunk], s, min(n, s + chunk), centroids)
-             for s in range(0, n, chunk)]
+    tasks = [
+        dask.delayed(_assign_rows)(source if on_disk else source[s : s + chunk], s, min(n, s + chunk), centroids)
+        for s in range(0, n, chunk)
+    ]
     got = dask.compute(*tasks)
     if not got:
         return np.zeros(0, np.int32), np.zeros(0, np.float32)
     return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
 
 
-__all__ = ["LOCAL_SCHEDULERS", "assign_in_tasks", "cached_embedder", "check_scheduler", "dask_scheduler",
-           "digest_chunk", "embed_chunk", "embed_in_tasks"]
+__all__ = [
+    "LOCAL_SCHEDULERS",
+    "assign_in_tasks",
+    "cached_embedder",
+    "check_scheduler",
+    "dask_scheduler",
+    "digest_chunk",
+    "embed_chunk",
+    "embed_in_tasks",
+]

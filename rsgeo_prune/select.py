@@ -42,7 +42,9 @@ def _check(cluster, similarity, tile_id, budget):
 def _tie_rank(tile_id) -> np.ndarray:
     """Tile ids as integers that sort like them: integer ids as they are, strings by their rank."""
     tile_id = np.asarray(tile_id)
-    if np.issubdtype(tile_id.dtype, np.integer) and (len(tile_id) == 0 or (tile_id.min() >= 0 and tile_id.max() < 2**32)):
+    if np.issubdtype(tile_id.dtype, np.integer) and (
+        len(tile_id) == 0 or (tile_id.min() >= 0 and tile_id.max() < 2**32)
+    ):
         return tile_id.astype(np.int64)
     if np.issubdtype(tile_id.dtype, np.integer):
         return np.unique(tile_id, return_inverse=True)[1].astype(np.int64)
@@ -118,15 +120,27 @@ def select_quota(cluster, similarity, tile_id, budget: int, k: int) -> np.ndarra
     bounds = np.searchsorted(small[by_cluster], np.arange(k + 1))
     selected = np.zeros(len(cluster), bool)
     for c in range(k):
-        selected[_top(by_cluster[bounds[c]:bounds[c + 1]], key, q)] = True
+        selected[_top(by_cluster[bounds[c] : bounds[c + 1]], key, q)] = True
     r = budget - int(selected.sum())
     selected[_top(np.flatnonzero(~selected), key, r)] = True
     return selected
 
 
-def select_quota_distinct(cluster, similarity, tile_id, budget: int, k: int, embeddings, *,
-                          cosine: float | None = None, digests=None, places: Places | None = None,
-                          max_per_place: int | None = None, acquired=None, block: int = 256) -> DistinctSelection:
+def select_quota_distinct(
+    cluster,
+    similarity,
+    tile_id,
+    budget: int,
+    k: int,
+    embeddings,
+    *,
+    cosine: float | None = None,
+    digests=None,
+    places: Places | None = None,
+    max_per_place: int | None = None,
+    acquired=None,
+    block: int = 256,
+) -> DistinctSelection:
     """:func:`select_quota` without copies (:func:`rsgeo_prune.dedup.select_distinct`): exact copies
     (equal ``digests``), near copies (canonical cosine ``≥ cosine`` to a chosen tile of the same
     cluster) and tiles of a place that already has ``max_per_place`` chosen are skipped, and the
@@ -134,8 +148,18 @@ def select_quota_distinct(cluster, similarity, tile_id, budget: int, k: int, emb
     ``acquired`` time (unknown last), then ``tile_id``."""
     cluster, similarity, _ = _check(cluster, similarity, tile_id, budget)
     order = _descending_order(similarity, _recent_first_ties(tile_id, acquired))
-    return select_distinct(cluster, order, embeddings, budget, k, cosine=cosine, digests=digests, places=places,
-                           max_per_place=max_per_place, block=block)
+    return select_distinct(
+        cluster,
+        order,
+        embeddings,
+        budget,
+        k,
+        cosine=cosine,
+        digests=digests,
+        places=places,
+        max_per_place=max_per_place,
+        block=block,
+    )
 
 
 def _recent_first_ties(tile_id, acquired) -> np.ndarray:
@@ -231,6 +255,7 @@ def select_full_kmeans(embeddings, tile_id, budget: int, k: int, *, seed: int = 
 # The registry of selection methods: drives the CLI choices, the config check and the dispatch
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SelectionInputs:
     """What a selection method may use, for the ``N`` candidate tiles.
@@ -296,33 +321,71 @@ def _without_copies(p: SelectionInputs, *, defaults: bool) -> Selection:
     """The quota selection that skips copies; ``defaults``: rs-prune-dedup's τ and tiles per place
     where the inputs give none (the place limit only when same-place partners are given)."""
     cosine = DEFAULT_COSINE if defaults and p.dedup_cosine is None else p.dedup_cosine
-    per_place = DEFAULT_MAX_PER_PLACE if defaults and p.max_per_place is None and p.places is not None \
-        else p.max_per_place
-    got = select_quota_distinct(p.cluster, p.similarity, p.tile_id, p.budget, p.k, p.embeddings, cosine=cosine,
-                                digests=p.digests if cosine is not None else None, places=p.places,
-                                max_per_place=per_place, acquired=p.acquired)
+    per_place = (
+        DEFAULT_MAX_PER_PLACE if defaults and p.max_per_place is None and p.places is not None else p.max_per_place
+    )
+    got = select_quota_distinct(
+        p.cluster,
+        p.similarity,
+        p.tile_id,
+        p.budget,
+        p.k,
+        p.embeddings,
+        cosine=cosine,
+        digests=p.digests if cosine is not None else None,
+        places=p.places,
+        max_per_place=per_place,
+        acquired=p.acquired,
+    )
     return Selection(got.chosen, p.cluster, p.similarity, got.copy_of, got.kind)
 
 
 _METHOD_LIST = (
-    Method("rs-prune", "RS-Prune: quota per reference centroid, nearest first, then the global remainder", True,
-           lambda p: _with_bank(select_in_tasks(p.cluster, p.similarity, tie_ranks(p.tile_id), p.budget, p.k,
-                                                p.chunk), p)),
-    Method("water-filling", "water-filling allocation over the reference centroids", True,
-           lambda p: _with_bank(select_water_filling(p.cluster, p.similarity, p.tile_id, p.budget), p)),
-    Method("random", "uniform random subset (seeded)", False,
-           lambda p: _with_bank(select_random(len(p.tile_id), p.budget, seed=p.seed), p)),
-    Method("entropy", "the highest-entropy tiles (needs a Stage I option, e.g. entropy_min 0)", False,
-           lambda p: _with_bank(select_top_entropy(p.entropy, p.tile_id, p.budget), p), needs_entropy=True),
-    Method("moderate", "Moderate-DS: distance to the centroid closest to the median", True,
-           lambda p: _with_bank(select_moderate(p.similarity, p.tile_id, p.budget), p)),
-    Method("cluster-nearest", "k-means with B clusters on the candidates, nearest tile of each", False,
-           lambda p: _with_bank(select_cluster_nearest(p.embeddings, p.tile_id, p.budget, seed=p.seed), p)),
-    Method("full-kmeans", "RS-Prune with centroids fitted on all candidates (the costly variant)", False,
-           _full_kmeans),
-    Method("rs-prune-dedup", f"RS-Prune without copies: exact copies, near copies (cosine >= {DEFAULT_COSINE} "
-           f"by default) and more than {DEFAULT_MAX_PER_PLACE} tile per place are skipped inside the quota", True,
-           lambda p: _without_copies(p, defaults=True)),
+    Method(
+        "rs-prune",
+        "RS-Prune: quota per reference centroid, nearest first, then the global remainder",
+        True,
+        lambda p: _with_bank(select_in_tasks(p.cluster, p.similarity, tie_ranks(p.tile_id), p.budget, p.k, p.chunk), p),
+    ),
+    Method(
+        "water-filling",
+        "water-filling allocation over the reference centroids",
+        True,
+        lambda p: _with_bank(select_water_filling(p.cluster, p.similarity, p.tile_id, p.budget), p),
+    ),
+    Method(
+        "random",
+        "uniform random subset (seeded)",
+        False,
+        lambda p: _with_bank(select_random(len(p.tile_id), p.budget, seed=p.seed), p),
+    ),
+    Method(
+        "entropy",
+        "the highest-entropy tiles (needs a Stage I option, e.g. entropy_min 0)",
+        False,
+        lambda p: _with_bank(select_top_entropy(p.entropy, p.tile_id, p.budget), p),
+        needs_entropy=True,
+    ),
+    Method(
+        "moderate",
+        "Moderate-DS: distance to the centroid closest to the median",
+        True,
+        lambda p: _with_bank(select_moderate(p.similarity, p.tile_id, p.budget), p),
+    ),
+    Method(
+        "cluster-nearest",
+        "k-means with B clusters on the candidates, nearest tile of each",
+        False,
+        lambda p: _with_bank(select_cluster_nearest(p.embeddings, p.tile_id, p.budget, seed=p.seed), p),
+    ),
+    Method("full-kmeans", "RS-Prune with centroids fitted on all candidates (the costly variant)", False, _full_kmeans),
+    Method(
+        "rs-prune-dedup",
+        f"RS-Prune without copies: exact copies, near copies (cosine >= {DEFAULT_COSINE} "
+        f"by default) and more than {DEFAULT_MAX_PER_PLACE} tile per place are skipped inside the quota",
+        True,
+        lambda p: _without_copies(p, defaults=True),
+    ),
 )
 METHODS: dict[str, Method] = {m.name: m for m in _METHOD_LIST}
 COPY_METHODS = ("rs-prune", "rs-prune-dedup")  # the methods that take copy options (rs-prune: off by default)
@@ -345,6 +408,7 @@ def run_selection(method: str, inputs: SelectionInputs) -> Selection:
 # ---------------------------------------------------------------------------------------------
 # The same RS-Prune selection as a map-reduce (DESIGN.md "Exact at any scale")
 # ---------------------------------------------------------------------------------------------
+
 
 def quota_plan(cluster_counts: np.ndarray, budget: int, k: int) -> tuple[int, int]:
     """Pass 1: from the candidate count of every cluster, the quota ``q = ⌊B/K⌋`` and the number
@@ -399,8 +463,11 @@ def candidate_partition(cluster, similarity, tie, offset: int = 0) -> dict:
     integers in [0, 2**32) that sort like the ids), so that keys of different partitions compare.
     """
     cluster = np.asarray(cluster)
-    return {"index": np.arange(offset, offset + len(cluster), dtype=np.int64), "cluster": cluster.astype(np.int64),
-            "key": _descending_keys(np.asarray(similarity, np.float32), np.asarray(tie))}
+    return {
+        "index": np.arange(offset, offset + len(cluster), dtype=np.int64),
+        "cluster": cluster.astype(np.int64),
+        "key": _descending_keys(np.asarray(similarity, np.float32), np.asarray(tie)),
+    }
 
 
 def tie_ranks(tile_id) -> np.ndarray:
@@ -416,15 +483,24 @@ def select_in_tasks(cluster, similarity, tie, budget: int, k: int, chunk: int) -
     import dask
 
     n = len(cluster)
-    counts = sum(dask.compute(*[dask.delayed(np.bincount)(cluster[s:s + chunk], minlength=k)
-                                for s in range(0, n, chunk)]), np.zeros(k, np.int64))
+    counts = sum(
+        dask.compute(*[dask.delayed(np.bincount)(cluster[s : s + chunk], minlength=k) for s in range(0, n, chunk)]),
+        np.zeros(k, np.int64),
+    )
     q, r = quota_plan(np.asarray(counts), budget, k)
-    parts = [dask.delayed(reduce_candidates)(
-        dask.delayed(candidate_partition)(cluster[s:s + chunk], similarity[s:s + chunk], tie[s:s + chunk], s), q, r)
-        for s in range(0, n, chunk)]
+    parts = [
+        dask.delayed(reduce_candidates)(
+            dask.delayed(candidate_partition)(cluster[s : s + chunk], similarity[s : s + chunk], tie[s : s + chunk], s),
+            q,
+            r,
+        )
+        for s in range(0, n, chunk)
+    ]
     while len(parts) > 1:
-        parts = [dask.delayed(merge_candidates)(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
+        parts = [
+            dask.delayed(merge_candidates)(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
+            for i in range(0, len(parts), 2)
+        ]
     chosen = np.zeros(n, bool)
     if parts:
         chosen[finish_selection(dask.compute(parts[0])[0], q, r)] = True

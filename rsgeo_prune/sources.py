@@ -158,8 +158,14 @@ def _ellipsoid_radii_product(ellipsoid, lat: np.ndarray) -> np.ndarray:
     return (a * (1 - e2) / w**1.5) * (a / np.sqrt(w)) * np.cos(lat)
 
 
-def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: float | None = None,
-                    scene_id: str | None = None, acquired: AcquisitionTime | None = None) -> RasterScene:
+def describe_raster(
+    path: str | Path,
+    *,
+    crs: CRS | str | None = None,
+    nodata: float | None = None,
+    scene_id: str | None = None,
+    acquired: AcquisitionTime | None = None,
+) -> RasterScene:
     """Read a raster's header into a :class:`RasterScene`.
 
     Args:
@@ -192,19 +198,32 @@ def describe_raster(path: str | Path, *, crs: CRS | str | None = None, nodata: f
         if crs is None:
             raise RSGeoPruneError(
                 f"{path}: raster has no CRS; assign one (e.g. `gdal_edit.py -a_srs EPSG:26914 {path.name}`) "
-                "or pass a STAC Item whose proj:code names it")
+                "or pass a STAC Item whose proj:code names it"
+            )
         file_crs = CRS.from_user_input(crs)
     elif crs is not None and CRS.from_user_input(crs) != file_crs:
         raise RSGeoPruneError(
-            f"{path}: the file's CRS {file_crs.to_string()} differs from the STAC Item's {crs}; fix the Item's proj:code")
+            f"{path}: the file's CRS {file_crs.to_string()} differs from the STAC Item's {crs}; fix the "
+            "Item's proj:code"
+        )
     if transform == Affine.identity():
-        raise RSGeoPruneError(f"{path}: raster has no geotransform; georeference it (e.g. gdal_translate -a_ullr) first")
+        raise RSGeoPruneError(
+            f"{path}: raster has no geotransform; georeference it (e.g. gdal_translate -a_ullr) first"
+        )
     return RasterScene(
-        scene_id=scene_id or path.stem, href=str(path.resolve()), crs=file_crs, transform=transform,
-        width=width, height=height, count=count, dtype=dtype,
+        scene_id=scene_id or path.stem,
+        href=str(path.resolve()),
+        crs=file_crs,
+        transform=transform,
+        width=width,
+        height=height,
+        count=count,
+        dtype=dtype,
         nodata=file_nodata if file_nodata is not None else nodata,
-        block_shape=(int(block_shape[0]), int(block_shape[1])), has_mask=has_mask,
-        acquired=first_known(acquired, from_tags(tags), from_filename(path.name)))
+        block_shape=(int(block_shape[0]), int(block_shape[1])),
+        has_mask=has_mask,
+        acquired=first_known(acquired, from_tags(tags), from_filename(path.name)),
+    )
 
 
 def _stac_crs(props: dict) -> str | None:
@@ -236,7 +255,9 @@ def describe_stac_item(path: str | Path, *, asset: str | None = None, nodata: fl
         key = asset
     else:
         data = [k for k, a in assets.items() if "data" in (a.roles or [])]
-        tiffs = [k for k, a in assets.items() if "tiff" in (a.media_type or "") or a.href.lower().endswith((".tif", ".tiff"))]
+        tiffs = [
+            k for k, a in assets.items() if "tiff" in (a.media_type or "") or a.href.lower().endswith((".tif", ".tiff"))
+        ]
         if not (data or tiffs):
             raise RSGeoPruneError(f"{path}: STAC Item has no raster asset (role 'data' or a GeoTIFF); add one")
         key = (data or tiffs)[0]
@@ -256,8 +277,12 @@ def _stac_time(item) -> AcquisitionTime:
         return AcquisitionTime.instant(item.datetime, "stac")
     start, end = item.properties.get("start_datetime"), item.properties.get("end_datetime")
     if start and end:
-        return AcquisitionTime(None, str_to_datetime(start).astimezone(dt.timezone.utc),
-                               str_to_datetime(end).astimezone(dt.timezone.utc), "stac")
+        return AcquisitionTime(
+            None,
+            str_to_datetime(start).astimezone(dt.timezone.utc),
+            str_to_datetime(end).astimezone(dt.timezone.utc),
+            "stac",
+        )
     return UNKNOWN
 
 
@@ -293,11 +318,14 @@ def describe_image_collection(root: str | Path, *, manifest: str | Path | None =
             that is not a date, instant or range.
     """
     root = Path(root).resolve()
-    images = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not images:
         raise RSGeoPruneError(
-            f"{root}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); point at a folder of images or at raster files")
+            f"{root}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); point at a folder of images or "
+            "at raster files"
+        )
     _check_unique_stems(root, images)
     lon = np.full(len(images), np.nan)
     lat = np.full(len(images), np.nan)
@@ -313,8 +341,9 @@ def describe_image_collection(root: str | Path, *, manifest: str | Path | None =
                 listed[i] = times[k] if times is not None else None
         log.info("%s: manifest gives locations for %d of %d images", manifest, int(np.isfinite(lon).sum()), len(images))
     acquired = tuple(first_known(t, from_filename(p)) for t, p in zip(listed, images))
-    return ImageCollection(collection_id=root.name, root=str(root), images=tuple(images), lon=lon, lat=lat,
-                           acquired=acquired)
+    return ImageCollection(
+        collection_id=root.name, root=str(root), images=tuple(images), lon=lon, lat=lat, acquired=acquired
+    )
 
 
 def _check_unique_stems(root: Path, images: Sequence[str]) -> None:
@@ -323,8 +352,10 @@ def _check_unique_stems(root: Path, images: Sequence[str]) -> None:
     for p in images:
         stem = p.rsplit(".", 1)[0]
         if stem in seen:
-            raise RSGeoPruneError(f"{root / p}: same tile id as {seen[stem]} ('{root.name}/{stem}/0_0'); "
-                                  "rename or remove one of the two images")
+            raise RSGeoPruneError(
+                f"{root / p}: same tile id as {seen[stem]} ('{root.name}/{stem}/0_0'); "
+                "rename or remove one of the two images"
+            )
         seen[stem] = p
 
 
@@ -347,15 +378,19 @@ def _read_manifest(manifest: Path) -> tuple[list[str], np.ndarray, np.ndarray, l
     lower = {c.lower() for c in table.columns}
     if times is not None and not lower & set(_LON_COLUMNS + _LAT_COLUMNS):  # a manifest of times only
         return paths, np.full(len(paths), np.nan), np.full(len(paths), np.nan), times
-    coords = {what: _coordinate_column(table[_pick_column(table.columns, names, manifest, what)], what, manifest, paths)
-              for what, names in (("longitude", _LON_COLUMNS), ("latitude", _LAT_COLUMNS))}
+    coords = {
+        what: _coordinate_column(table[_pick_column(table.columns, names, manifest, what)], what, manifest, paths)
+        for what, names in (("longitude", _LON_COLUMNS), ("latitude", _LAT_COLUMNS))
+    }
     lon, lat = coords["longitude"], coords["latitude"]
     half = np.isnan(lon) != np.isnan(lat)
     if half.any():
         i = int(np.flatnonzero(half)[0])
         given = "latitude" if np.isnan(lon[i]) else "longitude"
-        raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}) gives {given} without the other; "
-                              "give both coordinates or leave both empty")
+        raise RSGeoPruneError(
+            f"{manifest}: row {i + 1} ({paths[i]!r}) gives {given} without the other; "
+            "give both coordinates or leave both empty"
+        )
     return paths, lon, lat, times
 
 
@@ -383,8 +418,10 @@ def _manifest_times(table, manifest: Path, paths: Sequence[str]) -> list[Acquisi
         try:
             out.append(parse_time(text, "manifest") if text is not None else UNKNOWN)
         except ValueError as exc:
-            raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}): acquisition time {exc}; give "
-                                  "ISO 8601 times (2020-08-31T17:08:51Z, or 2020-08-31 for the day)") from None
+            raise RSGeoPruneError(
+                f"{manifest}: row {i + 1} ({paths[i]!r}): acquisition time {exc}; give "
+                "ISO 8601 times (2020-08-31T17:08:51Z, or 2020-08-31 for the day)"
+            ) from None
     return out
 
 
@@ -401,16 +438,19 @@ def _coordinate_column(column, what: str, manifest: Path, paths: Sequence[str]) 
         raw = column.iloc[i]
         shown = repr(raw) if isinstance(raw, str) else format(float(raw), "g")
         problem = "is not a number" if np.isnan(values[i]) else "is out of range"
-        raise RSGeoPruneError(f"{manifest}: row {i + 1} ({paths[i]!r}): {what} {shown} {problem}; "
-                              f"give degrees in [{lo:g}, {hi:g}] (EPSG:4326), or leave the cell empty")
+        raise RSGeoPruneError(
+            f"{manifest}: row {i + 1} ({paths[i]!r}): {what} {shown} {problem}; "
+            f"give degrees in [{lo:g}, {hi:g}] (EPSG:4326), or leave the cell empty"
+        )
     return np.where(empty, np.nan, values)
 
 
 _GLOB_CHARS = set("*?[")
 
 
-def resolve_inputs(specs: Sequence[str | Path], *, nodata: float | None = None,
-                   datetime: str | None = None) -> list[Source]:
+def resolve_inputs(
+    specs: Sequence[str | Path], *, nodata: float | None = None, datetime: str | None = None
+) -> list[Source]:
     """Turn command-line inputs into sources.
 
     Each spec is a raster file, a glob of raster files, a STAC Item ``.json``, or a folder (an image
@@ -445,14 +485,20 @@ def _with_time(src: Source, given: AcquisitionTime | None) -> Source:
 
 
 def _log_unknown_times(sources: Sequence[Source]) -> None:
-    unknown = [s.href if isinstance(s, RasterScene) else f"{s.root}/{s.images[i]}"
-               for s in sources for i, t in enumerate([s.acquired] if isinstance(s, RasterScene) else s.acquired)
-               if not t.known]
+    unknown = [
+        s.href if isinstance(s, RasterScene) else f"{s.root}/{s.images[i]}"
+        for s in sources
+        for i, t in enumerate([s.acquired] if isinstance(s, RasterScene) else s.acquired)
+        if not t.known
+    ]
     if unknown:  # info, not a warning: undated inputs are legitimate, and --quiet means quiet
-        log.info("%s%s: acquisition time unknown (no manifest time, STAC Item time, time tag or dated file "
-                 "name): its tiles get null datetime columns and STAC Items of 'any time' (docs/stac.md); "
-                 "pass --datetime to set it", unknown[0],
-                 f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "")
+        log.info(
+            "%s%s: acquisition time unknown (no manifest time, STAC Item time, time tag or dated file "
+            "name): its tiles get null datetime columns and STAC Items of 'any time' (docs/stac.md); "
+            "pass --datetime to set it",
+            unknown[0],
+            f" and {len(unknown) - 1} more inputs" if len(unknown) > 1 else "",
+        )
 
 
 def _expand(spec: str) -> list[Path]:
@@ -498,7 +544,8 @@ def _check_unique_scene_ids(sources: Sequence[Source]) -> None:
         if sid in seen:
             raise RSGeoPruneError(
                 f"{where}: scene id {sid!r} is also used by {seen[sid]}, so their tile ids would collide; "
-                "rename one of the files")
+                "rename one of the files"
+            )
         seen[sid] = where
 
 
@@ -526,8 +573,9 @@ def open_raster(scene: RasterScene, tile_size: int = 256) -> xr.DataArray:
     cy = aligned_chunk(tile_size, scene.block_shape[0], scene.height)
     cx = aligned_chunk(tile_size, scene.block_shape[1], scene.width)
     try:
-        da = rioxarray.open_rasterio(scene.href, chunks={"band": -1, "y": cy, "x": cx}, lock=False,
-                                     masked=False, cache=False)
+        da = rioxarray.open_rasterio(
+            scene.href, chunks={"band": -1, "y": cy, "x": cx}, lock=False, masked=False, cache=False
+        )
     except (RasterioError, OSError) as exc:
         raise RSGeoPruneError(f"{scene.href}: cannot open raster ({exc}); re-download or re-export it") from exc
     if da.rio.crs is None:
@@ -542,7 +590,8 @@ def decode_errors(href: str):
         yield
     except (RasterioError, OSError) as exc:
         raise RSGeoPruneError(
-            f"{href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it") from exc
+            f"{href}: pixels cannot be decoded ({exc}); the file is corrupt or truncated, re-download it"
+        ) from exc
 
 
 def dataset_mask_of_chunk(href: str, block_info: dict) -> np.ndarray:

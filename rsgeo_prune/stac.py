@@ -58,8 +58,11 @@ def _bands(n: int, data_type: str | None = None, nodata=None) -> list[dict]:
     """STAC 1.1 ``bands``: names (with ``eo:common_name`` for RGB/RGBN), and the pixel ``data_type`` and
     ``nodata`` (loaders such as odc-stac read them to keep the raster's own type)."""
     names = COMMON_NAMES.get(n)
-    bands = [{"name": f"b{i + 1}"} for i in range(n)] if names is None else \
-        [{"name": name, "eo:common_name": name} for name in names]
+    bands = (
+        [{"name": f"b{i + 1}"} for i in range(n)]
+        if names is None
+        else [{"name": name, "eo:common_name": name} for name in names]
+    )
     for b in bands:
         if data_type:
             b["data_type"] = data_type
@@ -85,8 +88,10 @@ def _utc(v) -> dt.datetime | None:
 
 #: The range an Item of unknown acquisition time states: all of RFC 3339's years, i.e. "any time".
 #: STAC needs a datetime or a range; this one invents nothing, is valid, and is easy to recognise.
-UNKNOWN_RANGE = (dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc),
-                 dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc))
+UNKNOWN_RANGE = (
+    dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc),
+    dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc),
+)
 
 
 def _time_fields(row) -> tuple[dt.datetime | None, dict]:
@@ -97,12 +102,14 @@ def _time_fields(row) -> tuple[dt.datetime | None, dict]:
     start, end = _utc(getattr(row, "start_datetime", None)), _utc(getattr(row, "end_datetime", None))
     if start is None or end is None:
         when, (start, end) = None, UNKNOWN_RANGE
-    return when, {"start_datetime": start, "end_datetime": end,
-                  "datetime_source": _value(getattr(row, "datetime_source", None))}
+    return when, {
+        "start_datetime": start,
+        "end_datetime": end,
+        "datetime_source": _value(getattr(row, "datetime_source", None)),
+    }
 
 
-def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geotiff", asset_grid=None,
-              nodata=None):
+def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geotiff", asset_grid=None, nodata=None):
     """One kept tile as a pystac Item (the asset ``href`` is given by the caller).
 
     Args:
@@ -135,14 +142,25 @@ def tile_item(row, href: str, *, media_type: str = "image/tiff; application=geot
     }
     if transform is not None:
         props["proj:transform"] = [float(v) for v in list(transform)[:6]]
-    props = {k: (int(v) if isinstance(v, (np.integer,)) else float(v) if isinstance(v, np.floating) else v)
-             for k, v in props.items()}
+    props = {
+        k: (int(v) if isinstance(v, (np.integer,)) else float(v) if isinstance(v, np.floating) else v)
+        for k, v in props.items()
+    }
     times = {k: datetime_to_str(v) if isinstance(v, dt.datetime) else v for k, v in time_props.items()}
-    item = pystac.Item(id=item_id(row.tile_id), geometry=shapely.geometry.mapping(geom) if geom is not None else None,
-                       bbox=list(geom.bounds) if geom is not None else None, datetime=when,
-                       properties={**props, **times}, stac_extensions=[PROJECTION_V2, EO_V2])
-    asset = pystac.Asset(href=href, media_type=media_type, roles=["data"],
-                         extra_fields={"bands": _bands(int(row.bands), _value(getattr(row, "dtype", None)), nodata)})
+    item = pystac.Item(
+        id=item_id(row.tile_id),
+        geometry=shapely.geometry.mapping(geom) if geom is not None else None,
+        bbox=list(geom.bounds) if geom is not None else None,
+        datetime=when,
+        properties={**props, **times},
+        stac_extensions=[PROJECTION_V2, EO_V2],
+    )
+    asset = pystac.Asset(
+        href=href,
+        media_type=media_type,
+        roles=["data"],
+        extra_fields={"bands": _bands(int(row.bands), _value(getattr(row, "dtype", None)), nodata)},
+    )
     item.add_asset("data", asset)
     return item
 
@@ -156,9 +174,17 @@ def export_tile_cog(row, path: Path, reader: PixelReader | None = None) -> Path:
     reader = PixelReader() if reader is None else reader
     data = reader.read(row, with_valid=False).data
     facts = reader.profile(row)
-    profile = dict(driver="COG", width=int(row.width), height=int(row.height), count=facts["count"],
-                   dtype=facts["dtype"], crs=facts["crs"], transform=Affine(*row.transform), nodata=facts["nodata"],
-                   compress="deflate")
+    profile = dict(
+        driver="COG",
+        width=int(row.width),
+        height=int(row.height),
+        count=facts["count"],
+        dtype=facts["dtype"],
+        crs=facts["crs"],
+        transform=Affine(*row.transform),
+        nodata=facts["nodata"],
+        compress="deflate",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
@@ -166,8 +192,9 @@ def export_tile_cog(row, path: Path, reader: PixelReader | None = None) -> Path:
     return path
 
 
-def write_stac(catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool = False,
-               title: str = "rsgeo_prune kept tiles") -> tuple[Path, Path]:
+def write_stac(
+    catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool = False, title: str = "rsgeo_prune kept tiles"
+) -> tuple[Path, Path]:
     """Write ``run_dir/stac/`` (self-contained static catalog) and ``run_dir/items.parquet``.
 
     With ``export_tiles`` each kept tile is also written to ``run_dir/tiles/<item id>.tif`` (COG)
@@ -181,8 +208,11 @@ def write_stac(catalog: pd.DataFrame, run_dir: str | Path, *, export_tiles: bool
     kept = _kept_tiles(catalog)
     tiles_dir = run_dir / TILES_DIR
     previous = _previous_exports(run_dir)
-    exported = {f"{item_id(t)}.tif" for t, tr in zip(kept["tile_id"], kept["transform"]) if tr is not None} \
-        if export_tiles else set()
+    exported = (
+        {f"{item_id(t)}.tif" for t, tr in zip(kept["tile_id"], kept["transform"]) if tr is not None}
+        if export_tiles
+        else set()
+    )
     if exported:  # listed before writing, so that a crash midway leaves no COG unaccounted for
         _record_exports(tiles_dir, previous | exported)
     items = _write_static_catalog(kept, run_dir, export_tiles=export_tiles, title=title)
@@ -195,8 +225,10 @@ def _kept_tiles(catalog: pd.DataFrame) -> pd.DataFrame:
     kept = catalog[catalog["kept"].astype(bool)]
     dup = kept["tile_id"][kept["tile_id"].duplicated()]
     if len(dup):
-        raise RSGeoPruneError(f"tile_id {dup.iloc[0]!r} appears more than once in the catalog; each tile must "
-                              "appear once (was one raster given twice?), so rebuild the tile table")
+        raise RSGeoPruneError(
+            f"tile_id {dup.iloc[0]!r} appears more than once in the catalog; each tile must "
+            "appear once (was one raster given twice?), so rebuild the tile table"
+        )
     return kept
 
 
@@ -207,8 +239,9 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
     stac_dir = run_dir / "stac"
     tmp_dir = run_dir / "stac_partial"  # renamed to stac/ once complete
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    root = pystac.Catalog(id="rsgeo-prune", description=f"{title}: {len(kept)} tiles selected by rsgeo_prune",
-                          title=title)
+    root = pystac.Catalog(
+        id="rsgeo-prune", description=f"{title}: {len(kept)} tiles selected by rsgeo_prune", title=title
+    )
     items = []
     reader = PixelReader()
     grids: dict[str, tuple] = {}
@@ -220,12 +253,12 @@ def _write_static_catalog(kept: pd.DataFrame, run_dir: Path, *, export_tiles: bo
         # hrefs relative to the Item's folder: the run folder can move (with its inputs, kept beside it)
         if export_tiles and row.transform is not None:  # the asset is the tile's own COG
             cog = export_tile_cog(row, run_dir / TILES_DIR / f"{iid}.tif", reader)
-            item = tile_item(row, os.path.relpath(cog, stac_dir / iid), media_type=pystac.MediaType.COG,
-                             nodata=nodata)
+            item = tile_item(row, os.path.relpath(cog, stac_dir / iid), media_type=pystac.MediaType.COG, nodata=nodata)
         else:  # the asset is the source raster (the tile a window of it), or a collection image
             media = "image/tiff; application=geotiff" if row.transform is not None else _image_media_type(row.href)
-            item = tile_item(row, os.path.relpath(row.href, stac_dir / iid), media_type=media,
-                             asset_grid=source_grid, nodata=nodata)
+            item = tile_item(
+                row, os.path.relpath(row.href, stac_dir / iid), media_type=media, asset_grid=source_grid, nodata=nodata
+            )
         items.append(item)
         root.add_item(item)
     root.normalize_hrefs(str(tmp_dir) + "/")
@@ -243,8 +276,10 @@ def _raster_grid(href: str) -> tuple[int, int, tuple, float | None]:
         with rasterio.open(href) as src:
             return src.height, src.width, tuple(src.transform)[:6], src.nodata
     except rasterio.errors.RasterioIOError as exc:
-        raise RSGeoPruneError(f"{href}: source raster cannot be opened ({exc}); the catalog's href no longer "
-                              "resolves: restore the file or rebuild the catalog") from exc
+        raise RSGeoPruneError(
+            f"{href}: source raster cannot be opened ({exc}); the catalog's href no longer "
+            "resolves: restore the file or rebuild the catalog"
+        ) from exc
 
 
 def _image_media_type(href: str) -> str:
@@ -265,8 +300,11 @@ def _write_items_parquet(items: list, run_dir: Path) -> Path:
         d["assets"]["data"]["href"] = os.path.normpath(os.path.join("stac", it.id, d["assets"]["data"]["href"]))
         dicts.append(d)
     # No Item: the schema of a stand-in Item with no rows, so the file is still GeoParquet.
-    table = sga.parse_stac_items_to_arrow(dicts) if dicts else \
-        sga.parse_stac_items_to_arrow([_STAND_IN_ITEM]).read_all().slice(0, 0)
+    table = (
+        sga.parse_stac_items_to_arrow(dicts)
+        if dicts
+        else sga.parse_stac_items_to_arrow([_STAND_IN_ITEM]).read_all().slice(0, 0)
+    )
     parquet = run_dir / "items.parquet"
     with atomic_output(parquet) as tmp:
         sga.to_parquet(table, tmp, schema_version="1.1.0", compression="zstd")
@@ -274,9 +312,13 @@ def _write_items_parquet(items: list, run_dir: Path) -> Path:
 
 
 _STAND_IN_ITEM = {
-    "type": "Feature", "stac_version": "1.1.0", "stac_extensions": [PROJECTION_V2, EO_V2], "id": "",
+    "type": "Feature",
+    "stac_version": "1.1.0",
+    "stac_extensions": [PROJECTION_V2, EO_V2],
+    "id": "",
     "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]},
-    "bbox": [0.0, 0.0, 1.0, 1.0], "links": [],
+    "bbox": [0.0, 0.0, 1.0, 1.0],
+    "links": [],
     "properties": {"datetime": "2000-01-01T00:00:00Z", "proj:code": "EPSG:4326", "rsgeo:tile_id": ""},
     "assets": {"data": {"href": "", "type": "image/tiff; application=geotiff", "roles": ["data"]}},
 }

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-NODATA = "nodata"        # more nodata than ``max_nodata`` (pre-filter)
-MASK = "mask"            # urban fraction below ``min_urban`` (pre-filter)
-ENTROPY = "entropy"      # Stage I: low information
+NODATA = "nodata"  # more nodata than ``max_nodata`` (pre-filter)
+MASK = "mask"  # urban fraction below ``min_urban`` (pre-filter)
+ENTROPY = "entropy"  # Stage I: low information
 DUPLICATE = "duplicate"  # Stage II: a copy of a kept tile (exact, near, or the same place); see duplicate_of
 SELECTION = "selection"  # Stage II: not chosen within the budget
 
@@ -41,5 +41,15 @@ def summary_line(table: pd.DataFrame, *, reasons=REASONS) -> str:
     return f"{int(table['kept'].sum())} kept, " + ", ".join(f"{counts[r]} pruned by {r}" for r in reasons)
 
 
-__all__ = ["DUPLICATE", "ENTROPY", "MASK", "NODATA", "PRE_FILTERS", "REASONS", "SELECTION", "pruned_counts", "stage_counts",
-           "summary_line"]
+__all__ = [
+    "DUPLICATE",
+    "ENTROPY",
+    "MASK",
+    "NODATA",
+    "PRE_FILTERS",
+    "REASONS",
+    "SELECTION",
+    "pruned_counts",
+    "stage_counts",
+    "summary_line",
+]

@@ -44,7 +44,7 @@ def _smooth(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
     n = max(2, size // scale + 2)
     low = rng.random((n, n), dtype=np.float32)
     big = np.asarray(Image.fromarray(low, mode="F").resize((size + 2 * scale, size + 2 * scale), Image.BICUBIC))
-    return np.clip(big[scale:scale + size, scale:scale + size], 0.0, 1.0)
+    return np.clip(big[scale : scale + size, scale : scale + size], 0.0, 1.0)
 
 
 def _stack(r, g, b, n) -> np.ndarray:
@@ -72,7 +72,7 @@ def render_tile(cls: str, rng: np.random.Generator, size: int = 256) -> np.ndarr
         for _ in range(int(rng.integers(14, 24))):
             y0, x0 = rng.integers(0, size - 12, 2)
             h, w = rng.integers(8, 40, 2)
-            r[y0:y0 + h, x0:x0 + w] = rng.choice([70.0, 185.0, 215.0, 150.0]) + 8 * rng.random()
+            r[y0 : y0 + h, x0 : x0 + w] = rng.choice([70.0, 185.0, 215.0, 150.0]) + 8 * rng.random()
         pitch = int(rng.integers(48, 80))
         street = ((yy % pitch) < 6) | ((xx % pitch) < 6)
         r[street] = 60 + 10 * rng.random(int(street.sum()))
@@ -110,8 +110,9 @@ def render_tile(cls: str, rng: np.random.Generator, size: int = 256) -> np.ndarr
     raise ValueError(f"unknown class {cls!r}; known: {CLASSES + (NODATA_CLASS,)}")
 
 
-def scene_layout(rows: int, cols: int, rng: np.random.Generator, rare_tiles: int = 1,
-                 nodata_rows: int = 0) -> np.ndarray:
+def scene_layout(
+    rows: int, cols: int, rng: np.random.Generator, rare_tiles: int = 1, nodata_rows: int = 0
+) -> np.ndarray:
     """Class name per tile, ``(rows, cols)``: shares of :data:`CLASS_SHARES`, exactly ``rare_tiles``
     of :data:`RARE_CLASS`, and ``nodata_rows`` bottom rows of nodata collar."""
     valid = (rows - nodata_rows) * cols
@@ -133,11 +134,22 @@ class SynthScene:
     crs: str
 
 
-def write_scene(path: str | Path, *, rows: int = 6, cols: int = 8, tile_size: int = 256, seed: int = 0,
-                rare_tiles: int = 1, nodata_rows: int = 1, crs: str = "EPSG:26914",
-                origin: tuple[float, float] = (600_000.0, 5_200_000.0), res: float = 1.0,
-                extra_px: tuple[int, int] = (0, 0), blocksize: int = 256,
-                layout: np.ndarray | None = None) -> SynthScene:
+def write_scene(
+    path: str | Path,
+    *,
+    rows: int = 6,
+    cols: int = 8,
+    tile_size: int = 256,
+    seed: int = 0,
+    rare_tiles: int = 1,
+    nodata_rows: int = 1,
+    crs: str = "EPSG:26914",
+    origin: tuple[float, float] = (600_000.0, 5_200_000.0),
+    res: float = 1.0,
+    extra_px: tuple[int, int] = (0, 0),
+    blocksize: int = 256,
+    layout: np.ndarray | None = None,
+) -> SynthScene:
     """Write a synthetic 4-band (R, G, B, NIR) uint8 scene and its urban polygons.
 
     Args:
@@ -159,15 +171,29 @@ def write_scene(path: str | Path, *, rows: int = 6, cols: int = 8, tile_size: in
     height, width = rows * tile_size + extra_px[0], cols * tile_size + extra_px[1]
     pixels = np.zeros((4, height, width), np.uint8)
     for (i, j), cls in np.ndenumerate(layout):
-        pixels[:, i * tile_size:(i + 1) * tile_size, j * tile_size:(j + 1) * tile_size] = render_tile(cls, rng, tile_size)
+        pixels[:, i * tile_size : (i + 1) * tile_size, j * tile_size : (j + 1) * tile_size] = render_tile(
+            cls, rng, tile_size
+        )
     if extra_px[0]:
-        pixels[:, rows * tile_size:, :] = render_tile("bare_soil", rng, max(height, width))[:, :extra_px[0], :width]
+        pixels[:, rows * tile_size :, :] = render_tile("bare_soil", rng, max(height, width))[:, : extra_px[0], :width]
     if extra_px[1]:
-        pixels[:, :, cols * tile_size:] = render_tile("bare_soil", rng, max(height, width))[:, :height, :extra_px[1]]
+        pixels[:, :, cols * tile_size :] = render_tile("bare_soil", rng, max(height, width))[:, :height, : extra_px[1]]
     transform = from_origin(origin[0], origin[1], res, res)
-    profile = dict(driver="GTiff", width=width, height=height, count=4, dtype="uint8", crs=crs,
-                   transform=transform, nodata=0, tiled=True, blockxsize=blocksize, blockysize=blocksize,
-                   compress="deflate", interleave="pixel")
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=4,
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=0,
+        tiled=True,
+        blockxsize=blocksize,
+        blockysize=blocksize,
+        compress="deflate",
+        interleave="pixel",
+    )
     with atomic_output(path) as tmp:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.write(pixels)
@@ -175,8 +201,12 @@ def write_scene(path: str | Path, *, rows: int = 6, cols: int = 8, tile_size: in
                 dst.set_band_description(k, name)
 
     ii, jj = np.nonzero(layout == "urban")
-    boxes = [shapely.box(*(transform * (j * tile_size, (i + 1) * tile_size)), *(transform * ((j + 1) * tile_size, i * tile_size)))
-             for i, j in zip(ii, jj)]
+    boxes = [
+        shapely.box(
+            *(transform * (j * tile_size, (i + 1) * tile_size)), *(transform * ((j + 1) * tile_size, i * tile_size))
+        )
+        for i, j in zip(ii, jj)
+    ]
     urban = shapely.union_all(boxes) if boxes else shapely.Polygon()
     urban = shapely.segmentize(urban, tile_size * res / 16)  # stays faithful through EPSG:4326
     gdf = gpd.GeoDataFrame({"name": ["synthetic urban area"]}, geometry=[urban], crs=crs).to_crs("EPSG:4326")
@@ -185,15 +215,22 @@ def write_scene(path: str | Path, *, rows: int = 6, cols: int = 8, tile_size: in
         gdf.to_file(tmp, driver="GPKG", layer="urban")
 
     r, c = np.meshgrid(np.arange(rows) * tile_size, np.arange(cols) * tile_size, indexing="ij")
-    labels = pd.DataFrame({"tile_id": [f"{path.stem}/{a}_{b}" for a, b in zip(r.ravel(), c.ravel())],
-                           "class": layout.ravel().astype(str), "row_off": r.ravel(), "col_off": c.ravel()})
+    labels = pd.DataFrame(
+        {
+            "tile_id": [f"{path.stem}/{a}_{b}" for a, b in zip(r.ravel(), c.ravel())],
+            "class": layout.ravel().astype(str),
+            "row_off": r.ravel(),
+            "col_off": c.ravel(),
+        }
+    )
     with atomic_output(path.with_name(f"{path.stem}_labels.csv")) as tmp:
         labels.to_csv(tmp, index=False)
     return SynthScene(path=path, labels=labels, urban_path=urban_path, tile_size=tile_size, crs=crs)
 
 
-def write_reference_set(root: str | Path, *, per_class: int = 8, size: int = 128, seed: int = 1,
-                        classes: tuple[str, ...] = CLASSES) -> Path:
+def write_reference_set(
+    root: str | Path, *, per_class: int = 8, size: int = 128, seed: int = 1, classes: tuple[str, ...] = CLASSES
+) -> Path:
     """A reference scene-classification set in ImageFolder layout: ``root/<class>/<class>_<i>.png`` (RGB)."""
     root = Path(root)
     rng = np.random.default_rng(seed)

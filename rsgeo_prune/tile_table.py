@@ -27,8 +27,19 @@ from .tiling import collection_grid, nodata_fraction, tile_grid
 
 log = logging.getLogger(__name__)
 
-TILE_COLUMNS = ("tile_id", "scene_id", "href", "row_off", "col_off", "height", "width", "transform", "bands",
-                "kept", "pruned_by")
+TILE_COLUMNS = (
+    "tile_id",
+    "scene_id",
+    "href",
+    "row_off",
+    "col_off",
+    "height",
+    "width",
+    "transform",
+    "bands",
+    "kept",
+    "pruned_by",
+)
 
 
 def _scene_tiles(scene: RasterScene, cfg: TileConfig, urban_polys) -> pd.DataFrame:
@@ -66,8 +77,7 @@ def _collection_tiles(coll: ImageCollection, urban_polys, with_entropy: bool) ->
     return table
 
 
-def tiles_stage(inputs: Sequence[str | Path], cfg: TileConfig = TileConfig(), *, progress: bool = True,
-                sources=None):
+def tiles_stage(inputs: Sequence[str | Path], cfg: TileConfig = TileConfig(), *, progress: bool = True, sources=None):
     """Tile every input, measure nodata and urban fractions, and apply the pre-filters (and Stage I
     when ``cfg`` asks for it).
 
@@ -110,8 +120,12 @@ def _urban_polygons(mask: str | None):
 
 
 def _apply_pre_filters(table: pd.DataFrame, cfg: TileConfig) -> None:
-    why = mask_filter(table["nodata_frac"].to_numpy(), table["urban_frac"].to_numpy() if cfg.mask else None,
-                      max_nodata=cfg.max_nodata, min_urban=cfg.min_urban)
+    why = mask_filter(
+        table["nodata_frac"].to_numpy(),
+        table["urban_frac"].to_numpy() if cfg.mask else None,
+        max_nodata=cfg.max_nodata,
+        min_urban=cfg.min_urban,
+    )
     table["kept"] = pd.isna(why)
     table["pruned_by"] = pd.array(why, dtype="string")
     log.info("tiles: %d in total, %s", len(table), summary_line(table, reasons=PRE_FILTERS))
@@ -125,22 +139,35 @@ def set_entropy_columns(table: pd.DataFrame, hist: np.ndarray) -> None:
     h = entropy_from_histograms(hist)
     gray = h[:, -1]
     table["entropy"] = pd.array(np.where(np.isnan(gray), None, gray), dtype="Float64")
-    table["entropy_bands"] = [None if np.isnan(g) else row[: n].tolist()
-                              for g, row, n in zip(gray, h[:, :-1], table["bands"].to_numpy())]
+    table["entropy_bands"] = [
+        None if np.isnan(g) else row[:n].tolist() for g, row, n in zip(gray, h[:, :-1], table["bands"].to_numpy())
+    ]
 
 
 def apply_entropy_filter(table: pd.DataFrame, *, entropy_min=None, entropy_keep=None) -> None:
     """Stage I filter on a tile table in place: candidates are the tiles still ``kept``."""
     entropy = table["entropy"].to_numpy(dtype=np.float64, na_value=np.nan)
-    pruned = entropy_filter(entropy, table["tile_id"].to_numpy(), table["kept"].to_numpy(bool),
-                            entropy_min=entropy_min, entropy_keep=entropy_keep)
+    pruned = entropy_filter(
+        entropy,
+        table["tile_id"].to_numpy(),
+        table["kept"].to_numpy(bool),
+        entropy_min=entropy_min,
+        entropy_keep=entropy_keep,
+    )
     table.loc[pruned, "kept"] = False
     table.loc[pruned, "pruned_by"] = ENTROPY
     log.info("entropy: %d pruned, %d kept", int(pruned.sum()), int(table["kept"].sum()))
 
 
-def entropy_stage(table: pd.DataFrame, *, nodata: float | None = None, entropy_min=None, entropy_keep=None,
-                  progress: bool = True, source: str = "the table"):
+def entropy_stage(
+    table: pd.DataFrame,
+    *,
+    nodata: float | None = None,
+    entropy_min=None,
+    entropy_keep=None,
+    progress: bool = True,
+    source: str = "the table",
+):
     """(Re)compute Stage I on a tile table made by :func:`tiles_stage`, re-reading its rasters.
 
     Stage I starts again from the pre-filters: tiles pruned by an earlier entropy filter (or
@@ -173,8 +200,10 @@ def require_tile_table(table: pd.DataFrame, source: str) -> None:
     """Fail with one line when ``table`` is not a tile table or catalog (e.g. STAC ``items.parquet``)."""
     missing = [c for c in TILE_COLUMNS if c not in table]
     if missing:
-        raise RSGeoPruneError(f"{source}: not an rsgeo_prune tile table (no {', '.join(missing[:3])} column); "
-                              "give the tiles.parquet or catalog.parquet of a run")
+        raise RSGeoPruneError(
+            f"{source}: not an rsgeo_prune tile table (no {', '.join(missing[:3])} column); "
+            "give the tiles.parquet or catalog.parquet of a run"
+        )
 
 
 def _reset_after_pre_filters(table: pd.DataFrame) -> pd.DataFrame:
@@ -185,5 +214,11 @@ def _reset_after_pre_filters(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=[c for c in ("cluster", "similarity", "rank") if c in table])
 
 
-
-__all__ = ["TILE_COLUMNS", "apply_entropy_filter", "entropy_stage", "require_tile_table", "set_entropy_columns", "tiles_stage"]
+__all__ = [
+    "TILE_COLUMNS",
+    "apply_entropy_filter",
+    "entropy_stage",
+    "require_tile_table",
+    "set_entropy_columns",
+    "tiles_stage",
+]

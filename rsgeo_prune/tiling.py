@@ -33,8 +33,9 @@ DENSIFY_SEGMENTS = 16
 TILE_TABLE_VERSION = 3
 
 
-def tile_offsets(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
-                 partial: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def tile_offsets(
+    scene: RasterScene, tile_size: int = 256, stride: int | None = None, partial: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Tile windows of a scene as arrays ``(row_off, col_off, height, width)``, row-major.
 
     Args:
@@ -45,11 +46,14 @@ def tile_offsets(scene: RasterScene, tile_size: int = 256, stride: int | None = 
     """
     stride = tile_size if stride is None else stride
     if tile_size <= 0 or stride <= 0:
-        raise InvalidOption("tile_size", tile_size, f"tile size and stride ({stride}) must be positive pixel counts (e.g. 256)")
+        raise InvalidOption(
+            "tile_size", tile_size, f"tile size and stride ({stride}) must be positive pixel counts (e.g. 256)"
+        )
     if not partial and (scene.height < tile_size or scene.width < tile_size):
         raise RSGeoPruneError(
             f"{scene.href}: raster is {scene.width}x{scene.height} px, smaller than one {tile_size}-px tile; "
-            "use a smaller --tile-size or --partial")
+            "use a smaller --tile-size or --partial"
+        )
 
     def starts(extent: int) -> tuple[np.ndarray, int]:
         every = np.arange(0, extent, stride)
@@ -102,8 +106,9 @@ def to_wgs84(polygons: np.ndarray, crs, segment_length: float) -> np.ndarray:
     return shapely.orient_polygons(wgs84)  # a CRS with a flipped axis would turn the rings around
 
 
-def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = None,
-              partial: bool = False) -> tuple[pd.DataFrame, np.ndarray]:
+def tile_grid(
+    scene: RasterScene, tile_size: int = 256, stride: int | None = None, partial: bool = False
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The tile table of one scene.
 
     Returns:
@@ -116,22 +121,24 @@ def tile_grid(scene: RasterScene, tile_size: int = 256, stride: int | None = Non
     r, c, h, w = tile_offsets(scene, tile_size, stride, partial)
     native = tile_polygons(scene, r, c, h, w)
     geometry = to_wgs84(native, scene.crs, scene.pixel_size * tile_size / DENSIFY_SEGMENTS)
-    table = pd.DataFrame({
-        "tile_id": [f"{scene.scene_id}/{a}_{b}" for a, b in zip(r.tolist(), c.tolist())],
-        "scene_id": scene.scene_id,
-        "href": scene.href,
-        "row_off": r.astype(np.int64),
-        "col_off": c.astype(np.int64),
-        "height": h.astype(np.int64),
-        "width": w.astype(np.int64),
-        "crs": scene.crs_string,
-        "transform": list(tile_transforms(scene, r, c)),
-        "gsd": tile_gsd(scene, native),
-        "bands": scene.count,
-        "dtype": scene.dtype,
-        **time_columns([scene.acquired] * len(r)),
-        "geometry": geometry,
-    })
+    table = pd.DataFrame(
+        {
+            "tile_id": [f"{scene.scene_id}/{a}_{b}" for a, b in zip(r.tolist(), c.tolist())],
+            "scene_id": scene.scene_id,
+            "href": scene.href,
+            "row_off": r.astype(np.int64),
+            "col_off": c.astype(np.int64),
+            "height": h.astype(np.int64),
+            "width": w.astype(np.int64),
+            "crs": scene.crs_string,
+            "transform": list(tile_transforms(scene, r, c)),
+            "gsd": tile_gsd(scene, native),
+            "bands": scene.count,
+            "dtype": scene.dtype,
+            **time_columns([scene.acquired] * len(r)),
+            "geometry": geometry,
+        }
+    )
     return table, native
 
 
@@ -143,8 +150,7 @@ def tile_gsd(scene: RasterScene, native: np.ndarray) -> np.ndarray:
     nearer a pole get their own, smaller value. See :func:`rsgeo_prune.sources.gsd_metres`.
     """
     b = shapely.bounds(native)
-    return np.asarray(gsd_metres(scene.crs, abs(scene.transform.determinant), (b[:, 1] + b[:, 3]) / 2),
-                      np.float64)
+    return np.asarray(gsd_metres(scene.crs, abs(scene.transform.determinant), (b[:, 1] + b[:, 3]) / 2), np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -195,8 +201,9 @@ def _mask_cell_counts(block: np.ndarray, href: str, cell: int, block_info=None) 
     return _sum_cells(bad, cell)
 
 
-def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile_size: int = 256,
-                    stride: int | None = None) -> np.ndarray:
+def nodata_fraction(
+    scene: RasterScene, row_off, col_off, height, width, *, tile_size: int = 256, stride: int | None = None
+) -> np.ndarray:
     """Fraction of each tile's pixels that are nodata, ``(N,)`` float64 in [0, 1].
 
     A pixel is nodata when every band is nodata, a band being nodata where it equals the nodata
@@ -220,11 +227,11 @@ def nodata_fraction(scene: RasterScene, row_off, col_off, height, width, *, tile
     data = da.data
     out_chunks = tuple(tuple(math.ceil(c / cell) for c in ch) for ch in data.chunks[1:])
     if scene.nodata is None and scene.has_mask:
-        counts = dsa.map_blocks(_mask_cell_counts, data, scene.href, cell, drop_axis=0, chunks=out_chunks,
-                                dtype=np.int32)
+        counts = dsa.map_blocks(
+            _mask_cell_counts, data, scene.href, cell, drop_axis=0, chunks=out_chunks, dtype=np.int32
+        )
     else:  # a nodata value, or NaN alone (float rasters without one)
-        counts = dsa.map_blocks(_cell_counts, data, scene.nodata, cell, drop_axis=0, chunks=out_chunks,
-                                dtype=np.int32)
+        counts = dsa.map_blocks(_cell_counts, data, scene.nodata, cell, drop_axis=0, chunks=out_chunks, dtype=np.int32)
     with decode_errors(scene.href):
         cells = counts.compute()
     return window_sums(cells, cell, row_off, col_off, height, width) / (height * width).astype(np.float64)
@@ -247,8 +254,6 @@ def window_sums(cells: np.ndarray, cell: int, row_off, col_off, height, width) -
     return sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
 
 
-
-
 def collection_grid(coll) -> pd.DataFrame:
     """The tile table of an image collection: one tile per image, located by its manifest point.
 
@@ -266,19 +271,21 @@ def collection_grid(coll) -> pd.DataFrame:
     points = np.full(len(coll.images), None, dtype=object)
     points[located] = _shp.points(coll.lon[located], coll.lat[located])
     stems = [p.rsplit(".", 1)[0] for p in coll.images]
-    return pd.DataFrame({
-        "tile_id": [f"{coll.collection_id}/{s}/0_0" for s in stems],
-        "scene_id": [f"{coll.collection_id}/{s}" for s in stems],
-        "href": [f"{root}/{p}" for p in coll.images],
-        "row_off": np.zeros(len(stems), np.int64),
-        "col_off": np.zeros(len(stems), np.int64),
-        "height": np.array([s[1] for s in sizes], np.int64),
-        "width": np.array([s[2] for s in sizes], np.int64),
-        "crs": np.where(located, "EPSG:4326", None),
-        "transform": [None] * len(stems),
-        "gsd": np.nan,
-        "bands": np.array([s[0] for s in sizes], np.int64),
-        "dtype": [s[3] for s in sizes],
-        **time_columns(coll.acquired or [UNKNOWN] * len(stems)),
-        "geometry": points,
-    })
+    return pd.DataFrame(
+        {
+            "tile_id": [f"{coll.collection_id}/{s}/0_0" for s in stems],
+            "scene_id": [f"{coll.collection_id}/{s}" for s in stems],
+            "href": [f"{root}/{p}" for p in coll.images],
+            "row_off": np.zeros(len(stems), np.int64),
+            "col_off": np.zeros(len(stems), np.int64),
+            "height": np.array([s[1] for s in sizes], np.int64),
+            "width": np.array([s[2] for s in sizes], np.int64),
+            "crs": np.where(located, "EPSG:4326", None),
+            "transform": [None] * len(stems),
+            "gsd": np.nan,
+            "bands": np.array([s[0] for s in sizes], np.int64),
+            "dtype": [s[3] for s in sizes],
+            **time_columns(coll.acquired or [UNKNOWN] * len(stems)),
+            "geometry": points,
+        }
+    )

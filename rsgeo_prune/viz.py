@@ -55,8 +55,12 @@ def _colours(catalog: pd.DataFrame, color_by: str) -> np.ndarray:
     if color_by not in COLOR_BY:
         raise InvalidOption("color_by", color_by, f"use {', '.join(COLOR_BY)}")
     if color_by != "status" and color_by not in catalog:
-        raise InvalidOption("color_by", color_by, f"the table has no {color_by} column; colour by status, or "
-                            f"give a catalog that has it ({'a run' if color_by == 'cluster' else 'Stage I'} adds it)")
+        raise InvalidOption(
+            "color_by",
+            color_by,
+            f"the table has no {color_by} column; colour by status, or "
+            f"give a catalog that has it ({'a run' if color_by == 'cluster' else 'Stage I'} adds it)",
+        )
     if color_by == "status":
         return np.array([STATUS_COLOURS.get(s, (0, 0, 0)) for s in status(catalog)], np.uint8)
     import matplotlib
@@ -74,8 +78,9 @@ def _colours(catalog: pd.DataFrame, color_by: str) -> np.ndarray:
 
 
 def _tooltip_columns(catalog: pd.DataFrame) -> list[str]:
-    return [c for c in ("tile_id", "pruned_by", "duplicate_of", "entropy", "cluster", "similarity", "rank")
-            if c in catalog]
+    return [
+        c for c in ("tile_id", "pruned_by", "duplicate_of", "entropy", "cluster", "similarity", "rank") if c in catalog
+    ]
 
 
 def interactive_map(catalog, color_by: str = "status"):
@@ -86,9 +91,14 @@ def interactive_map(catalog, color_by: str = "status"):
     gdf = catalog if isinstance(catalog, gpd.GeoDataFrame) else gpd.GeoDataFrame(catalog, geometry="geometry")
     gdf = gdf[gdf.geometry.notna()]
     cols = _tooltip_columns(gdf) + ["geometry"]
-    layer = PolygonLayer.from_geopandas(gdf[cols].assign(status=status(gdf).to_numpy()),
-                                        get_fill_color=_colours(gdf, color_by), get_line_color=[40, 40, 40],
-                                        line_width_min_pixels=0.5, opacity=0.6, pickable=True)
+    layer = PolygonLayer.from_geopandas(
+        gdf[cols].assign(status=status(gdf).to_numpy()),
+        get_fill_color=_colours(gdf, color_by),
+        get_line_color=[40, 40, 40],
+        line_width_min_pixels=0.5,
+        opacity=0.6,
+        pickable=True,
+    )
     return Map(layer)
 
 
@@ -100,8 +110,10 @@ def leaflet_dir() -> Path:
     for c in candidates:
         if (c / "leaflet.js").exists():
             return c
-    raise RSGeoPruneError("Leaflet not found for the offline map: run `make install` (it installs leaflet from npm "
-                          "into .venv/share/rsgeo_prune) or set RSGEO_PRUNE_LEAFLET to a leaflet/dist folder")
+    raise RSGeoPruneError(
+        "Leaflet not found for the offline map: run `make install` (it installs leaflet from npm "
+        "into .venv/share/rsgeo_prune) or set RSGEO_PRUNE_LEAFLET to a leaflet/dist folder"
+    )
 
 
 _PAGE = """<!DOCTYPE html>
@@ -129,7 +141,8 @@ const layer = L.geoJSON(tiles, {{
 if (layer.getLayers().length) map.fitBounds(layer.getBounds()); else map.setView([0, 0], 2);
 const box = L.control({{position: 'bottomright'}});
 box.onAdd = () => {{ const d = L.DomUtil.create('div', 'legend');
-  d.innerHTML = '<b>{legend_title}</b><br>' + legend.map(([n, c]) => '<i style="background:' + c + '"></i>' + n).join('<br>');
+  d.innerHTML = '<b>{legend_title}</b><br>' + legend.map(([n, c]) => '<i style="background:' + c + '"></i>' +
+  n).join('<br>');
   return d; }};
 box.addTo(map);
 </script></body></html>
@@ -140,8 +153,9 @@ def _hex(rgb) -> str:
     return "#%02x%02x%02x" % tuple(int(v) for v in rgb)
 
 
-def write_map_html(catalog, path: str | Path, *, color_by: str = "status", title: str = "rsgeo_prune tiles",
-                   max_tiles: int = 200_000) -> Path:
+def write_map_html(
+    catalog, path: str | Path, *, color_by: str = "status", title: str = "rsgeo_prune tiles", max_tiles: int = 200_000
+) -> Path:
     """One standalone HTML map (Leaflet and the data inlined; draws with no network)."""
     import geopandas as gpd
     import shapely
@@ -149,8 +163,10 @@ def write_map_html(catalog, path: str | Path, *, color_by: str = "status", title
     gdf = catalog if isinstance(catalog, gpd.GeoDataFrame) else gpd.GeoDataFrame(catalog, geometry="geometry")
     gdf = gdf[gdf.geometry.notna()].reset_index(drop=True)
     if len(gdf) > max_tiles:
-        raise RSGeoPruneError(f"{len(gdf)} tiles are too many for a standalone HTML map (max {max_tiles}); "
-                              "filter the catalog first or use viz.interactive_map in Jupyter")
+        raise RSGeoPruneError(
+            f"{len(gdf)} tiles are too many for a standalone HTML map (max {max_tiles}); "
+            "filter the catalog first or use viz.interactive_map in Jupyter"
+        )
     leaflet = leaflet_dir()
     colours = _colours(gdf, color_by)
     # the footprints' densified edges are not needed at map scale: their corners are enough
@@ -161,8 +177,17 @@ def write_map_html(catalog, path: str | Path, *, color_by: str = "status", title
         props = {}
         for c in cols:
             v = gdf[c].iloc[i]
-            props[c] = None if pd.isna(v) else (round(float(v), 4) if isinstance(v, (float, np.floating)) else
-                                                 int(v) if isinstance(v, (np.integer,)) else str(v))
+            props[c] = (
+                None
+                if pd.isna(v)
+                else (
+                    round(float(v), 4)
+                    if isinstance(v, (float, np.floating))
+                    else int(v)
+                    if isinstance(v, (np.integer,))
+                    else str(v)
+                )
+            )
         props["status"] = status(gdf.iloc[[i]]).iloc[0]
         props["_fill"] = _hex(colours[i])
         features.append({"type": "Feature", "geometry": shapely.geometry.mapping(g), "properties": props})
@@ -171,16 +196,22 @@ def write_map_html(catalog, path: str | Path, *, color_by: str = "status", title
         legend = [[k, _hex(v)] for k, v in STATUS_COLOURS.items() if k in present]
         legend_title = "kept / pruned by"
     elif color_by == "entropy":
-        legend = [[f"{e} bits", _hex(np.array(__import__("matplotlib").colormaps["viridis"](e / 8)[:3]) * 255)]
-                  for e in (0, 2, 4, 6, 8)]
+        legend = [
+            [f"{e} bits", _hex(np.array(__import__("matplotlib").colormaps["viridis"](e / 8)[:3]) * 255)]
+            for e in (0, 2, 4, 6, 8)
+        ]
         legend_title = "entropy"
     else:
         legend = [["colour = cluster id", "#888888"]]
         legend_title = "cluster"
-    page = _PAGE.format(title=html.escape(title), leaflet_css=(leaflet / "leaflet.css").read_text(),
-                        leaflet_js=(leaflet / "leaflet.js").read_text(),
-                        geojson=json.dumps({"type": "FeatureCollection", "features": features}),
-                        legend=json.dumps(legend), legend_title=legend_title)
+    page = _PAGE.format(
+        title=html.escape(title),
+        leaflet_css=(leaflet / "leaflet.css").read_text(),
+        leaflet_js=(leaflet / "leaflet.js").read_text(),
+        geojson=json.dumps({"type": "FeatureCollection", "features": features}),
+        legend=json.dumps(legend),
+        legend_title=legend_title,
+    )
     with atomic_output(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(path)
@@ -189,6 +220,7 @@ def write_map_html(catalog, path: str | Path, *, color_by: str = "status", title
 # ---------------------------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------------------------
+
 
 def _fig(ax=None, size=(6, 3.5)):
     import matplotlib
@@ -217,7 +249,12 @@ def plot_entropy(catalog, *, entropy_min: float | None = None, entropy_keep: flo
     if cut is None and len(pe):
         cut = float(pe.max())  # the top-p cut lies just above the highest pruned entropy
     if cut is not None:
-        ax.axvline(cut, color="k", ls="--", label=f"cut {cut:.2f} bits" + (f" (keep {entropy_keep:.0%})" if entropy_keep else ""))
+        ax.axvline(
+            cut,
+            color="k",
+            ls="--",
+            label=f"cut {cut:.2f} bits" + (f" (keep {entropy_keep:.0%})" if entropy_keep else ""),
+        )
     ax.set(xlabel="grayscale entropy (bits)", ylabel="tiles", title="Stage I: entropy")
     ax.legend(fontsize=8)
     return fig
@@ -242,7 +279,9 @@ def plot_class_mix(catalog, classes: pd.Series, ax=None):
     fig, ax = _fig(ax, (7, 3.5))
     cls = catalog["tile_id"].map(classes).fillna("unknown")
     kept = catalog["kept"].astype(bool)
-    mix = pd.DataFrame({"kept": cls[kept].value_counts(normalize=True), "pruned": cls[~kept].value_counts(normalize=True)}).fillna(0)
+    mix = pd.DataFrame(
+        {"kept": cls[kept].value_counts(normalize=True), "pruned": cls[~kept].value_counts(normalize=True)}
+    ).fillna(0)
     mix.plot.bar(ax=ax, color=[KEPT_HEX, "#bbb"])
     ax.set(xlabel="class", ylabel="share of tiles", title="Class mix: kept vs pruned")
     return fig
@@ -260,8 +299,9 @@ def plot_similarity(catalog, ax=None):
     return fig
 
 
-def contact_sheet(catalog, *, kept: bool = True, n: int = 36, false_colour: bool = False, size: int = 96,
-                  seed: int = 0) -> np.ndarray:
+def contact_sheet(
+    catalog, *, kept: bool = True, n: int = 36, false_colour: bool = False, size: int = 96, seed: int = 0
+) -> np.ndarray:
     """A grid image (H, W, 3) uint8 of up to ``n`` kept (or pruned) tiles; NIR, R, G when ``false_colour``."""
     from PIL import Image
 
@@ -278,7 +318,7 @@ def contact_sheet(catalog, *, kept: bool = True, n: int = 36, false_colour: bool
             rgb = np.moveaxis(t[bands], 0, -1)
             img = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
             r, c = divmod(int(i), cols)
-            sheet[r * (size + 2):r * (size + 2) + size, c * (size + 2):c * (size + 2) + size] = img
+            sheet[r * (size + 2) : r * (size + 2) + size, c * (size + 2) : c * (size + 2) + size] = img
     return sheet
 
 
@@ -305,7 +345,9 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
     run_dir = Path(run_dir)
     cat_path = run_dir / "catalog.parquet"
     if not cat_path.exists():
-        raise RSGeoPruneError(f"{cat_path}: no catalog in this run directory; run `rsgeo-prune run ... --out {run_dir}` first")
+        raise RSGeoPruneError(
+            f"{cat_path}: no catalog in this run directory; run `rsgeo-prune run ... --out {run_dir}` first"
+        )
     catalog = read_catalog(cat_path)
     meta = catalog_metadata(cat_path)
     cfg = meta.get("config", {})
@@ -313,8 +355,9 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
     tiles_cfg = cfg.get("tiles", {})
     figures = {}
     if "entropy" in catalog:  # a run without a Stage I option has no entropy to plot
-        figures["entropy histogram"] = plot_entropy(catalog, entropy_min=tiles_cfg.get("entropy_min"),
-                                                    entropy_keep=tiles_cfg.get("entropy_keep"))
+        figures["entropy histogram"] = plot_entropy(
+            catalog, entropy_min=tiles_cfg.get("entropy_min"), entropy_keep=tiles_cfg.get("entropy_keep")
+        )
     if catalog["cluster"].notna().any():
         figures["tiles per cluster"] = plot_cluster_sizes(catalog)
         figures["similarity"] = plot_similarity(catalog)
@@ -326,11 +369,14 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
         dominant = np.array(bank.classes)[bank.class_counts.argmax(axis=1)]
         c = catalog.dropna(subset=["cluster"])
         figures["reference-class mix"] = plot_class_mix(
-            catalog, pd.Series(dominant[c["cluster"].astype(int).to_numpy()], index=c["tile_id"].to_numpy()))
+            catalog, pd.Series(dominant[c["cluster"].astype(int).to_numpy()], index=c["tile_id"].to_numpy())
+        )
     if classes is not None:
         figures["class mix"] = plot_class_mix(catalog, classes)
-    sheets = {"kept tiles (RGB)": contact_sheet(catalog, kept=True, seed=seed),
-              "pruned tiles (RGB)": contact_sheet(catalog, kept=False, seed=seed)}
+    sheets = {
+        "kept tiles (RGB)": contact_sheet(catalog, kept=True, seed=seed),
+        "pruned tiles (RGB)": contact_sheet(catalog, kept=False, seed=seed),
+    }
     if (catalog["bands"] >= 4).any():
         sheets["kept tiles (NIR, R, G false colour)"] = contact_sheet(catalog, kept=True, false_colour=True, seed=seed)
 
@@ -342,30 +388,46 @@ def write_report(run_dir: str | Path, path: str | Path, *, classes: pd.Series | 
 
     def summary(df):
         clusters = df["cluster"].dropna().astype(int)
-        return {"tiles": len(df), "clusters covered": int(clusters.nunique()) if len(clusters) else "-",
-                "mean entropy (bits)": round(float(df["entropy"].astype(float).mean()), 3)
-                if len(df) and "entropy" in df else "-",
-                "mean similarity": round(float(df["similarity"].astype(float).mean()), 3)
-                if df["similarity"].notna().any() else "-"}
+        return {
+            "tiles": len(df),
+            "clusters covered": int(clusters.nunique()) if len(clusters) else "-",
+            "mean entropy (bits)": round(float(df["entropy"].astype(float).mean()), 3)
+            if len(df) and "entropy" in df
+            else "-",
+            "mean similarity": round(float(df["similarity"].astype(float).mean()), 3)
+            if df["similarity"].notna().any()
+            else "-",
+        }
 
     comparison = pd.DataFrame({"this run": summary(kept), f"random subset (seed {seed})": summary(rnd)}).astype(object)
     if classes is not None:
-        comparison.loc["classes covered"] = [kept["tile_id"].map(classes).nunique(), rnd["tile_id"].map(classes).nunique()]
-    parts = [f"<h1>rsgeo_prune run report</h1><p>{html.escape(str(run_dir))} — rsgeo_prune {meta.get('version', '?')}</p>",
-             "<h2>Tiles per stage</h2>", pd.Series(counts, name="tiles").to_frame().to_html()]
+        comparison.loc["classes covered"] = [
+            kept["tile_id"].map(classes).nunique(),
+            rnd["tile_id"].map(classes).nunique(),
+        ]
+    parts = [
+        f"<h1>rsgeo_prune run report</h1><p>{html.escape(str(run_dir))} — rsgeo_prune {meta.get('version', '?')}</p>",
+        "<h2>Tiles per stage</h2>",
+        pd.Series(counts, name="tiles").to_frame().to_html(),
+    ]
     if "copies" in meta:  # the selection skipped copies: how many of each kind
-        parts += ["<h2>Copies skipped by the selection (pruned by duplicate)</h2>",
-                  pd.Series(meta["copies"], name="tiles").rename_axis("kind").to_frame().to_html()]
+        parts += [
+            "<h2>Copies skipped by the selection (pruned by duplicate)</h2>",
+            pd.Series(meta["copies"], name="tiles").rename_axis("kind").to_frame().to_html(),
+        ]
     parts += ["<h2>Comparison with a random subset of the same size</h2>", comparison.to_html()]
     for name, fig in figures.items():
         parts.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="{_png(fig)}">')
     for name, img in sheets.items():
         parts.append(f'<h2>Contact sheet: {html.escape(name)}</h2><img alt="{html.escape(name)}" src="{_png(img)}">')
     parts.append("<h2>Config</h2><pre>" + html.escape(json.dumps(meta, indent=2, sort_keys=True)) + "</pre>")
-    page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>rsgeo_prune report</title><style>"
-            "body{font-family:sans-serif;max-width:1100px;margin:2em auto} table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} img{max-width:100%}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rsgeo_prune report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto} table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} img{max-width:100%}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>"
+    )
     with atomic_output(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return Path(path)

@@ -58,8 +58,10 @@ SMALL_RUN = dict(tile_entropy_keep=0.7, k=7, budget=0.3, chunk=8)
 def small_run_configs():
     from rsgeo_prune.config import RunConfig, TileConfig
 
-    return dict(tile_cfg=TileConfig(entropy_keep=SMALL_RUN["tile_entropy_keep"]),
-                run_cfg=RunConfig(k=SMALL_RUN["k"], budget=SMALL_RUN["budget"], chunk=SMALL_RUN["chunk"]))
+    return dict(
+        tile_cfg=TileConfig(entropy_keep=SMALL_RUN["tile_entropy_keep"]),
+        run_cfg=RunConfig(k=SMALL_RUN["k"], budget=SMALL_RUN["budget"], chunk=SMALL_RUN["chunk"]),
+    )
 
 
 @pytest.fixture(scope="session")

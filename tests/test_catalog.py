@@ -13,22 +13,39 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 
-from rsgeo_prune.catalog import (catalog_metadata, read_catalog, read_embeddings, write_catalog, write_embeddings,
-                                 write_geoparquet)
+from rsgeo_prune.catalog import (
+    catalog_metadata,
+    read_catalog,
+    read_embeddings,
+    write_catalog,
+    write_embeddings,
+    write_geoparquet,
+)
 
 
 def _table(n: int = 4) -> pd.DataFrame:
     """A tile table with clockwise footprints (as pixel-order corners give on a north-up grid)."""
     cw = [shapely.Polygon([(x, 0), (x + 1, 0), (x + 1, -1), (x, -1)]) for x in range(n)]
     assert not any(p.exterior.is_ccw for p in cw)
-    return pd.DataFrame({
-        "tile_id": [f"s/0_{i}" for i in range(n)], "scene_id": "s", "href": "/data/s.tif",
-        "row_off": np.zeros(n, np.int64), "col_off": np.arange(n, dtype=np.int64) * 256,
-        "height": np.full(n, 256, np.int64), "width": np.full(n, 256, np.int64), "crs": "EPSG:26914",
-        "transform": [np.array([1.0, 0, 600_000 + 256 * i, 0, -1, 5_200_000]) for i in range(n)],
-        "geometry": cw, "gsd": 0.6, "bands": 4, "dtype": "uint8", "nodata_frac": np.linspace(0, 1, n),
-        "kept": np.arange(n) % 2 == 0,
-    })
+    return pd.DataFrame(
+        {
+            "tile_id": [f"s/0_{i}" for i in range(n)],
+            "scene_id": "s",
+            "href": "/data/s.tif",
+            "row_off": np.zeros(n, np.int64),
+            "col_off": np.arange(n, dtype=np.int64) * 256,
+            "height": np.full(n, 256, np.int64),
+            "width": np.full(n, 256, np.int64),
+            "crs": "EPSG:26914",
+            "transform": [np.array([1.0, 0, 600_000 + 256 * i, 0, -1, 5_200_000]) for i in range(n)],
+            "geometry": cw,
+            "gsd": 0.6,
+            "bands": 4,
+            "dtype": "uint8",
+            "nodata_frac": np.linspace(0, 1, n),
+            "kept": np.arange(n) % 2 == 0,
+        }
+    )
 
 
 def _geo(path) -> dict:
@@ -37,8 +54,9 @@ def _geo(path) -> dict:
 
 def _compressions(path) -> set[str]:
     meta = pq.ParquetFile(path).metadata
-    return {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
-            for c in range(meta.num_columns)}
+    return {
+        meta.row_group(g).column(c).compression for g in range(meta.num_row_groups) for c in range(meta.num_columns)
+    }
 
 
 @pytest.mark.parametrize("rows", [4, 0], ids=["tiles", "empty"])
@@ -60,12 +78,32 @@ def test_geoparquet_1_1_rules(tmp_path, rows):
 def test_round_trip_keeps_values_and_turns_rings_counter_clockwise(tmp_path):
     table = _table()
     back = read_catalog(write_geoparquet(table, tmp_path / "t.parquet"))
-    assert list(back.columns) == [c for c in ("tile_id", "scene_id", "href", "row_off", "col_off", "height", "width",
-                                              "crs", "transform", "geometry", "gsd", "bands", "dtype", "nodata_frac",
-                                              "kept")]
+    assert list(back.columns) == [
+        c
+        for c in (
+            "tile_id",
+            "scene_id",
+            "href",
+            "row_off",
+            "col_off",
+            "height",
+            "width",
+            "crs",
+            "transform",
+            "geometry",
+            "gsd",
+            "bands",
+            "dtype",
+            "nodata_frac",
+            "kept",
+        )
+    ]
     assert back.crs.to_epsg() == 4326
-    pd.testing.assert_frame_equal(pd.DataFrame(back.drop(columns=["geometry", "transform"])),
-                                  table.drop(columns=["geometry", "transform"]), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(back.drop(columns=["geometry", "transform"])),
+        table.drop(columns=["geometry", "transform"]),
+        check_dtype=False,
+    )
     assert all(np.array_equal(a, b) for a, b in zip(back["transform"], table["transform"]))
     assert all(g.equals(t) for g, t in zip(back.geometry, table["geometry"]))  # the same shapes ...
     assert all(g.exterior.is_ccw for g in back.geometry)  # ... wound counter-clockwise
@@ -84,8 +122,9 @@ def test_run_catalog_metadata_and_order(tmp_path):
 def test_unplaced_rows_are_valid_geoparquet(tmp_path):
     table = _table(2)
     table["geometry"] = [shapely.Point(1, 2), None]
-    back = read_catalog(write_geoparquet(gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326"),
-                                         tmp_path / "t.parquet"))
+    back = read_catalog(
+        write_geoparquet(gpd.GeoDataFrame(table, geometry="geometry", crs="EPSG:4326"), tmp_path / "t.parquet")
+    )
     assert back.geometry.iloc[0] == shapely.Point(1, 2) and back.geometry.iloc[1] is None
 
 

@@ -55,12 +55,21 @@ def test_defaults_are_valid_and_k_defaults_to_the_bank_or_200():
 
 
 def test_stage_counts_follow_the_pipeline_order():
-    table = pd.DataFrame({"kept": [True, False, False, False, False, False, True],
-                          "pruned_by": pd.array([None, "nodata", "mask", "entropy", "duplicate", "selection", None],
-                                                "string")})
+    table = pd.DataFrame(
+        {
+            "kept": [True, False, False, False, False, False, True],
+            "pruned_by": pd.array([None, "nodata", "mask", "entropy", "duplicate", "selection", None], "string"),
+        }
+    )
     assert list(pruned_counts(table)) == list(REASONS)
-    assert stage_counts(table) == {"tiles": 7, "after nodata": 6, "after mask": 5, "after entropy": 4,
-                                   "after duplicate": 3, "after selection": 2}
+    assert stage_counts(table) == {
+        "tiles": 7,
+        "after nodata": 6,
+        "after mask": 5,
+        "after entropy": 4,
+        "after duplicate": 3,
+        "after selection": 2,
+    }
     assert summary_line(table, reasons=("nodata",)) == "2 kept, 1 pruned by nodata"
     assert pruned_counts(table.iloc[:0]) == dict.fromkeys(REASONS, 0)
     assert np.isfinite(list(stage_counts(table).values())).all()
@@ -70,7 +79,16 @@ def test_copy_options_are_off_by_default_and_absent_from_the_config_record():
     """Runs without copy options keep the stage keys and catalog metadata they had before."""
     plain = RunConfig()
     assert not plain.removes_copies and set(plain.as_dict()) == {
-        "budget", "budget_count", "k", "embedder", "nir_view", "method", "seed", "chunk", "export_tiles"}
+        "budget",
+        "budget_count",
+        "k",
+        "embedder",
+        "nir_view",
+        "method",
+        "seed",
+        "chunk",
+        "export_tiles",
+    }
     dedup = RunConfig(method="rs-prune-dedup")
     assert dedup.removes_copies and (dedup.effective_dedup_cosine, dedup.effective_max_per_place) == (0.97, 1)
     assert dedup.as_dict()["place_iou"] == 0.5 and "dedup_cosine" not in dedup.as_dict()

@@ -26,7 +26,7 @@ def corpus(n=600, d=32, k=6, copies=120, noise=0.01, seed=0):
     centres = unit(rng.standard_normal((k, d)))
     z = centres[rng.integers(0, k, n)] + 0.6 * rng.standard_normal((n, d))
     src = rng.integers(0, n - copies, copies)
-    z[n - copies:] = z[src] + noise * rng.standard_normal((copies, d))
+    z[n - copies :] = z[src] + noise * rng.standard_normal((copies, d))
     z = unit(z)
     cluster, sim = assign(z, centres)
     order = _descending_order(sim, _tie_rank(np.arange(n)))
@@ -122,8 +122,9 @@ def test_exact_near_and_place_copies_together_match_the_plain_rule():
     pairs = sorted({(min(x, y), max(x, y)) for x, y in zip(a, b) if x != y})
     places = Places.from_pairs(600, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]))
     for cosine, mpp, budget in [(0.9, 1, 200), (0.95, 2, 450), (None, 1, 600), (0.97, None, 100)]:
-        got = select_distinct(cluster, order, z, budget, 6, cosine=cosine, digests=digests, places=places,
-                              max_per_place=mpp, block=50)
+        got = select_distinct(
+            cluster, order, z, budget, 6, cosine=cosine, digests=digests, places=places, max_per_place=mpp, block=50
+        )
         same(got, reference(cluster, order, z, budget, 6, cosine, digests, pairs, mpp))
         assert (got.kind == EXACT).sum() == 20
         if mpp == 1:  # no two chosen tiles of one place
@@ -190,11 +191,19 @@ def test_cost_follows_the_quota_not_the_cluster_size(monkeypatch):
     monkeypatch.setattr(dedup, "_pairs_at_least", lambda a, b, *r: computed.append(len(a) * len(b)) or real(a, b, *r))
     got = select_distinct(np.zeros(20_000), np.arange(20_000), z, 50, 1, cosine=0.97)
     assert got.chosen.sum() == 50
-    assert sum(computed) <= 2 * 120 ** 2
+    assert sum(computed) <= 2 * 120**2
 
 
-BAD = [("cosine", 0.0), ("cosine", 1.5), ("cosine", -0.2), ("cosine", float("nan")), ("cosine", True),
-       ("max_per_place", 0), ("max_per_place", -1), ("max_per_place", 1.5)]
+BAD = [
+    ("cosine", 0.0),
+    ("cosine", 1.5),
+    ("cosine", -0.2),
+    ("cosine", float("nan")),
+    ("cosine", True),
+    ("max_per_place", 0),
+    ("max_per_place", -1),
+    ("max_per_place", 1.5),
+]
 
 
 @pytest.mark.parametrize("name,value", BAD)

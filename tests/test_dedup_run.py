@@ -17,6 +17,8 @@ from rsgeo_prune.viz import STATUS_COLOURS, write_map_html, write_report
 
 from .conftest import shared
 
+pytestmark = pytest.mark.slow  # minutes: left out of `make test-fast`
+
 
 def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -81,8 +83,23 @@ def naip_run(tmp_path_factory):
     naip = shared("naip")
     ref = shared("reference", "aid_150px")
     root = tmp_path_factory.mktemp("naip_dedup")
-    args = ["run", str(naip / "m_*.tif"), "--reference", str(ref), "--k", "10", "--tile-size", "128",
-            "--budget-count", "20", "--dedup-cosine", "0.97", "--max-per-place", "1", "--quiet"]
+    args = [
+        "run",
+        str(naip / "m_*.tif"),
+        "--reference",
+        str(ref),
+        "--k",
+        "10",
+        "--tile-size",
+        "128",
+        "--budget-count",
+        "20",
+        "--dedup-cosine",
+        "0.97",
+        "--max-per-place",
+        "1",
+        "--quiet",
+    ]
     assert main(args + ["--out", str(root / "threads")]) == 0
     return root, args
 
@@ -94,10 +111,16 @@ def test_naip_years_keep_one_tile_per_place_and_the_exact_budget(naip_run):
     copies = catalog_metadata(root / "threads" / "catalog.parquet")["copies"]
     assert copies["same place"] == (cat["pruned_by"] == "duplicate").sum() > 0 and copies["exact"] == 0
     # the whole budget: every place (35 tile positions) kept exactly once, the 7 other years dropped
-    everything = dict(tile_cfg=TileConfig(tile_size=128), run_cfg=RunConfig(k=10, budget=1.0, dedup_cosine=0.97,
-                                                                            max_per_place=1))
-    cat, counts = run_pipeline([str(p) for p in cat["href"].unique()], root / "all", [shared("reference", "aid_150px")],
-                               progress=False, **everything)
+    everything = dict(
+        tile_cfg=TileConfig(tile_size=128), run_cfg=RunConfig(k=10, budget=1.0, dedup_cosine=0.97, max_per_place=1)
+    )
+    cat, counts = run_pipeline(
+        [str(p) for p in cat["href"].unique()],
+        root / "all",
+        [shared("reference", "aid_150px")],
+        progress=False,
+        **everything,
+    )
     check_kept_once(cat, 35)
     assert counts["same place copies"] == 7 * 35 and cat["href"].nunique() == 8
 
@@ -141,9 +164,13 @@ def test_ties_go_to_the_most_recent_acquisition(tmp_path):
         shutil.copy(a.path, tmp_path / f"x_{year}.tif")
     ref = synth.write_reference_set(tmp_path / "ref", per_class=3, size=64, seed=2)
     inputs = sorted(str(p) for p in tmp_path.glob("x_*.tif"))
-    for name, rule, kind in (("digest", dict(dedup_cosine=1.0), "exact"), ("place", dict(max_per_place=1), "same place")):
-        cat, counts = run_pipeline(inputs, tmp_path / name, [ref], TileConfig(tile_size=64),
-                                   RunConfig(k=3, budget=1.0, **rule), progress=False)
+    for name, rule, kind in (
+        ("digest", dict(dedup_cosine=1.0), "exact"),
+        ("place", dict(max_per_place=1), "same place"),
+    ):
+        cat, counts = run_pipeline(
+            inputs, tmp_path / name, [ref], TileConfig(tile_size=64), RunConfig(k=3, budget=1.0, **rule), progress=False
+        )
         kept = cat[cat["kept"].astype(bool)]
         assert len(kept) == 4 and kept["tile_id"].str.startswith("x_20180716/").all()
         copies = cat[~cat["kept"].astype(bool)]

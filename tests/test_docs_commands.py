@@ -33,8 +33,8 @@ def command_lines(text: str) -> list[list[str]]:
                 continue
             if words and (words[0] == "rsgeo-prune" or words[0].endswith("/rsgeo-prune")):
                 found.append(words[1:])
-            elif "-m" in words and words[words.index("-m") + 1:][:1] == ["rsgeo_prune.train.dit_commands"]:
-                found.append(words[words.index("-m") + 2:])
+            elif "-m" in words and words[words.index("-m") + 1 :][:1] == ["rsgeo_prune.train.dit_commands"]:
+                found.append(words[words.index("-m") + 2 :])
     return found
 
 
@@ -56,14 +56,19 @@ def test_the_pages_hold_the_curation_and_training_commands():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_documented_command_line_parses(page):
-    bad = [f"{' '.join(argv)}: {why}" for argv in command_lines(page.read_text(encoding="utf-8"))
-           if (why := parse_error(argv))]
+    bad = [
+        f"{' '.join(argv)}: {why}"
+        for argv in command_lines(page.read_text(encoding="utf-8"))
+        if (why := parse_error(argv))
+    ]
     assert bad == []
 
 
 def test_a_misspelt_flag_and_a_continuation_are_caught():
-    text = ("```bash\n.venv/bin/rsgeo-prune run 'a/*.tif' --out r \\\n    --budjet 0.1   # typo\n"
-            "torchrun --nproc_per_node 2 -m rsgeo_prune train-dit lat --out d\n```\n")
+    text = (
+        "```bash\n.venv/bin/rsgeo-prune run 'a/*.tif' --out r \\\n    --budjet 0.1   # typo\n"
+        "torchrun --nproc_per_node 2 -m rsgeo_prune train-dit lat --out d\n```\n"
+    )
     lines = command_lines(text)
     assert lines == [["run", "a/*.tif", "--out", "r", "--budjet", "0.1"], ["train-dit", "lat", "--out", "d"]]
     assert "unrecognized arguments: --budjet 0.1" in parse_error(lines[0])

@@ -90,14 +90,18 @@ def test_every_relative_link_resolves(page):
 
 
 def test_links_skip_code_and_find_images_and_titles():
-    text = ("See [a](docs/a.md) and ![map](docs/map.png \"the map\") and [`b`](b.md#x).\n"
-            "`[not](code.md)`\n```\n[nor](fenced.md)\n```\n[e](https://example.org) [f](<f.md>)\n")
+    text = (
+        'See [a](docs/a.md) and ![map](docs/map.png "the map") and [`b`](b.md#x).\n'
+        "`[not](code.md)`\n```\n[nor](fenced.md)\n```\n[e](https://example.org) [f](<f.md>)\n"
+    )
     assert links(text) == ["docs/a.md", "docs/map.png", "b.md#x", "https://example.org", "f.md"]
 
 
 def test_slug_matches_github_anchors():
-    assert slug("Stage II — embed, centroids, assign, select (`rsgeo-prune centroids`, `rsgeo-prune run`)") == \
-        "stage-ii--embed-centroids-assign-select-rsgeo-prune-centroids-rsgeo-prune-run"
+    assert (
+        slug("Stage II — embed, centroids, assign, select (`rsgeo-prune centroids`, `rsgeo-prune run`)")
+        == "stage-ii--embed-centroids-assign-select-rsgeo-prune-centroids-rsgeo-prune-run"
+    )
     assert slug('What "identical" guarantees') == "what-identical-guarantees"
     assert slug("Loading the DiT elsewhere") == "loading-the-dit-elsewhere"
     assert anchors("# A\n## A\n```\n# not a heading\n```\n## B_c\n") == {"a", "a-1", "b_c"}
@@ -107,7 +111,12 @@ def test_a_broken_link_an_escape_and_a_missing_anchor_are_reported(tmp_path):
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "ok.md").write_text("# Here\n")
     page = tmp_path / "docs" / "page.md"
-    page.write_text("[1](ok.md) [2](ok.md#here) [3](missing.md) [4](../../outside.md) [5](ok.md#nowhere)\n"
-                    "[6](#top) # Top\n\n# Top\n")
-    assert broken_links(page, tmp_path) == ["missing.md: no such file", "../../outside.md: outside the repository",
-                                            "ok.md#nowhere: no heading #nowhere in docs/ok.md"]
+    page.write_text(
+        "[1](ok.md) [2](ok.md#here) [3](missing.md) [4](../../outside.md) [5](ok.md#nowhere)\n"
+        "[6](#top) # Top\n\n# Top\n"
+    )
+    assert broken_links(page, tmp_path) == [
+        "missing.md: no such file",
+        "../../outside.md: outside the repository",
+        "ok.md#nowhere: no heading #nowhere in docs/ok.md",
+    ]

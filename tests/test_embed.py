@@ -78,14 +78,17 @@ def test_bad_specs():
         load_embedder("siglip:/nowhere")
 
 
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-             "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
 
 
 def test_openclip_from_a_local_checkpoint(tmp_path):
     import open_clip
     import torch
+
     (tmp_path / "TinyRS.json").write_text(json.dumps(TINY_CLIP))
     open_clip.add_model_config(tmp_path / "TinyRS.json")
     torch.manual_seed(0)
@@ -114,12 +117,28 @@ def test_openclip_from_a_local_checkpoint(tmp_path):
 def test_siglip_from_a_local_folder(tmp_path):
     import torch
     import transformers
+
     cfg = transformers.SiglipConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "vocab_size": 64, "max_position_embeddings": 8, "bos_token_id": 1, "eos_token_id": 2,
-                     "pad_token_id": 0},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8})
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": 64,
+            "max_position_embeddings": 8,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+    )
     torch.manual_seed(0)
     transformers.SiglipModel(cfg).save_pretrained(tmp_path / "tiny-siglip")
     transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "tiny-siglip")

@@ -126,7 +126,9 @@ def test_planted_cloud_and_water_have_the_lowest_entropy_and_are_pruned(scene):
     ranked = table[cls != "nodata"].sort_values("entropy")
     assert set(cls[ranked.index[:n_low]]) == {"cloud", "water"}
     assert (table.loc[cls.isin(["cloud", "water"]), "pruned_by"] == "entropy").all()
-    assert (table.loc[cls == "nodata", "pruned_by"] == "nodata").all() and table.loc[cls == "nodata", "entropy"].isna().all()
+    assert (table.loc[cls == "nodata", "pruned_by"] == "nodata").all() and table.loc[
+        cls == "nodata", "entropy"
+    ].isna().all()
     assert table.loc[~cls.isin(["cloud", "water", "nodata"]), "kept"].all()
     # same answer from the separate `entropy` pass over a tile table
     assert table["nodata_frac"].tolist() == tiles_stage([scene.path], progress=False)["nodata_frac"].tolist()
@@ -156,7 +158,7 @@ def test_strided_grid_matches_in_memory_tiles(scene):
     assert len(half) > 0 and table["entropy"].isna().sum() > 0
     for i in (0, 17, half[0], half[-1]):
         r = table.loc[i]
-        t = px[:, r.row_off:r.row_off + r.height, r.col_off:r.col_off + r.width]
+        t = px[:, r.row_off : r.row_off + r.height, r.col_off : r.col_off + r.width]
         g, b = reference_entropy(t, nodata=0)
         assert abs(r.entropy - g) <= 1e-9 and np.allclose(r.entropy_bands, b, atol=1e-9)
 
@@ -179,7 +181,7 @@ def test_north_dakota_water_ranks_below_fields():
     with rasterio.open(path) as src:
         px = src.read()
     # open water: dark NIR (band 4) over the whole tile; fields: bright NIR
-    nir = np.array([px[3, r:r + 64, c:c + 64].mean() for r, c in table[["row_off", "col_off"]].to_numpy()])
+    nir = np.array([px[3, r : r + 64, c : c + 64].mean() for r, c in table[["row_off", "col_off"]].to_numpy()])
     water, field = nir < 40, nir > 90
     assert water.sum() >= 3 and field.sum() >= 10
     assert np.median(table["entropy"][water]) < np.median(table["entropy"][field])
@@ -196,7 +198,7 @@ def test_napa_uint16_entropy_uses_the_scene_stretch():
     with rasterio.open(path) as src:
         px = src.read()
     r = table.dropna(subset=["entropy"]).iloc[0]
-    t = px[:, r.row_off:r.row_off + r.height, r.col_off:r.col_off + r.width]
+    t = px[:, r.row_off : r.row_off + r.height, r.col_off : r.col_off + r.width]
     g, _ = reference_entropy(t, 256, lo, hi)
     assert abs(r.entropy - g) <= 1e-9
 

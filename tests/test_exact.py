@@ -32,7 +32,7 @@ def midpoint_rows(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
         f = np.float32(rng.uniform(0.1, 1.0))
         mid = np.float64(f) + np.float64(np.spacing(f)) / 2  # halfway between f and the next float32
         hi = np.float32(mid)
-        a[i, :3] = [hi, np.float32(mid - np.float64(hi)), np.float32(rng.choice([-1.0, 0.0, 1.0]) * 2.0 ** -49)]
+        a[i, :3] = [hi, np.float32(mid - np.float64(hi)), np.float32(rng.choice([-1.0, 0.0, 1.0]) * 2.0**-49)]
         a[i, 3:] = rng.standard_normal(5)  # b is zero there: exact zeros in the sum
     return a, b
 
@@ -60,6 +60,7 @@ def test_rounding_midpoints_go_through_every_fallback(monkeypatch):
         def wrapped(*args):
             calls[name] += len(args[2])
             return fn(*args)
+
         return wrapped
 
     monkeypatch.setattr(exact, "_compensated_kernel", count("compensated", kernel))
@@ -82,7 +83,7 @@ def test_canonical_results_do_not_depend_on_threads_or_row_blocks():
         four = exact.canonical_matmul(a, b)
     finally:
         torch.set_num_threads(threads)
-    pieces = np.concatenate([exact.canonical_matmul(a[i:i + 7], b) for i in range(0, 300, 7)])
+    pieces = np.concatenate([exact.canonical_matmul(a[i : i + 7], b) for i in range(0, 300, 7)])
     assert np.array_equal(bits(one), bits(four)) and np.array_equal(bits(one), bits(pieces))
 
 
@@ -113,7 +114,7 @@ def test_default_embedder_gives_a_tile_the_same_bits_alone_and_in_any_batch():
     emb = DefaultEmbedder(threads=2)
     alone = np.concatenate([emb(t[None]) for t in tiles])
     for size in (2, 5, 24):
-        batched = np.concatenate([emb(tiles[i:i + size]) for i in range(0, len(tiles), size)])
+        batched = np.concatenate([emb(tiles[i : i + size]) for i in range(0, len(tiles), size)])
         assert np.array_equal(bits(batched), bits(alone)), size
     perm = rng.permutation(len(tiles))
     assert np.array_equal(bits(emb(tiles[perm])), bits(alone[perm]))
@@ -138,4 +139,4 @@ def test_default_embedder_does_not_depend_on_thread_counts():
 def test_gradient_bins_are_exact_powers_of_two():
     # the kernel's bins equal floor(log2(m + 2^-8) + 8), clipped to [0, GRAD_BINS)
     assert len(GRAD_EDGES) == GRAD_BINS - 1
-    assert GRAD_EDGES == tuple(2.0 ** e for e in range(-7, 0))
+    assert GRAD_EDGES == tuple(2.0**e for e in range(-7, 0))

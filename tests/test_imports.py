@@ -118,15 +118,18 @@ def test_every_module_has_a_rank():
             missing.append(parts[0])
         elif len(parts) > 1 and parts[1] not in SUBLAYERS.get(parts[0], []):
             missing.append(f"{parts[0]}/{parts[1]}")
-    assert not missing, (f"no rank in docs/import-rule.md for {sorted(set(missing))}: add each to its "
-                         "import-order block (a subpackage's module indented under it), after every module it "
-                         "imports and before every module that imports it")
+    assert not missing, (
+        f"no rank in docs/import-rule.md for {sorted(set(missing))}: add each to its "
+        "import-order block (a subpackage's module indented under it), after every module it "
+        "imports and before every module that imports it"
+    )
 
 
 def test_every_ranked_module_exists():
     modules = set(_modules())
-    stale = [n for n in LAYERS if n not in modules] + [f"{p}/{m}" for p, ms in SUBLAYERS.items() for m in ms
-                                                      if f"{p}.{m}" not in modules]
+    stale = [n for n in LAYERS if n not in modules] + [
+        f"{p}/{m}" for p, ms in SUBLAYERS.items() for m in ms if f"{p}.{m}" not in modules
+    ]
     assert not stale, f"docs/import-rule.md ranks modules that do not exist: {stale}; remove or rename them"
     assert FRONT_ENDS | SELECTION_CODE <= set(LAYERS)
 
@@ -149,9 +152,13 @@ def test_imports_only_go_down():
 
 def test_a_subpackage_init_loads_its_modules_only_on_demand():
     modules = _modules()
-    bad = [f"{name} imports {m} at its top level" for name, path in modules.items()
-           if name and "." not in name and path.name == "__init__.py"
-           for m in _imports(name, path, top_level_only=True) if m in modules and m.startswith(name + ".")]
+    bad = [
+        f"{name} imports {m} at its top level"
+        for name, path in modules.items()
+        if name and "." not in name and path.name == "__init__.py"
+        for m in _imports(name, path, top_level_only=True)
+        if m in modules and m.startswith(name + ".")
+    ]
     assert not bad, "; ".join(sorted(bad)) + ": import it inside the function that needs it"
 
 
@@ -178,8 +185,11 @@ def test_no_cycle():
         state[node] = 1
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                pytest.fail("import cycle: " + " → ".join(trail[trail.index(nxt):] + [nxt]) if nxt in trail
-                            else f"import cycle through {nxt}")
+                pytest.fail(
+                    "import cycle: " + " → ".join(trail[trail.index(nxt) :] + [nxt])
+                    if nxt in trail
+                    else f"import cycle through {nxt}"
+                )
             if nxt not in state:
                 visit(nxt, trail + [nxt])
         state[node] = 2
@@ -190,14 +200,23 @@ def test_no_cycle():
 
 
 def test_stages_never_import_the_front_ends():
-    bad = [f"{a} imports {b}" for a, deps in _graph().items() for b in deps
-           if _top(b) in FRONT_ENDS and _top(a) not in FRONT_ENDS]
+    bad = [
+        f"{a} imports {b}"
+        for a, deps in _graph().items()
+        for b in deps
+        if _top(b) in FRONT_ENDS and _top(a) not in FRONT_ENDS
+    ]
     assert not bad, "; ".join(sorted(bad))
 
 
 def test_training_wing_never_imports_the_selection_code():
-    bad = [f"{a} imports {b}" for a, deps in _graph().items() if _top(a) == "train" for b in deps
-           if _top(b) in SELECTION_CODE | FRONT_ENDS]
+    bad = [
+        f"{a} imports {b}"
+        for a, deps in _graph().items()
+        if _top(a) == "train"
+        for b in deps
+        if _top(b) in SELECTION_CODE | FRONT_ENDS
+    ]
     assert not bad, "; ".join(sorted(bad))
 
 
@@ -216,11 +235,14 @@ def test_no_module_imports_the_package_root():
         if not name:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and ((node.level == len(name.split(".")) and not node.module
-                                                      and path.name != "__init__.py")
-                                                     or node.module == "rsgeo_prune"):
-                bad.append(f"{name}: from {'.' * node.level}{node.module or ''} import "
-                           + ", ".join(a.name for a in node.names))
+            if isinstance(node, ast.ImportFrom) and (
+                (node.level == len(name.split(".")) and not node.module and path.name != "__init__.py")
+                or node.module == "rsgeo_prune"
+            ):
+                bad.append(
+                    f"{name}: from {'.' * node.level}{node.module or ''} import "
+                    + ", ".join(a.name for a in node.names)
+                )
     assert not bad, "; ".join(bad)
 
 

@@ -23,9 +23,19 @@ T = 32  # tile edge, px
 def _raster(path, data, *, crs="EPSG:26914", transform=None, nodata=None, mask=None):
     """Write ``data`` (C, H, W) as a tiled GeoTIFF; ``mask`` (H, W) bool adds a per-dataset mask band."""
     c, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=c, dtype=data.dtype.name, crs=crs, nodata=nodata,
-                   transform=transform or from_origin(600_000, 5_200_000, 1, 1), tiled=True, blockxsize=T,
-                   blockysize=T)
+    profile = dict(
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=c,
+        dtype=data.dtype.name,
+        crs=crs,
+        nodata=nodata,
+        transform=transform or from_origin(600_000, 5_200_000, 1, 1),
+        tiled=True,
+        blockxsize=T,
+        blockysize=T,
+    )
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
         if mask is not None:
@@ -37,6 +47,7 @@ def _raster(path, data, *, crs="EPSG:26914", transform=None, nodata=None, mask=N
 # 1. NaN is nodata, in both paths (nodata_fraction and the entropy histograms)
 # ---------------------------------------------------------------------------------------------
 
+
 def _nan_scene(nodata=None):
     """3 bands, 2 x 3 tiles of 32 px, float32. Tile by tile (row-major):
     0 NaN in every band; 1 NaN in band 1 only; 2 NaN in bands 1-2, band 3 holds data;
@@ -44,11 +55,11 @@ def _nan_scene(nodata=None):
     rng = np.random.default_rng(5)
     data = rng.random((3, 2 * T, 3 * T)).astype(np.float32) * 100 + 1  # never 0, never NaN
     data[:, :T, :T] = np.nan
-    data[0, :T, T:2 * T] = np.nan
-    data[:2, :T, 2 * T:] = np.nan
+    data[0, :T, T : 2 * T] = np.nan
+    data[:2, :T, 2 * T :] = np.nan
     data[:, T:, : T // 2] = np.nan
-    data[0, T:, T:2 * T] = 0.0
-    data[1:, T:, T:2 * T] = np.nan
+    data[0, T:, T : 2 * T] = 0.0
+    data[1:, T:, T : 2 * T] = np.nan
     return data
 
 
@@ -67,7 +78,7 @@ def test_nan_is_nodata_with_and_without_entropy(tmp_path, case, entropy):
     mask = None
     if with_mask:  # the mask also hides the bottom-right tile's top quarter
         mask = np.ones((2 * T, 3 * T), bool)
-        mask[T:T + T // 4, 2 * T:] = False
+        mask[T : T + T // 4, 2 * T :] = False
     path = _raster(tmp_path / "nan.tif", _nan_scene(), nodata=nodata, mask=mask)
     table = tiles_stage([path], TileConfig(tile_size=T, entropy_min=entropy), progress=False)
     assert table["nodata_frac"].tolist() == want
@@ -79,7 +90,7 @@ def test_nodata_fraction_and_histograms_agree(tmp_path, case):
     nodata, with_mask, _ = NAN_CASES[case]
     mask = np.ones((2 * T, 3 * T), bool) if with_mask else None
     if with_mask:
-        mask[T + 3:T + 9, 2 * T + 5:] = False
+        mask[T + 3 : T + 9, 2 * T + 5 :] = False
     scene = describe_raster(_raster(tmp_path / "nan.tif", _nan_scene(), nodata=nodata, mask=mask))
     table, _ = tile_grid(scene, T)
     r, c, h, w = (table[k].to_numpy() for k in ("row_off", "col_off", "height", "width"))
@@ -91,6 +102,7 @@ def test_nodata_fraction_and_histograms_agree(tmp_path, case):
 # 2. Every file once; scene ids unique
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
     """tmp_path as the working folder, with data/a.tif, data/b.tif, other/a.tif, item.json (→ a.tif),
@@ -101,9 +113,15 @@ def folder(tmp_path, monkeypatch):
     for p in ("data/a.tif", "data/b.tif", "other/a.tif"):
         _raster(tmp_path / p, img)
     os.symlink(tmp_path / "data" / "a.tif", tmp_path / "link.tif")
-    item = {"type": "Feature", "stac_version": "1.1.0", "id": "item-a", "geometry": None, "links": [],
-            "properties": {"datetime": "2020-01-01T00:00:00Z"},
-            "assets": {"image": {"href": "data/a.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}}}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "item-a",
+        "geometry": None,
+        "links": [],
+        "properties": {"datetime": "2020-01-01T00:00:00Z"},
+        "assets": {"image": {"href": "data/a.tif", "type": "image/tiff; application=geotiff", "roles": ["data"]}},
+    }
     (tmp_path / "item.json").write_text(json.dumps(item))
     (tmp_path / "imgs" / "sub").mkdir(parents=True)
     for p in ("imgs/x.png", "imgs/sub/y.png"):
@@ -114,8 +132,10 @@ def folder(tmp_path, monkeypatch):
 
 DUPLICATES = [
     # (inputs, error pattern)
-    (["data/a.tif", "data/a.tif"],
-     r"data/a\.tif: given twice \(as 'data/a\.tif' and 'data/a\.tif'\); pass each raster once"),
+    (
+        ["data/a.tif", "data/a.tif"],
+        r"data/a\.tif: given twice \(as 'data/a\.tif' and 'data/a\.tif'\); pass each raster once",
+    ),
     (["data/a.tif", "data/*.tif"], r"data/a\.tif: given twice \(as 'data/a\.tif' and 'data/\*\.tif'\)"),
     (["data/*.tif", "*/b.tif"], r"data/b\.tif: given twice \(as 'data/\*\.tif' and '\*/b\.tif'\)"),
     (["item.json", "data/a.tif"], r"data/a\.tif: given twice \(as 'item\.json' and 'data/a\.tif'\)"),
@@ -148,10 +168,17 @@ def test_images_differing_only_in_suffix_would_share_a_tile_id(folder):
 
 MANIFESTS = [
     # (lon, lat, error pattern or None)
-    (["1.5", "abc"], ["2", "3"], r"manifest\.csv: row 2 \('y\.png'\): longitude 'abc' is not a number; "
-                                 r"give degrees in \[-180, 180\]"),
-    ([1.5, 2.0], [2.0, 999.0],
-     r"manifest\.csv: row 2 \('y\.png'\): latitude 999 is out of range; give degrees in \[-90, 90\]"),
+    (
+        ["1.5", "abc"],
+        ["2", "3"],
+        r"manifest\.csv: row 2 \('y\.png'\): longitude 'abc' is not a number; "
+        r"give degrees in \[-180, 180\]",
+    ),
+    (
+        [1.5, 2.0],
+        [2.0, 999.0],
+        r"manifest\.csv: row 2 \('y\.png'\): latitude 999 is out of range; give degrees in \[-90, 90\]",
+    ),
     ([-180.5, 2.0], [2.0, 3.0], r"row 1 \('x\.png'\): longitude -180\.5 is out of range"),
     (["inf", 2.0], [2.0, 3.0], r"row 1 \('x\.png'\): longitude '?inf'? is out of range"),
     ([1.5, None], [2.0, 3.0], r"row 2 \('y\.png'\) gives latitude without the other"),
@@ -199,7 +226,8 @@ GSD = [
 
 @pytest.mark.parametrize("crs, size, origin, want, tol", GSD, ids=[f"{g[0]} {g[3]}" for g in GSD])
 def test_gsd_is_in_metres(tmp_path, crs, size, origin, want, tol):
-    path = _raster(tmp_path / "g.tif", np.ones((1, T, T), np.uint8), crs=crs,
-                   transform=from_origin(*origin, size, size))
+    path = _raster(
+        tmp_path / "g.tif", np.ones((1, T, T), np.uint8), crs=crs, transform=from_origin(*origin, size, size)
+    )
     table, _ = tile_grid(describe_raster(path), T)
     assert table["gsd"].iloc[0] == pytest.approx(want, rel=tol, abs=0)

@@ -52,6 +52,7 @@ def digest(*arrays) -> str:
 
 # -- assign ---------------------------------------------------------------------------------------
 
+
 def test_assign_is_the_canonical_argmax_with_ties_to_the_lowest_index():
     emb, cen = _cloud(200, 12, 300, seed=1)
     cen[7] = cen[3]  # a duplicate centroid: every tie goes to 3, never 7
@@ -76,12 +77,20 @@ def test_assign_and_kmeans_bits_in_a_fresh_one_thread_process():
     emb, cen = _cloud(2000, 30, 128, seed=2)
     x = _cloud(1500, 1, 64, seed=7)[0]
     here = [digest(*assign(emb, cen)), digest(*spherical_kmeans(x, 12, seed=2))]
-    code = ("from rsgeo_prune.kmeans import assign, spherical_kmeans; from tests.test_kmeans import _cloud, digest; "
-            "print(digest(*assign(*_cloud(2000, 30, 128, seed=2)))); "
-            "print(digest(*spherical_kmeans(_cloud(1500, 1, 64, seed=7)[0], 12, seed=2)))")
+    code = (
+        "from rsgeo_prune.kmeans import assign, spherical_kmeans; from tests.test_kmeans import _cloud, digest; "
+        "print(digest(*assign(*_cloud(2000, 30, 128, seed=2)))); "
+        "print(digest(*spherical_kmeans(_cloud(1500, 1, 64, seed=7)[0], 12, seed=2)))"
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-2:] == here
 
@@ -101,6 +110,7 @@ def test_assign_errors():
 
 
 # -- spherical k-means ------------------------------------------------------------------------------
+
 
 def test_spherical_kmeans_recovers_planted_clusters():
     x, labels, centres = _planted()
@@ -159,4 +169,4 @@ def test_kmeans_with_more_clusters_than_distinct_points():
     c, labels = spherical_kmeans(x, 5, seed=0)
     assert np.allclose(np.linalg.norm(c, axis=1), 1)
     assert len(set(labels.tolist())) == 3  # each direction in one cluster
-    assert all(len(set(labels[i * 10:(i + 1) * 10].tolist())) == 1 for i in range(3))
+    assert all(len(set(labels[i * 10 : (i + 1) * 10].tolist())) == 1 for i in range(3))

@@ -13,11 +13,13 @@ def _tiles():
 
 
 def test_exact_fractions_known_by_hand():
-    polys = np.array([
-        shapely.box(0, 0, 5, 10),  # half of tile 0
-        shapely.box(12, 0, 40, 10),  # 0.8 of tile 1, all of tiles 2 and 3 ...
-        shapely.box(25, 0, 40, 10),  # ... overlapping: must not count twice
-    ])
+    polys = np.array(
+        [
+            shapely.box(0, 0, 5, 10),  # half of tile 0
+            shapely.box(12, 0, 40, 10),  # 0.8 of tile 1, all of tiles 2 and 3 ...
+            shapely.box(25, 0, 40, 10),  # ... overlapping: must not count twice
+        ]
+    )
     assert urban_fraction(_tiles(), polys).tolist() == [0.5, 0.8, 1.0, 1.0]
 
 

@@ -21,8 +21,22 @@ def world(tmp_path_factory):
 
 def test_rs_prune_keeps_the_rare_class_and_drops_clouds(world, capsys):
     root, scene, ref = world
-    code = main(["run", str(scene.path), "--out", str(root / "rs"), "--reference", str(ref), "--k", "7",
-                 "--entropy-keep", "0.7", "--budget", "0.15"])
+    code = main(
+        [
+            "run",
+            str(scene.path),
+            "--out",
+            str(root / "rs"),
+            "--reference",
+            str(ref),
+            "--k",
+            "7",
+            "--entropy-keep",
+            "0.7",
+            "--budget",
+            "0.15",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "pruned by selection" in out and "kept" in out
@@ -40,7 +54,7 @@ def test_rs_prune_keeps_the_rare_class_and_drops_clouds(world, capsys):
 
     # random subsets of the same size miss the rare class most of the time
     cand = np.flatnonzero(cat["pruned_by"].isna() | (cat["pruned_by"] == "selection"))
-    rare = (cls.to_numpy()[cand] == "solar_farm")
+    rare = cls.to_numpy()[cand] == "solar_farm"
     misses = sum(not rare[select_random(len(cand), budget, seed=s)].all() for s in range(20))
     print(f"random subsets of {budget} tiles missed a rare tile in {misses}/20 draws; RS-Prune kept all")
     assert misses > 10
@@ -49,8 +63,14 @@ def test_rs_prune_keeps_the_rare_class_and_drops_clouds(world, capsys):
 @pytest.mark.parametrize("method", ["water-filling", "random", "entropy", "moderate", "cluster-nearest", "full-kmeans"])
 def test_every_method_keeps_exactly_the_budget(world, method):
     root, scene, ref = world
-    cat, counts = run_pipeline([scene.path], root / method, [ref], TileConfig(entropy_keep=0.7),
-                               RunConfig(budget_count=12, k=7, method=method), progress=False)
+    cat, counts = run_pipeline(
+        [scene.path],
+        root / method,
+        [ref],
+        TileConfig(entropy_keep=0.7),
+        RunConfig(budget_count=12, k=7, method=method),
+        progress=False,
+    )
     assert cat["kept"].sum() == 12 == counts["selected"]
     assert set(cat["pruned_by"].dropna()) <= {"nodata", "entropy", "selection"}
 
@@ -58,8 +78,14 @@ def test_every_method_keeps_exactly_the_budget(world, method):
 def test_saved_bank_and_budget_larger_than_candidates(world):
     root, scene, ref = world
     assert main(["centroids", str(ref), "--k", "7", "--out", str(root / "bank.npz"), "--quiet"]) == 0
-    cat, counts = run_pipeline([scene.path], root / "big", [root / "bank.npz"], TileConfig(entropy_keep=0.5),
-                               RunConfig(budget_count=10_000, k=7), progress=False)
+    cat, counts = run_pipeline(
+        [scene.path],
+        root / "big",
+        [root / "bank.npz"],
+        TileConfig(entropy_keep=0.5),
+        RunConfig(budget_count=10_000, k=7),
+        progress=False,
+    )
     assert counts["selected"] == counts["after entropy"]  # all candidates when B > N
     from dataclasses import replace
 
@@ -90,10 +116,12 @@ def test_run_on_an_image_collection(world, tmp_path):
     rng = np.random.default_rng(0)
     for i in range(28):
         Image.fromarray(np.moveaxis(render_tile(CLASSES[i % 7], rng, 96)[:3], 0, -1)).save(images / f"im_{i:02d}.png")
-    pd.DataFrame({"path": [f"im_{i:02d}.png" for i in range(0, 28, 2)], "lon": np.arange(14) * 0.01 - 97,
-                  "lat": 47.0}).to_csv(images / "manifest.csv", index=False)
-    cat, counts = run_pipeline([images], tmp_path / "run", [ref], TileConfig(entropy_keep=0.75),
-                               RunConfig(budget_count=7, k=7), progress=False)
+    pd.DataFrame(
+        {"path": [f"im_{i:02d}.png" for i in range(0, 28, 2)], "lon": np.arange(14) * 0.01 - 97, "lat": 47.0}
+    ).to_csv(images / "manifest.csv", index=False)
+    cat, counts = run_pipeline(
+        [images], tmp_path / "run", [ref], TileConfig(entropy_keep=0.75), RunConfig(budget_count=7, k=7), progress=False
+    )
     assert counts["selected"] == 7 and cat["cluster"].notna().sum() == counts["after entropy"]
     stac = list(pystac.Catalog.from_file(str(tmp_path / "run" / "stac" / "catalog.json")).get_items(recursive=True))
     assert len(stac) == 7
@@ -105,11 +133,18 @@ def test_entropy_method_without_stage_one_is_refused(world, tmp_path):
     tile id (found by the convergence benchmark)."""
     root, scene, ref = world
     with pytest.raises(RSGeoPruneError, match="ranks by Stage I entropy"):
-        run_pipeline([scene.path], tmp_path / "e", [], TileConfig(), RunConfig(budget_count=5, method="entropy"),
-                     progress=False)
+        run_pipeline(
+            [scene.path], tmp_path / "e", [], TileConfig(), RunConfig(budget_count=5, method="entropy"), progress=False
+        )
     assert not (tmp_path / "e" / "tiles.parquet").exists()
-    cat, _ = run_pipeline([scene.path], tmp_path / "e", [], TileConfig(entropy_min=0.0),
-                          RunConfig(budget_count=5, method="entropy"), progress=False)
+    cat, _ = run_pipeline(
+        [scene.path],
+        tmp_path / "e",
+        [],
+        TileConfig(entropy_min=0.0),
+        RunConfig(budget_count=5, method="entropy"),
+        progress=False,
+    )
     kept = cat.loc[cat["kept"], "entropy"].astype(float)
     others = cat.loc[cat["pruned_by"] == "selection", "entropy"].astype(float)
     assert len(kept) == 5 and kept.min() >= others.max()

@@ -11,8 +11,15 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rsgeo_prune import RSGeoPruneError, TileConfig, tiles_stage
-from rsgeo_prune.pixels import (PixelReader, Stretch, percentile_range, read_tile_pixels, scene_percentiles,
-                                 stretch_levels, valid_pixels)
+from rsgeo_prune.pixels import (
+    PixelReader,
+    Stretch,
+    percentile_range,
+    read_tile_pixels,
+    scene_percentiles,
+    stretch_levels,
+    valid_pixels,
+)
 
 from .conftest import shared
 
@@ -21,8 +28,18 @@ def _uint16_raster(path, nodata=None):
     rng = np.random.default_rng(5)
     data = rng.integers(100, 4000, size=(4, 64, 96)).astype(np.uint16)
     data[:, :32, :32] = nodata if nodata is not None else 0
-    with rasterio.open(path, "w", driver="GTiff", width=96, height=64, count=4, dtype="uint16", crs="EPSG:32614",
-                       transform=from_origin(500_000, 5_000_000, 1, 1), nodata=nodata) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=96,
+        height=64,
+        count=4,
+        dtype="uint16",
+        crs="EPSG:32614",
+        transform=from_origin(500_000, 5_000_000, 1, 1),
+        nodata=nodata,
+    ) as dst:
         dst.write(data)
     return data
 
@@ -46,7 +63,7 @@ def test_uint16_gets_the_scene_stretch_of_stage_one(tmp_path):
     reader = PixelReader()
     lo, hi = scene_percentiles(str(path), 0)
     row = table.iloc[1]  # a tile with data
-    expected = stretch_levels(data[:, row.row_off:row.row_off + 32, row.col_off:row.col_off + 32], lo, hi)
+    expected = stretch_levels(data[:, row.row_off : row.row_off + 32, row.col_off : row.col_off + 32], lo, hi)
     assert np.array_equal(reader.read_levels(row), expected)
     unit, valid = reader.read_unit(row)
     assert unit.dtype == np.float32 and 0.0 <= unit.min() and unit.max() <= 1.0 and valid.all()
@@ -99,8 +116,7 @@ def test_real_uint16_naip_block_masks_its_nodata():
 def test_stretch_levels_known_answers():
     """``round(255 * clip((v - lo) / (hi - lo), 0, 1))`` per band; NaN → 0; a flat band (hi == lo)
     splits at lo."""
-    block = np.array([[[-5.0, 0.0, 25.0, 50.2, 100.0, 150.0, np.nan]],
-                      [[9.0, 10.0, 11.0, 10.0, 10.0, 10.0, 10.0]]])
+    block = np.array([[[-5.0, 0.0, 25.0, 50.2, 100.0, 150.0, np.nan]], [[9.0, 10.0, 11.0, 10.0, 10.0, 10.0, 10.0]]])
     levels = stretch_levels(block, [0.0, 10.0], [100.0, 10.0])
     assert levels.dtype == np.uint8
     assert levels.tolist() == [[[0, 0, 64, 128, 255, 255, 0]], [[0, 0, 255, 0, 0, 0, 0]]]
@@ -108,8 +124,7 @@ def test_stretch_levels_known_answers():
 
 def test_valid_pixels_known_answers():
     """A pixel is nodata only when every band is nodata or NaN."""
-    block = np.array([[[0.0, np.nan, 0.0, 5.0]],
-                      [[0.0, 3.0, np.nan, np.nan]]])
+    block = np.array([[[0.0, np.nan, 0.0, 5.0]], [[0.0, 3.0, np.nan, np.nan]]])
     assert valid_pixels(block, 0).tolist() == [[0, 1, 0, 1]]
     assert valid_pixels(block, None).tolist() == [[1, 1, 1, 1]]
     assert valid_pixels(block, float("nan")).tolist() == [[1, 1, 1, 1]]
@@ -129,8 +144,17 @@ def test_percentile_range_known_answers():
 
 def test_scene_percentiles_and_unit_scaling_known_answers(tmp_path):
     path = tmp_path / "ramp.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint16", crs="EPSG:32614",
-                       transform=from_origin(500_000, 5_000_000, 1, 1)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=10,
+        height=10,
+        count=1,
+        dtype="uint16",
+        crs="EPSG:32614",
+        transform=from_origin(500_000, 5_000_000, 1, 1),
+    ) as dst:
         dst.write(np.arange(100, dtype=np.uint16).reshape(1, 10, 10))
     lo, hi = scene_percentiles(str(path), None)
     assert lo == pytest.approx([1.98], abs=1e-12) and hi == pytest.approx([97.02], abs=1e-12)

@@ -21,9 +21,17 @@ def grid(href, crs, x0, y0, px=10.0, cols=3, rows=2, size=64):
             x, y = x0 + c * size * px, y0 - r * size * px
             ring = np.array([(x, y), (x + size * px, y), (x + size * px, y - size * px), (x, y - size * px)])
             lon, lat = to_lonlat.transform(ring[:, 0], ring[:, 1])
-            out.append(dict(tile_id=f"{href}/{r}_{c}", href=href, crs=crs, width=size, height=size,
-                            transform=np.array([px, 0.0, x, 0.0, -px, y]),
-                            geometry=shapely.Polygon(np.c_[lon, lat])))
+            out.append(
+                dict(
+                    tile_id=f"{href}/{r}_{c}",
+                    href=href,
+                    crs=crs,
+                    width=size,
+                    height=size,
+                    transform=np.array([px, 0.0, x, 0.0, -px, y]),
+                    geometry=shapely.Polygon(np.c_[lon, lat]),
+                )
+            )
     return out
 
 
@@ -36,8 +44,10 @@ def pairs(places: Places):
 
 
 def test_same_grid_in_two_files_pairs_each_tile_with_its_twin_only():
-    rows = table(grid("a_20100629.tif", "EPSG:26914", 485_900, 5_209_245),
-                 grid("b_20120731.tif", "EPSG:26914", 485_900, 5_209_245))
+    rows = table(
+        grid("a_20100629.tif", "EPSG:26914", 485_900, 5_209_245),
+        grid("b_20120731.tif", "EPSG:26914", 485_900, 5_209_245),
+    )
     places = same_place_partners(rows)
     assert pairs(places) == [(i, i + 6) for i in range(6)]  # touching neighbours and same-file tiles never pair
     assert places.pairs == 6 and places.of(7).tolist() == [1]
@@ -54,8 +64,15 @@ def test_other_crs_are_compared_in_an_equal_area_crs():
     utm = grid("a.tif", "EPSG:26914", 485_900, 5_209_245, cols=1, rows=1)
     wgs = grid("b.tif", "EPSG:32614", 485_900, 5_209_245, cols=1, rows=1)
     west, south, east, north = utm[0]["geometry"].bounds  # a lon/lat raster tile over the same ground
-    deg = [dict(utm[0], href="c.tif", crs="EPSG:4326", geometry=shapely.box(west, south, east, north),
-                transform=np.array([(east - west) / 64, 0.0, west, 0.0, -(north - south) / 64, north]))]
+    deg = [
+        dict(
+            utm[0],
+            href="c.tif",
+            crs="EPSG:4326",
+            geometry=shapely.box(west, south, east, north),
+            transform=np.array([(east - west) / 64, 0.0, west, 0.0, -(north - south) / 64, north]),
+        )
+    ]
     far = grid("d.tif", "EPSG:32615", 300_000, 5_209_245, cols=1, rows=1)  # another zone, elsewhere
     places = same_place_partners(table(utm, wgs, deg, far), iou=0.8)
     assert pairs(places) == [(0, 1), (0, 2), (1, 2)]
@@ -63,18 +80,46 @@ def test_other_crs_are_compared_in_an_equal_area_crs():
 
 def test_tiles_without_a_footprint_have_no_place():
     rows = table(grid("a.tif", "EPSG:26914", 0, 0, cols=1, rows=1), grid("b.tif", "EPSG:26914", 0, 0, cols=1, rows=1))
-    rows = pd.concat([rows, gpd.GeoDataFrame([dict(tile_id="imgs/x/0_0", href="imgs/x.png", crs=None, width=64,
-                                                   height=64, transform=None, geometry=None)],
-                                             geometry="geometry", crs="EPSG:4326")], ignore_index=True)
+    rows = pd.concat(
+        [
+            rows,
+            gpd.GeoDataFrame(
+                [
+                    dict(
+                        tile_id="imgs/x/0_0",
+                        href="imgs/x.png",
+                        crs=None,
+                        width=64,
+                        height=64,
+                        transform=None,
+                        geometry=None,
+                    )
+                ],
+                geometry="geometry",
+                crs="EPSG:4326",
+            ),
+        ],
+        ignore_index=True,
+    )
     assert pairs(same_place_partners(rows)) == [(0, 1)]
     assert pairs(same_place_partners(rows.iloc[:0])) == []
 
 
 def test_acquisition_dates_from_the_datetime_column_then_the_file_name():
-    rows = pd.DataFrame({"href": ["naip/m_4709963_se_14_1_20100629.tif", "x/scene_20201301.tif", "y/plain.tif",
-                                  "z/m_4709963_se_14_1_20180716.tif"]})
+    rows = pd.DataFrame(
+        {
+            "href": [
+                "naip/m_4709963_se_14_1_20100629.tif",
+                "x/scene_20201301.tif",
+                "y/plain.tif",
+                "z/m_4709963_se_14_1_20180716.tif",
+            ]
+        }
+    )
     got = acquisition_dates(rows)
-    assert str(got[0])[:10] == "2010-06-29" and np.isnat(got[1]) and np.isnat(got[2]) and str(got[3])[:10] == "2018-07-16"
+    assert (
+        str(got[0])[:10] == "2010-06-29" and np.isnat(got[1]) and np.isnat(got[2]) and str(got[3])[:10] == "2018-07-16"
+    )
     rows["datetime"] = pd.to_datetime(["2021-05-01T10:00:00Z", None, "2019-01-02T00:00:00Z", None], utc=True)
     got = acquisition_dates(rows)
     assert [str(d)[:10] for d in got] == ["2021-05-01", "NaT", "2019-01-02", "2018-07-16"]

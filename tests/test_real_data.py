@@ -59,7 +59,9 @@ def test_napa_uint16_nodata():
         px = src.read()
     bad = (px == 256).all(axis=0)
     assert 0.2 < bad.mean() < 0.4  # about 29 % of this block is nodata
-    want = [bad[r:r + h, c:c + w].mean() for r, c, h, w in table[["row_off", "col_off", "height", "width"]].to_numpy()]
+    want = [
+        bad[r : r + h, c : c + w].mean() for r, c, h, w in table[["row_off", "col_off", "height", "width"]].to_numpy()
+    ]
     assert np.allclose(table["nodata_frac"], want, rtol=0, atol=0)
     assert set(table.loc[table["nodata_frac"] > 0.5, "pruned_by"]) == {"nodata"}
     assert (table["nodata_frac"] > 0.5).any() and (table["nodata_frac"] <= 0.5).any()

@@ -34,9 +34,16 @@ def test_catalog_metadata_and_embeddings(world):
     assert geo["version"] == "1.1.0" and geo["primary_column"] == "geometry"
     col = geo["columns"]["geometry"]
     assert col["encoding"] == "WKB" and col["geometry_types"] == ["Polygon"]
-    assert col["covering"]["bbox"] == {"xmin": ["bbox", "xmin"], "ymin": ["bbox", "ymin"],
-                                       "xmax": ["bbox", "xmax"], "ymax": ["bbox", "ymax"]}
-    assert table.schema.field("bbox").type.num_fields == 4 and table.schema.field("geometry").type == __import__("pyarrow").binary()
+    assert col["covering"]["bbox"] == {
+        "xmin": ["bbox", "xmin"],
+        "ymin": ["bbox", "ymin"],
+        "xmax": ["bbox", "xmax"],
+        "ymax": ["bbox", "ymax"],
+    }
+    assert (
+        table.schema.field("bbox").type.num_fields == 4
+        and table.schema.field("geometry").type == __import__("pyarrow").binary()
+    )
     assert len(col["bbox"]) == 4 and table.num_rows == len(cat)
     assert pq.read_metadata(root / "meta" / "catalog.parquet").row_group(0).column(0).compression == "ZSTD"
     # rows in spatial (Hilbert) order, reproducible from the columns alone
@@ -46,7 +53,9 @@ def test_catalog_metadata_and_embeddings(world):
     ids, z = read_embeddings(root / "meta" / "embeddings.parquet")
     assert len(ids) == counts["after entropy"] and z.shape[1] > 0
     manifest = json.loads((root / "meta" / "run.json").read_text())
-    assert set(manifest["stages"]) == {"tiles", "centroids", "embed", "select", "stac"} and manifest["packages"]["numpy"]
+    assert (
+        set(manifest["stages"]) == {"tiles", "centroids", "embed", "select", "stac"} and manifest["packages"]["numpy"]
+    )
 
 
 def test_rerun_skips_finished_stages_and_is_identical(world, small_run, tmp_path, caplog):
@@ -70,17 +79,19 @@ def test_sigkill_during_embedding_then_resume(world, caplog):
     reference = run_pipeline([a.path], root / "ref_run", [ref], progress=False, **CFG)[1]
     # the fault is injected here, not in the library: the subprocess wraps the part writer so that
     # the process kills itself with SIGKILL right after the second finished part
-    code = ("import os\nimport rsgeo_prune.embed_cache as ec\n"
-            "from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline\n"
-            "real, done = ec.write_part, []\n"
-            "def write_then_die(path, *args, **kwargs):\n"
-            "    real(path, *args, **kwargs)\n"
-            "    done.append(path)\n"
-            "    if len(done) == 2:\n"
-            "        os.kill(os.getpid(), 9)\n"
-            "ec.write_part = write_then_die\n"
-            f"run_pipeline([{str(a.path)!r}], {str(root / 'killed')!r}, [{str(ref)!r}], TileConfig(entropy_keep=0.7), "
-            "RunConfig(k=7, budget=0.3, chunk=8), scheduler='synchronous', progress=False)\n")
+    code = (
+        "import os\nimport rsgeo_prune.embed_cache as ec\n"
+        "from rsgeo_prune.pipeline import RunConfig, TileConfig, run_pipeline\n"
+        "real, done = ec.write_part, []\n"
+        "def write_then_die(path, *args, **kwargs):\n"
+        "    real(path, *args, **kwargs)\n"
+        "    done.append(path)\n"
+        "    if len(done) == 2:\n"
+        "        os.kill(os.getpid(), 9)\n"
+        "ec.write_part = write_then_die\n"
+        f"run_pipeline([{str(a.path)!r}], {str(root / 'killed')!r}, [{str(ref)!r}], TileConfig(entropy_keep=0.7), "
+        "RunConfig(k=7, budget=0.3, chunk=8), scheduler='synchronous', progress=False)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -9  # killed with SIGKILL in the middle of embedding
     parts = list((root / "killed" / "embed.parts").glob("part-*.parquet"))
@@ -127,19 +138,37 @@ def test_bad_run_directories(world, tmp_path):
         run_pipeline([a.path], blocker / "run", [ref], progress=False, **CFG)
     # a run directory made with another config is recomputed, not reused
     run_pipeline([a.path], tmp_path / "run", [ref], progress=False, **CFG)
-    cat, counts = run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
-                               run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
+    cat, counts = run_pipeline(
+        [a.path],
+        tmp_path / "run",
+        [ref],
+        tile_cfg=TileConfig(entropy_keep=0.5),
+        run_cfg=RunConfig(k=7, budget=0.3, chunk=8),
+        progress=False,
+    )
     assert counts["after entropy"] < CFG["tile_cfg"].entropy_keep * counts["after nodata/mask"]
     # a damaged artifact is recomputed
     good = sha(tmp_path / "run" / "catalog.parquet")
     (tmp_path / "run" / "catalog.parquet").write_bytes(b"garbage")
     (tmp_path / "run" / "embeddings.parquet").write_bytes(b"garbage")
-    run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
-                 run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
+    run_pipeline(
+        [a.path],
+        tmp_path / "run",
+        [ref],
+        tile_cfg=TileConfig(entropy_keep=0.5),
+        run_cfg=RunConfig(k=7, budget=0.3, chunk=8),
+        progress=False,
+    )
     assert sha(tmp_path / "run" / "catalog.parquet") == good
     (tmp_path / "run" / "run.json").write_text("{not json")
-    run_pipeline([a.path], tmp_path / "run", [ref], tile_cfg=TileConfig(entropy_keep=0.5),
-                 run_cfg=RunConfig(k=7, budget=0.3, chunk=8), progress=False)
+    run_pipeline(
+        [a.path],
+        tmp_path / "run",
+        [ref],
+        tile_cfg=TileConfig(entropy_keep=0.5),
+        run_cfg=RunConfig(k=7, budget=0.3, chunk=8),
+        progress=False,
+    )
     assert sha(tmp_path / "run" / "catalog.parquet") == good
 
 
@@ -150,8 +179,14 @@ def test_stac_catalog_and_stac_geoparquet(world, tmp_path):
 
     root, a, _, ref = world
     out = tmp_path / "stacrun"
-    cat, counts = run_pipeline([a.path], out, [ref], tile_cfg=CFG["tile_cfg"],
-                               run_cfg=RunConfig(k=7, budget=0.3, chunk=8, export_tiles=True), progress=False)
+    cat, counts = run_pipeline(
+        [a.path],
+        out,
+        [ref],
+        tile_cfg=CFG["tile_cfg"],
+        run_cfg=RunConfig(k=7, budget=0.3, chunk=8, export_tiles=True),
+        progress=False,
+    )
     stac_cat = pystac.Catalog.from_file(str(out / "stac" / "catalog.json"))
     items = list(stac_cat.get_items(recursive=True))
     assert len(items) == counts["selected"]
@@ -161,7 +196,12 @@ def test_stac_catalog_and_stac_geoparquet(world, tmp_path):
         assert item.properties["proj:code"] == "EPSG:26914" and item.properties["proj:shape"] == [256, 256]
         assert item.properties["proj:transform"] == list(row["transform"])
         assert item.properties["rsgeo:cluster"] == row["cluster"] and item.properties["rsgeo:entropy"] == row["entropy"]
-        assert [b["eo:common_name"] for b in item.assets["data"].extra_fields["bands"]] == ["red", "green", "blue", "nir"]
+        assert [b["eo:common_name"] for b in item.assets["data"].extra_fields["bands"]] == [
+            "red",
+            "green",
+            "blue",
+            "nir",
+        ]
         assert not item.assets["data"].href.startswith("/")  # relative href
         cog = item.assets["data"].get_absolute_href()
         import rasterio
@@ -200,9 +240,9 @@ def test_zero_embeddings_are_never_reused(world, small_run, tmp_path):
     import shutil
 
     import numpy as np
+    import pyarrow.parquet as pq
 
     from rsgeo_prune.embed_cache import EMBEDDER_KEY, write_part
-    import pyarrow.parquet as pq
 
     root, a, _, ref = world
     run_dir = tmp_path / "run"

@@ -61,8 +61,14 @@ def test_baselines():
 
 
 def test_map_reduce_selection_equals_in_memory():
-    from rsgeo_prune.select import (candidate_partition, finish_selection, merge_candidates, quota_plan,
-                                    reduce_candidates, tie_ranks)
+    from rsgeo_prune.select import (
+        candidate_partition,
+        finish_selection,
+        merge_candidates,
+        quota_plan,
+        reduce_candidates,
+        tie_ranks,
+    )
 
     rng = np.random.default_rng(0)
     for trial in range(100):
@@ -76,10 +82,14 @@ def test_map_reduce_selection_equals_in_memory():
         q, r = quota_plan(np.bincount(cluster, minlength=k), budget, k)
         tie = tie_ranks(ids)
         cuts = sorted(set(rng.integers(0, n + 1, int(rng.integers(0, 6))).tolist()) | {0, n})
-        parts = [reduce_candidates(candidate_partition(cluster[a:b], sim[a:b], tie[a:b], a), q, r)
-                 for a, b in zip(cuts[:-1], cuts[1:])]
+        parts = [
+            reduce_candidates(candidate_partition(cluster[a:b], sim[a:b], tie[a:b], a), q, r)
+            for a, b in zip(cuts[:-1], cuts[1:])
+        ]
         while len(parts) > 1:  # a tree, as dask would build it
-            parts = [merge_candidates(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
-                     for i in range(0, len(parts), 2)]
+            parts = [
+                merge_candidates(parts[i], parts[i + 1], q, r) if i + 1 < len(parts) else parts[i]
+                for i in range(0, len(parts), 2)
+            ]
         assert np.array_equal(finish_selection(parts[0], q, r), want), trial
         assert len(parts[0]["index"]) <= q * k + r

@@ -11,8 +11,15 @@ from rsgeo_prune.sources import ImageCollection, RasterScene
 
 
 def _write(path, crs="EPSG:26914", size=512, nodata=None):
-    profile = dict(driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                   transform=rasterio.transform.from_origin(600_000, 5_200_000, 1, 1), nodata=nodata)
+    profile = dict(
+        driver="GTiff",
+        width=size,
+        height=size,
+        count=3,
+        dtype="uint8",
+        transform=rasterio.transform.from_origin(600_000, 5_200_000, 1, 1),
+        nodata=nodata,
+    )
     if crs:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:
@@ -21,10 +28,18 @@ def _write(path, crs="EPSG:26914", size=512, nodata=None):
 
 
 def _item(path, href, **props):
-    item = {"type": "Feature", "stac_version": "1.1.0", "id": "item-1", "geometry": None,
-            "properties": {"datetime": "2020-01-01T00:00:00Z", **props}, "links": [],
-            "assets": {"thumb": {"href": "thumb.png", "type": "image/png"},
-                       "image": {"href": href, "type": "image/tiff; application=geotiff", "roles": ["data"]}}}
+    item = {
+        "type": "Feature",
+        "stac_version": "1.1.0",
+        "id": "item-1",
+        "geometry": None,
+        "properties": {"datetime": "2020-01-01T00:00:00Z", **props},
+        "links": [],
+        "assets": {
+            "thumb": {"href": "thumb.png", "type": "image/png"},
+            "image": {"href": href, "type": "image/tiff; application=geotiff", "roles": ["data"]},
+        },
+    }
     path.write_text(json.dumps(item))
     return path
 
@@ -65,7 +80,8 @@ def test_image_collection_with_manifest(tmp_path):
     for name in ("x.jpg", "y.png", "sub/z.png"):
         Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(root / name)
     pd.DataFrame({"image": ["x.jpg", "sub/z.png"], "Longitude": [-97.5, 2.35], "lat": [47.0, 48.85]}).to_csv(
-        root / "manifest.csv", index=False)
+        root / "manifest.csv", index=False
+    )
     (coll,) = resolve_inputs([root])
     assert isinstance(coll, ImageCollection) and coll.images == ("sub/z.png", "x.jpg", "y.png")
     table = tiles_stage([root], progress=False)
@@ -84,7 +100,9 @@ def test_image_collection_urban_points(tmp_path):
     root.mkdir()
     for name in ("in.png", "out.png"):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name)
-    pd.DataFrame({"path": ["in.png", "out.png"], "lon": [0.5, 5.0], "lat": [0.5, 5.0]}).to_parquet(root / "manifest.parquet")
+    pd.DataFrame({"path": ["in.png", "out.png"], "lon": [0.5, 5.0], "lat": [0.5, 5.0]}).to_parquet(
+        root / "manifest.parquet"
+    )
     gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:4326").to_file(tmp_path / "u.geojson")
     table = tiles_stage([root], TileConfig(mask=str(tmp_path / "u.geojson"), min_urban=0.5), progress=False)
     assert table["urban_frac"].tolist() == [1.0, 0.0]

@@ -25,8 +25,17 @@ def tiles(tmp_path_factory) -> pd.DataFrame:
     """The tile table of a 2 x 3-tile, 3-band raster (32-px tiles), every tile kept."""
     path = tmp_path_factory.mktemp("stac") / "scene.tif"
     data = np.random.default_rng(1).integers(1, 255, (3, 2 * T, 3 * T), dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=3 * T, height=2 * T, count=3, dtype="uint8",
-                       crs="EPSG:26914", transform=from_origin(600_000, 5_200_000, 1, 1)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=3 * T,
+        height=2 * T,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:26914",
+        transform=from_origin(600_000, 5_200_000, 1, 1),
+    ) as dst:
         dst.write(data)
     table = pd.DataFrame(tiles_stage([path], TileConfig(tile_size=T), progress=False))
     assert table["kept"].all() and len(table) == 6
@@ -80,8 +89,9 @@ def test_items_parquet_is_zstd_geoparquet(tiles, tmp_path, kept):
     assert geo["columns"]["geometry"]["encoding"] == "WKB"
     assert str(pq.read_schema(parquet).field("geometry").type) in ("binary", "large_binary")
     assert meta.num_rows == kept
-    assert {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups)
-            for c in range(meta.num_columns)} <= {"ZSTD"}
+    assert {
+        meta.row_group(g).column(c).compression for g in range(meta.num_row_groups) for c in range(meta.num_columns)
+    } <= {"ZSTD"}
 
 
 def _cogs(run):

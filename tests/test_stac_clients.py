@@ -36,8 +36,18 @@ def write_naip_like(folder, date, seed, size=2 * T):
     """A tiny 4-band uint8 raster with a NAIP file name (no time tags): its date is the name's."""
     data = np.random.default_rng(seed).integers(1, 255, (4, size, size + T), dtype=np.uint8)
     path = folder / naip_name(date)
-    with rasterio.open(path, "w", driver="GTiff", width=size + T, height=size, count=4, dtype="uint8",
-                       crs="EPSG:26914", nodata=0, transform=Affine(5, 0, 485900 + seed, 0, -5, 5209245)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size + T,
+        height=size,
+        count=4,
+        dtype="uint8",
+        crs="EPSG:26914",
+        nodata=0,
+        transform=Affine(5, 0, 485900 + seed, 0, -5, 5209245),
+    ) as dst:
         dst.write(data)
     return path
 
@@ -56,8 +66,10 @@ def stac_items(run) -> list[pystac.Item]:
 
 
 def year_bounds(year: int) -> tuple[dt.datetime, dt.datetime]:
-    return (dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc),
-            dt.datetime(year, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc))
+    return (
+        dt.datetime(year, 1, 1, tzinfo=dt.timezone.utc),
+        dt.datetime(year, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc),
+    )
 
 
 def stac_search_by_year(items, year) -> set[str]:
@@ -118,8 +130,17 @@ def test_search_by_year_on_the_real_naip_years(tmp_path):
 def test_unknown_time_is_said_not_invented(tmp_path):
     path = tmp_path / "in" / "scene.tif"
     path.parent.mkdir()
-    with rasterio.open(path, "w", driver="GTiff", width=T, height=T, count=3, dtype="uint8", crs="EPSG:26914",
-                       transform=Affine(1, 0, 600_000, 0, -1, 5_200_000)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=T,
+        height=T,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:26914",
+        transform=Affine(1, 0, 600_000, 0, -1, 5_200_000),
+    ) as dst:
         dst.write(np.full((3, T, T), 5, np.uint8))
     build_run([path], tmp_path / "run")
     (item,) = stac_items(tmp_path / "run")  # pystac reads it back: valid STAC
@@ -177,8 +198,10 @@ def test_a_moved_run_folder_still_resolves(tmp_path):
     src = write_naip_like(project / "inputs", "20180716", 5)
     run = project / "runs" / "r1"
     build_run([src], run)
-    assert pq.read_table(run / "catalog.parquet", columns=["href"]).column("href")[0].as_py() == \
-        "../../inputs/m_4709963_se_14_1_20180716.tif"
+    assert (
+        pq.read_table(run / "catalog.parquet", columns=["href"]).column("href")[0].as_py()
+        == "../../inputs/m_4709963_se_14_1_20180716.tif"
+    )
     stac_json = json.loads(next((run / "stac").glob("*/*.json")).read_text())
     assert not stac_json["assets"]["data"]["href"].startswith("/")
     assert all(not link["href"].startswith("/") for link in stac_json["links"])

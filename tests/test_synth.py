@@ -27,7 +27,7 @@ def test_tiles_look_like_their_class(scene):
         px = src.read()
     by_class = {}
     for row in scene.labels.itertuples():
-        t = px[:, row.row_off:row.row_off + 256, row.col_off:row.col_off + 256].astype(float)
+        t = px[:, row.row_off : row.row_off + 256, row.col_off : row.col_off + 256].astype(float)
         by_class.setdefault(row._2, []).append(t.reshape(4, -1).mean(axis=1))
     mean = {k: np.mean(v, axis=0) for k, v in by_class.items()}
     assert mean["cloud"][:3].min() > 230  # bright

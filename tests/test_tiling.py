@@ -53,7 +53,7 @@ def test_nodata_fraction_is_exact_for_any_stride(scene):
     for tile, stride in ((256, 256), (256, 128), (200, 75), (128, 256)):
         r, c, h, w = tile_offsets(s, tile, stride, partial=True)
         got = nodata_fraction(s, r, c, h, w, tile_size=tile, stride=stride)
-        want = np.array([bad[a:a + hh, b:b + ww].mean() for a, b, hh, ww in zip(r, c, h, w)])
+        want = np.array([bad[a : a + hh, b : b + ww].mean() for a, b, hh, ww in zip(r, c, h, w)])
         assert np.allclose(got, want, atol=0, rtol=0), (tile, stride)
         assert got.max() > 0.5  # the nodata collar
         if tile % stride and stride % tile:  # windows straddling the collar edge: fractions in (0, 1)
@@ -75,8 +75,17 @@ def test_nodata_fraction_counts_partial_nodata(tmp_path):
 
 def test_no_nodata_value_means_no_nodata(tmp_path):
     path = tmp_path / "plain.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=512, height=512, count=1, dtype="uint8",
-                       crs="EPSG:32618", transform=rasterio.transform.from_origin(500_000, 4_000_000, 1, 1)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=512,
+        height=512,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32618",
+        transform=rasterio.transform.from_origin(500_000, 4_000_000, 1, 1),
+    ) as dst:
         dst.write(np.zeros((1, 512, 512), np.uint8))
     s = describe_raster(path)
     assert s.nodata is None
@@ -113,8 +122,18 @@ def test_float_raster_nan_is_nodata(tmp_path):
     px = np.ones((2, 256, 512), np.float32)
     px[:, :64, :256] = np.nan  # a quarter of tile 0
     px[0, 100:110, 300:310] = np.nan  # band 0 only: still valid
-    with rasterio.open(path, "w", driver="GTiff", width=512, height=256, count=2, dtype="float32", nodata=np.nan,
-                       crs="EPSG:32618", transform=rasterio.transform.from_origin(500_000, 4_000_000, 10, 10)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=512,
+        height=256,
+        count=2,
+        dtype="float32",
+        nodata=np.nan,
+        crs="EPSG:32618",
+        transform=rasterio.transform.from_origin(500_000, 4_000_000, 10, 10),
+    ) as dst:
         dst.write(px)
     s = describe_raster(path)
     r, c, h, w = tile_offsets(s)
@@ -133,8 +152,18 @@ def test_mask_band_marks_nodata_when_there_is_no_nodata_value(tmp_path):
     mask[:128, :256] = 0  # half of tile 0 masked
     mask[:, 384:] = 0  # ... and half of tile 1 masked
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(path, "w", driver="GTiff", width=512, height=256, count=3, dtype="uint8", tiled=True,
-                           crs="EPSG:32618", transform=rasterio.transform.from_origin(500_000, 4_000_000, 1, 1)) as dst:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=512,
+            height=256,
+            count=3,
+            dtype="uint8",
+            tiled=True,
+            crs="EPSG:32618",
+            transform=rasterio.transform.from_origin(500_000, 4_000_000, 1, 1),
+        ) as dst:
             dst.write(px)
             dst.write_mask(mask)
     s = describe_raster(path)

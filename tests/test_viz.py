@@ -38,11 +38,29 @@ def test_map_draws_offline_in_headless_chromium(run, tmp_path, capsys):
     assert not re.search(r'<script[^>]+src=|<link[^>]+href=["\']http', page)
     assert "L.geoJSON" in page and catalog["tile_id"].iloc[0] in page
     shot = tmp_path / "map.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # no network at all
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,700", "--virtual-time-budget=5000",
-                    f"--screenshot={shot}", out.as_uri()], check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--proxy-server=127.0.0.1:9",
+            "--proxy-bypass-list=<-loopback>",  # no network at all
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=900,700",
+            "--virtual-time-budget=5000",
+            f"--screenshot={shot}",
+            out.as_uri(),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     from PIL import Image
 
     px = np.asarray(Image.open(shot).convert("RGB")).astype(int)
@@ -61,8 +79,15 @@ def test_report_has_every_plot_and_matching_counts(run, tmp_path):
     scene.labels.to_csv(labels, index=False)
     assert main(["report", str(root / "run"), "--out", str(out), "--labels", str(labels)]) == 0
     page = out.read_text()
-    for plot in ("entropy histogram", "tiles per cluster", "similarity", "class mix", "kept tiles (RGB)",
-                 "pruned tiles (RGB)", "kept tiles (NIR, R, G false colour)"):
+    for plot in (
+        "entropy histogram",
+        "tiles per cluster",
+        "similarity",
+        "class mix",
+        "kept tiles (RGB)",
+        "pruned tiles (RGB)",
+        "kept tiles (NIR, R, G false colour)",
+    ):
         assert f'alt="{plot}" src="data:image/png;base64,' in page, plot
     counts = stage_counts(catalog)
     for stage, n in counts.items():  # the per-stage table of the page

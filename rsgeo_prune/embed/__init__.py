@@ -86,8 +86,11 @@ def embed_table(table, embedder, *, nodata: float | None = None, progress: bool 
 
     out = np.zeros((len(table), embedder.dim), np.float32)
     digests = np.empty(len(table), dtype=object)
-    batches = read_tile_pixels_and_digests(table, nodata=nodata) if with_digests else \
-        ((pos, tiles, None) for pos, tiles in read_tile_pixels(table, nodata=nodata))
+    batches = (
+        read_tile_pixels_and_digests(table, nodata=nodata)
+        if with_digests
+        else ((pos, tiles, None) for pos, tiles in read_tile_pixels(table, nodata=nodata))
+    )
     with tqdm(total=len(table), desc="embedding", unit="tile", disable=None if progress else True) as bar:
         for pos, tiles, found in batches:
             out[pos] = embedder(tiles)
@@ -96,8 +99,14 @@ def embed_table(table, embedder, *, nodata: float | None = None, progress: bool 
     return (out, digests) if with_digests else out
 
 
-def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: int = 64, device: str | None = None,
-                  threads: int | None = None):
+def load_embedder(
+    spec: str = "default",
+    *,
+    nir_view: str = "none",
+    batch_size: int = 64,
+    device: str | None = None,
+    threads: int | None = None,
+):
     """Build an embedder from its spec (see the module docstring). ``threads`` limits the CPU
     threads of the weights-free embedder (default: all cores)."""
     if spec == "default":
@@ -108,8 +117,10 @@ def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: 
     if kind == "openclip":
         arch, sep, ckpt = rest.partition(":")
         if not sep or not arch or not ckpt:
-            raise RSGeoPruneError(f"embedder spec {spec!r}: write openclip:<arch>:<checkpoint-path>, "
-                                  "e.g. openclip:ViT-B-32:/models/RemoteCLIP-ViT-B-32.pt")
+            raise RSGeoPruneError(
+                f"embedder spec {spec!r}: write openclip:<arch>:<checkpoint-path>, "
+                "e.g. openclip:ViT-B-32:/models/RemoteCLIP-ViT-B-32.pt"
+            )
         from .openclip import OpenClipEmbedder
 
         return OpenClipEmbedder(arch, ckpt, nir_view=nir_view, batch_size=batch_size, device=device)
@@ -122,5 +133,13 @@ def load_embedder(spec: str = "default", *, nir_view: str = "none", batch_size: 
     raise RSGeoPruneError(f"unknown embedder spec {spec!r}; use default, openclip:<arch>:<ckpt> or siglip:<dir>")
 
 
-__all__ = ["Embedder", "NIR_VIEWS", "as_unit_float", "combine_views", "embed_table", "l2_normalise", "load_embedder",
-           "rgb_and_false_colour"]
+__all__ = [
+    "Embedder",
+    "NIR_VIEWS",
+    "as_unit_float",
+    "combine_views",
+    "embed_table",
+    "l2_normalise",
+    "load_embedder",
+    "rgb_and_false_colour",
+]

@@ -49,7 +49,7 @@ class TorchImageEmbedder:
         out = []
         with torch.inference_mode():
             for s in range(0, len(rgb), self.batch_size):
-                out.append(self._encode([to_pil(t) for t in rgb[s:s + self.batch_size]]).float().cpu().numpy())
+                out.append(self._encode([to_pil(t) for t in rgb[s : s + self.batch_size]]).float().cpu().numpy())
         return l2_normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:

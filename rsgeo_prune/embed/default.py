@@ -33,14 +33,14 @@ from . import as_unit_float
 
 # The kernels read these module globals, which numba freezes as compile-time constants.
 COLOR_LEVELS = 16
-COLOR_BINS = COLOR_LEVELS ** 3
+COLOR_BINS = COLOR_LEVELS**3
 COLOR_DIM = 1024
 GRAD_BINS = 8
 GRAD_OCTAVES = 8  # gradient magnitudes from 2^-GRAD_OCTAVES to 1
 GRAD_SCALES = 3
 # lower edges of gradient bins 1.. (bin 0 is below the first): exact powers of two while GRAD_BINS
 # divides GRAD_OCTAVES·k, so binning is exact comparison, not a libm log2 that may differ by an ulp
-GRAD_FLOOR = 2.0 ** -GRAD_OCTAVES  # added to the magnitude, so that log2 starts at -GRAD_OCTAVES
+GRAD_FLOOR = 2.0**-GRAD_OCTAVES  # added to the magnitude, so that log2 starts at -GRAD_OCTAVES
 GRAD_EDGES = tuple(2.0 ** (GRAD_OCTAVES * k / GRAD_BINS - GRAD_OCTAVES) for k in range(1, GRAD_BINS))
 NDVI_BINS = 16
 LUMA = (0.299, 0.587, 0.114)  # BT.601 weights of R, G, B
@@ -91,7 +91,9 @@ def _halve(gray):  # pragma: no cover - compiled
     out = np.empty((h, w), np.float32)
     for y in range(h):
         for x in range(w):
-            out[y, x] = 0.25 * (gray[2 * y, 2 * x] + gray[2 * y + 1, 2 * x] + gray[2 * y, 2 * x + 1] + gray[2 * y + 1, 2 * x + 1])
+            out[y, x] = 0.25 * (
+                gray[2 * y, 2 * x] + gray[2 * y + 1, 2 * x] + gray[2 * y, 2 * x + 1] + gray[2 * y + 1, 2 * x + 1]
+            )
     return out
 
 

@@ -18,27 +18,41 @@ from ._torch import TorchImageEmbedder, pick_device
 class OpenClipEmbedder(TorchImageEmbedder):
     """Image tower of an open_clip model; output ``(N, D)`` unit vectors (``2D`` with ``nir_view="concat"``)."""
 
-    def __init__(self, arch: str, checkpoint: str | Path, *, nir_view: str = "none", batch_size: int = 64,
-                 device: str | None = None):
+    def __init__(
+        self,
+        arch: str,
+        checkpoint: str | Path,
+        *,
+        nir_view: str = "none",
+        batch_size: int = 64,
+        device: str | None = None,
+    ):
         import open_clip
         import torch
 
         path = Path(checkpoint)
         if not path.is_file():
-            raise RSGeoPruneError(f"{path}: no such checkpoint file; download the weights once and give their local path")
+            raise RSGeoPruneError(
+                f"{path}: no such checkpoint file; download the weights once and give their local path"
+            )
         config = path.with_name(f"{arch}.json")
         if config.is_file():  # a custom architecture shipped with its weights
             open_clip.add_model_config(config)
         if arch not in open_clip.list_models():
-            raise RSGeoPruneError(f"{arch!r} is not an open_clip model; use one of open_clip.list_models() "
-                                  f"or put {arch}.json beside {path.name}")
+            raise RSGeoPruneError(
+                f"{arch!r} is not an open_clip model; use one of open_clip.list_models() "
+                f"or put {arch}.json beside {path.name}"
+            )
         self.device = pick_device(device)
         precision = "fp16" if self.device.startswith("cuda") else "fp32"
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                arch, pretrained=str(path), device=self.device, precision=precision, weights_only=True)
+                arch, pretrained=str(path), device=self.device, precision=precision, weights_only=True
+            )
         except Exception as exc:  # torch/open_clip raise many types for a wrong file
-            raise RSGeoPruneError(f"{path}: cannot load as an open_clip {arch} checkpoint ({exc}); check arch and file") from exc
+            raise RSGeoPruneError(
+                f"{path}: cannot load as an open_clip {arch} checkpoint ({exc}); check arch and file"
+            ) from exc
         self.model = model.eval()
         self.preprocess = preprocess
         self.batch_size = batch_size

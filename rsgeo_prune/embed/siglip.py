@@ -22,8 +22,10 @@ class SiglipEmbedder(TorchImageEmbedder):
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
-            raise RSGeoPruneError(f"{folder}: not a transformers model folder (no config.json); give the local "
-                                  "directory of a SigLIP model such as Git-RSCLIP")
+            raise RSGeoPruneError(
+                f"{folder}: not a transformers model folder (no config.json); give the local "
+                "directory of a SigLIP model such as Git-RSCLIP"
+            )
         self.device = pick_device(device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         try:

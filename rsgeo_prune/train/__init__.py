@@ -8,7 +8,8 @@ One module per concept; data flows up this list, never down:
 * models and maths: ``diffusion`` (processes, samplers), ``dit``, ``augment``, ``dataset``, ``features`` (feature
   spaces), ``metrics`` (FD, KID, precision/recall), ``vae_model`` (the VAE's presets and I/O);
 * stages: ``vae`` (train the VAE), ``latents`` (encode), ``export``, ``sampling``, ``trainer`` (train the DiT);
-* front ends: ``commands``, ``dit_commands``. It reads pixels through :mod:`rsgeo_prune.pixels` and never imports the selection code,
+* front ends: ``commands``, ``dit_commands``. It reads pixels through :mod:`rsgeo_prune.pixels` and never imports the
+selection code,
 the orchestrator (``pipeline``) or the front ends (``cli``, ``viz``, ``demo``).
 
 ``rsgeo_prune.train.load_dit(folder)``, ``read_export(folder)`` (from :mod:`.export`) and

@@ -55,13 +55,17 @@ class RadiometricJitter:
         gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % 2**63)
         u = torch.rand(n, 2 * channels + 1, generator=gen, dtype=torch.float64) * 2 - 1  # U(-1, 1)
         gain = torch.exp(u[:, :channels] * math.log1p(self.gain))
-        offset = u[:, channels:2 * channels] * self.offset
-        gamma = torch.exp(u[:, 2 * channels:] * math.log1p(self.gamma))
-        return (gain.float().view(n, channels, 1, 1), offset.float().view(n, channels, 1, 1),
-                gamma.float().view(n, 1, 1, 1))
+        offset = u[:, channels : 2 * channels] * self.offset
+        gamma = torch.exp(u[:, 2 * channels :] * math.log1p(self.gamma))
+        return (
+            gain.float().view(n, channels, 1, 1),
+            offset.float().view(n, channels, 1, 1),
+            gamma.float().view(n, 1, 1, 1),
+        )
 
-    def __call__(self, x: torch.Tensor, valid: torch.Tensor, *, seed: int, step: int,
-                 fill: float = -1.0) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, valid: torch.Tensor, *, seed: int, step: int, fill: float = -1.0
+    ) -> torch.Tensor:
         """Jittered copy of ``x (N, C, H, W)`` in [-1, 1]; ``valid (N, H, W)`` pixels only."""
         if not self.active:
             return x
@@ -75,8 +79,11 @@ class RadiometricJitter:
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
-        and not x.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )
 
 
 __all__ = ["RadiometricJitter"]

@@ -32,8 +32,16 @@ STATE_FORMAT = "rsgeo-train-state/1"
 DIT_STATE_KIND = "rsgeo-dit/1"
 
 
-def save_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               step: int, epoch: int, position: int, extra: dict | None = None) -> Path:
+def save_state(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    step: int,
+    epoch: int,
+    position: int,
+    extra: dict | None = None,
+) -> Path:
     """Write the full training state to ``path`` atomically (a temporary file renamed on success).
 
     Args:
@@ -48,7 +56,9 @@ def save_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "rng": rng_state(),
-        "step": int(step), "epoch": int(epoch), "position": int(position),
+        "step": int(step),
+        "epoch": int(epoch),
+        "position": int(position),
         "extra": extra or {},
     }
     path = Path(path)
@@ -63,8 +73,12 @@ def read_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     path = Path(path)
     if not path.exists():
         raise RSGeoPruneError(f"{path}: no training state to resume from; drop --resume or give the run's --out")
-    return _load(path, map_location, "not a readable training state ({}); delete it or start a new --out",
-                 "not an rsgeo-prune training state; start a new --out")
+    return _load(
+        path,
+        map_location,
+        "not a readable training state ({}); delete it or start a new --out",
+        "not an rsgeo-prune training state; start a new --out",
+    )
 
 
 def _load(path: Path, map_location, unreadable: str, foreign: str) -> dict:
@@ -92,8 +106,12 @@ def read_checkpoint(path: str | Path, *, hint: str = "start a new --out") -> dic
     path = Path(path)
     if not path.is_file():
         raise RSGeoPruneError(f"{path}: no DiT checkpoint here; give the state.pt of a train-dit --out")
-    state = _load(path, "cpu", f"not a readable checkpoint (corrupt or truncated: {{}}); delete it and {hint}",
-                  f"not an rsgeo-prune training state; {hint}")
+    state = _load(
+        path,
+        "cpu",
+        f"not a readable checkpoint (corrupt or truncated: {{}}); delete it and {hint}",
+        f"not an rsgeo-prune training state; {hint}",
+    )
     extra = state.get("extra") or {}
     if extra.get("kind") != DIT_STATE_KIND:
         raise RSGeoPruneError(f"{path}: a training state of another model (not train-dit); give a train-dit state.pt")
@@ -111,12 +129,22 @@ def config_from_saved(cls, saved: dict):
 def check_resume_steps(path: Path, saved_step: int, steps: int) -> None:
     """A resumed run continues forward: ``steps`` (the run's total) below the saved step is refused."""
     if steps < saved_step:
-        raise InvalidOption("steps", steps, f"the run in {path.parent} is at step {saved_step} already; give "
-                                            f"--steps {saved_step} or more to continue it")
+        raise InvalidOption(
+            "steps",
+            steps,
+            f"the run in {path.parent} is at step {saved_step} already; give "
+            f"--steps {saved_step} or more to continue it",
+        )
 
 
-def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-               map_location: str | torch.device = "cpu", restore_rng: bool = True) -> dict:
+def load_state(
+    path: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    map_location: str | torch.device = "cpu",
+    restore_rng: bool = True,
+) -> dict:
     """Load a :func:`save_state` file (``weights_only=True``) into ``model`` and ``optimizer`` and
     restore the RNG states; returns ``{"step", "epoch", "position", "extra"}``."""
     path = Path(path)
@@ -124,8 +152,9 @@ def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise RSGeoPruneError(f"{path}: its weights do not fit this model (another preset?); "
-                              "resume with the run's own settings") from exc
+        raise RSGeoPruneError(
+            f"{path}: its weights do not fit this model (another preset?); resume with the run's own settings"
+        ) from exc
     if optimizer is not None and state["optimizer"] is not None:
         optimizer.load_state_dict(state["optimizer"])
     if restore_rng:
@@ -134,8 +163,15 @@ def load_state(path: str | Path, *, model: torch.nn.Module, optimizer: torch.opt
 
 
 #: safetensors' names of the tensor dtypes written by :func:`write_safetensors`.
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-                      torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+}
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
@@ -148,8 +184,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
         if t.dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{name}: dtype {t.dtype} is not written to safetensors here")
         size = t.numel() * t.element_size()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
         blobs.append(t.reshape(-1).view(torch.uint8).numpy() if size else b"")  # the tensor's bytes, not a copy
         offset += size
     if metadata:
@@ -163,5 +202,16 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
             fh.write(data)
     return path
 
-__all__ = ["DIT_STATE_KIND", "SAFETENSORS_DTYPES", "STATE_FORMAT", "check_resume_steps", "config_from_saved",
-           "load_state", "read_checkpoint", "read_state", "save_state", "write_safetensors"]
+
+__all__ = [
+    "DIT_STATE_KIND",
+    "SAFETENSORS_DTYPES",
+    "STATE_FORMAT",
+    "check_resume_steps",
+    "config_from_saved",
+    "load_state",
+    "read_checkpoint",
+    "read_state",
+    "save_state",
+    "write_safetensors",
+]

@@ -37,8 +37,10 @@ def to_levels(x) -> np.ndarray:
 
 def scale_tensors(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel latent ``mean`` and ``std`` (sequences of C numbers) as float32 ``(1, C, 1, 1)`` tensors."""
-    return (torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1),
-            torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+    return (
+        torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1),
+        torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1),
+    )
 
 
 def normalise_latents(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -70,5 +72,4 @@ def json_safe(v):
     return v
 
 
-__all__ = ["VIEWS", "band_views", "denormalise_latents", "json_safe", "normalise_latents", "scale_tensors",
-           "to_levels"]
+__all__ = ["VIEWS", "band_views", "denormalise_latents", "json_safe", "normalise_latents", "scale_tensors", "to_levels"]

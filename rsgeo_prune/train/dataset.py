@@ -52,7 +52,9 @@ def load_table(catalog: str | Path | pd.DataFrame) -> pd.DataFrame:
     try:
         return pd.DataFrame(read_catalog(path))
     except Exception as exc:
-        raise RSGeoPruneError(f"{path}: not a readable catalog ({exc}); give a GeoParquet written by rsgeo-prune") from exc
+        raise RSGeoPruneError(
+            f"{path}: not a readable catalog ({exc}); give a GeoParquet written by rsgeo-prune"
+        ) from exc
 
 
 def select_rows(table: pd.DataFrame, select: Selection = "kept", *, source: str = "catalog") -> pd.DataFrame:
@@ -65,7 +67,9 @@ def select_rows(table: pd.DataFrame, select: Selection = "kept", *, source: str 
     """
     for col in ("tile_id", "href"):
         if col not in table:
-            raise RSGeoPruneError(f"{source}: has no {col!r} column; give a tile table or catalog written by rsgeo-prune")
+            raise RSGeoPruneError(
+                f"{source}: has no {col!r} column; give a tile table or catalog written by rsgeo-prune"
+            )
     if select is None or (isinstance(select, str) and select == "all"):
         rows = table
     elif isinstance(select, str) and select == "kept":
@@ -73,8 +77,10 @@ def select_rows(table: pd.DataFrame, select: Selection = "kept", *, source: str 
             raise RSGeoPruneError(f"{source}: has no 'kept' column; select tiles with a query or tile ids")
         rows = table[table["kept"].fillna(False).astype(bool)]
         if not len(rows):
-            raise RSGeoPruneError(f"{source}: no kept tiles (all {len(table)} pruned); choose another catalog "
-                                  "or select tiles with a query")
+            raise RSGeoPruneError(
+                f"{source}: no kept tiles (all {len(table)} pruned); choose another catalog "
+                "or select tiles with a query"
+            )
     elif isinstance(select, str):
         try:
             rows = table.query(select)
@@ -98,8 +104,9 @@ def hash_split(tile_ids: Sequence[str], val_fraction: float, *, salt: str = "rsg
     The split of a tile never depends on which other tiles are in the catalog, so adding tiles or
     pruning differently keeps the validation tiles that remain.
     """
-    h = np.array([int.from_bytes(hashlib.sha1(f"{salt}{t}".encode()).digest()[:8], "big") for t in tile_ids],
-                 dtype=np.float64)
+    h = np.array(
+        [int.from_bytes(hashlib.sha1(f"{salt}{t}".encode()).digest()[:8], "big") for t in tile_ids], dtype=np.float64
+    )
     return h / 2.0**64 < float(val_fraction)
 
 
@@ -139,13 +146,16 @@ def validation_groups(table: pd.DataFrame, by: str) -> pd.Series:
     missing = [i for i, y in enumerate(years) if y is None]
     if missing:
         href = table["href"].iloc[missing[0]]
-        raise RSGeoPruneError(f"{href}: no acquisition date (no datetime column, no YYYYMMDD in the file name) for "
-                              f"--val-by year ({len(missing)} of {len(table)} tiles); use --val-by scene")
+        raise RSGeoPruneError(
+            f"{href}: no acquisition date (no datetime column, no YYYYMMDD in the file name) for "
+            f"--val-by year ({len(missing)} of {len(table)} tiles); use --val-by scene"
+        )
     return pd.Series([str(y) for y in years], index=table.index)
 
 
-def split_validation(table: pd.DataFrame, by: str = "scene", fraction: float = 0.05, *,
-                     salt: str = "rsgeo-val") -> np.ndarray:
+def split_validation(
+    table: pd.DataFrame, by: str = "scene", fraction: float = 0.05, *, salt: str = "rsgeo-val"
+) -> np.ndarray:
     """``True`` for validation rows: whole groups (see :func:`validation_groups`) held out.
 
     ``hash`` is :func:`hash_split` per tile. For ``scene`` and ``year``, groups are taken in the order
@@ -160,8 +170,10 @@ def split_validation(table: pd.DataFrame, by: str = "scene", fraction: float = 0
         return hash_split(groups, fraction, salt=salt)
     sizes = groups.value_counts()
     if len(sizes) < 2:
-        raise RSGeoPruneError(f"--val-by {by}: the tiles come from one {by} ({sizes.index[0]}); "
-                              "nothing can be held out whole: use --val-by hash")
+        raise RSGeoPruneError(
+            f"--val-by {by}: the tiles come from one {by} ({sizes.index[0]}); "
+            "nothing can be held out whole: use --val-by hash"
+        )
     order = sorted(sizes.index, key=lambda g: hashlib.sha1(f"{salt}{g}".encode()).digest())
     held, count = [], 0
     for g in order[:-1]:  # never every group
@@ -177,8 +189,10 @@ def check_hrefs(hrefs: Sequence[str], source: str = "catalog") -> None:
     uniq = list(dict.fromkeys(str(h) for h in hrefs))
     missing = [h for h in uniq if "://" not in h and not h.startswith("/vsi") and not Path(h).exists()]
     if missing:
-        raise RSGeoPruneError(f"{missing[0]}: raster not found ({len(missing)} of {len(uniq)} files of the {source} "
-                              "are missing); the catalog's hrefs no longer resolve: restore the files or rebuild the catalog")
+        raise RSGeoPruneError(
+            f"{missing[0]}: raster not found ({len(missing)} of {len(uniq)} files of the {source} "
+            "are missing); the catalog's hrefs no longer resolve: restore the files or rebuild the catalog"
+        )
 
 
 def default_bands(href: str) -> list[int] | None:
@@ -263,13 +277,26 @@ class CatalogDataset(torch.utils.data.Dataset):
     ``nodata``), no mask or alpha band and an integer dtype.
     """
 
-    def __init__(self, catalog: str | Path | pd.DataFrame, *, select: Selection = "kept",
-                 bands: Sequence[int] | None = None, crop: int | None = None, random_crop: bool = True,
-                 dihedral: bool = False, nodata: float | None = None, fill: float = -1.0, seed: int = 0,
-                 check_files: bool = True, output: str = "float"):
+    def __init__(
+        self,
+        catalog: str | Path | pd.DataFrame,
+        *,
+        select: Selection = "kept",
+        bands: Sequence[int] | None = None,
+        crop: int | None = None,
+        random_crop: bool = True,
+        dihedral: bool = False,
+        nodata: float | None = None,
+        fill: float = -1.0,
+        seed: int = 0,
+        check_files: bool = True,
+        output: str = "float",
+    ):
         if output not in ("float", "raw"):
-            raise RSGeoPruneError(f"output {output!r}: choose 'float' (image in [-1, 1]) or 'raw' (the file's values "
-                                  "and a stretch, mapped with to_model_range)")
+            raise RSGeoPruneError(
+                f"output {output!r}: choose 'float' (image in [-1, 1]) or 'raw' (the file's values "
+                "and a stretch, mapped with to_model_range)"
+            )
         source = str(catalog) if not isinstance(catalog, pd.DataFrame) else "catalog"
         table = select_rows(load_table(catalog), select, source=source)
         if check_files:
@@ -301,9 +328,15 @@ class CatalogDataset(torch.utils.data.Dataset):
         if self.dihedral:
             k = int(rng.integers(8))
             data, valid = np.ascontiguousarray(dihedral(data, k)), np.ascontiguousarray(dihedral(valid, k))
-        sample = {"image": torch.from_numpy(_torch_dtype(data)), "valid": torch.from_numpy(valid),
-                  "stretch": stretch, "tile_id": self.tile_ids[index], "index": int(index),
-                  "crs": self._crs[index], "bounds": torch.from_numpy(bounds)}
+        sample = {
+            "image": torch.from_numpy(_torch_dtype(data)),
+            "valid": torch.from_numpy(valid),
+            "stretch": stretch,
+            "tile_id": self.tile_ids[index],
+            "index": int(index),
+            "crs": self._crs[index],
+            "bounds": torch.from_numpy(bounds),
+        }
         # the float form is the raw one through the batch transform: the same numbers by construction
         return sample if self.output == "raw" else self.to_model_range(sample)
 
@@ -339,7 +372,9 @@ class CatalogDataset(torch.utils.data.Dataset):
         h = hashlib.sha256()
         h.update(repr((self.bands, self.crop, self.random_crop, self.dihedral, self.fill, self.reader.nodata)).encode())
         for tid, r in zip(self.tile_ids, self._rows):
-            h.update(f"{tid}|{r['href']}|{r.get('row_off')}|{r.get('col_off')}|{r.get('height')}|{r.get('width')}\n".encode())
+            h.update(
+                f"{tid}|{r['href']}|{r.get('row_off')}|{r.get('col_off')}|{r.get('height')}|{r.get('width')}\n".encode()
+            )
         return h.hexdigest()
 
     def source_digest(self, rows: range | None = None) -> str:
@@ -356,29 +391,39 @@ class CatalogDataset(torch.utils.data.Dataset):
                 try:
                     cache[href] = [href] if remote else file_identity(href, content=True)
                 except OSError as exc:
-                    raise RSGeoPruneError(f"{href}: raster cannot be read ({exc.strerror or exc}); restore the file "
-                                          "or rebuild the catalog") from exc
+                    raise RSGeoPruneError(
+                        f"{href}: raster cannot be read ({exc.strerror or exc}); restore the file "
+                        "or rebuild the catalog"
+                    ) from exc
         return digest([cache[h] for h in hrefs])
 
     # -- named steps ---------------------------------------------------------------------------
-    def _read(self, row: dict, rng: np.random.Generator | None
-              ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, tuple[int, int]]:
+    def _read(
+        self, row: dict, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor, tuple[int, int]]:
         """``(raw (C, h, w), valid (h, w), stretch (C, 3), (dy, dx))``, the last the crop's offset in the
         tile (``(0, 0)`` without a crop); a raster crop reads only its window."""
         dy = dx = 0
         if self.crop is not None and not is_image_row(row):
             dy, dx = self._offset(int(row["height"]), int(row["width"]), rng)
-            row = dict(row, row_off=int(row["row_off"]) + dy, col_off=int(row["col_off"]) + dx,
-                       height=self.crop, width=self.crop)
+            row = dict(
+                row,
+                row_off=int(row["row_off"]) + dy,
+                col_off=int(row["col_off"]) + dx,
+                height=self.crop,
+                width=self.crop,
+            )
         tile = self.reader.read(row)
         x, valid = tile.data, tile.valid
         if self.crop is not None and is_image_row(row):
             if min(x.shape[1:]) < self.crop:
-                raise RSGeoPruneError(f"{row['href']}: image {x.shape[1]}x{x.shape[2]} is smaller than crop "
-                                      f"{self.crop}; choose a smaller --crop")
+                raise RSGeoPruneError(
+                    f"{row['href']}: image {x.shape[1]}x{x.shape[2]} is smaller than crop "
+                    f"{self.crop}; choose a smaller --crop"
+                )
             dy, dx = self._offset(x.shape[1], x.shape[2], rng)
-            x = np.ascontiguousarray(x[:, dy:dy + self.crop, dx:dx + self.crop])
-            valid = np.ascontiguousarray(valid[dy:dy + self.crop, dx:dx + self.crop])
+            x = np.ascontiguousarray(x[:, dy : dy + self.crop, dx : dx + self.crop])
+            valid = np.ascontiguousarray(valid[dy : dy + self.crop, dx : dx + self.crop])
         return x, valid, _stretch_tensor(tile.stretch, x.shape[0]), (dy, dx)
 
     def tile_crs(self, index: int) -> str:
@@ -423,16 +468,19 @@ class CatalogDataset(torch.utils.data.Dataset):
                 raise RSGeoPruneError("bands: empty selection; give 1-based band indexes such as 1,2,3,4")
             twice = next((b for k, b in enumerate(bands) if b in bands[:k]), None)
             if twice is not None:
-                raise RSGeoPruneError(f"bands {','.join(map(str, bands))}: band {twice} is given twice; "
-                                      "give distinct bands such as 1,2,3,4")
+                raise RSGeoPruneError(
+                    f"bands {','.join(map(str, bands))}: band {twice} is given twice; "
+                    "give distinct bands such as 1,2,3,4"
+                )
             low = int(counts.min()) if len(counts) else None
             bad = [b for b in bands if b < 1 or (low is not None and b > low)]
             if bad:
                 raise RSGeoPruneError(f"band {bad[0]}: out of range; the tiles of {source} have bands 1..{low}")
             return bands
         if len(counts) > 1:
-            raise RSGeoPruneError(f"{source}: tiles have {sorted(counts.tolist())} bands; choose a common band "
-                                  "selection with --bands")
+            raise RSGeoPruneError(
+                f"{source}: tiles have {sorted(counts.tolist())} bands; choose a common band selection with --bands"
+            )
         first = self._rows[0]
         named = None if is_image_row(first) else default_bands(first["href"])
         if named is not None:
@@ -449,11 +497,14 @@ class CatalogDataset(torch.utils.data.Dataset):
                 raise RSGeoPruneError(f"crop {self.crop}: must be a positive number of pixels")
             small = [s for s in sizes if min(s) < self.crop]
             if small:
-                raise RSGeoPruneError(f"crop {self.crop}: larger than the {small[0][0]}x{small[0][1]} tiles of {source}; "
-                                      "choose a smaller --crop")
+                raise RSGeoPruneError(
+                    f"crop {self.crop}: larger than the {small[0][0]}x{small[0][1]} tiles of {source}; "
+                    "choose a smaller --crop"
+                )
         elif len(sizes) > 1:
-            raise RSGeoPruneError(f"{source}: tiles of {len(sizes)} sizes ({sorted(sizes)[:3]} ...); give --crop to "
-                                  "train on one size")
+            raise RSGeoPruneError(
+                f"{source}: tiles of {len(sizes)} sizes ({sorted(sizes)[:3]} ...); give --crop to train on one size"
+            )
 
 
 def to_model_range(batch: dict, *, fill: float = -1.0, device: torch.device | str | None = None) -> dict:
@@ -467,8 +518,9 @@ def to_model_range(batch: dict, *, fill: float = -1.0, device: torch.device | st
     already in model range (a ``"float"`` dataset's) is returned as is (moved to ``device``).
     """
     if device is not None:
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) and k not in _HOST_KEYS else v
-                 for k, v in batch.items()}
+        batch = {
+            k: v.to(device) if isinstance(v, torch.Tensor) and k not in _HOST_KEYS else v for k, v in batch.items()
+        }
     if "stretch" not in batch:
         return batch
     x, valid = batch["image"], batch["valid"].to(batch["image"].device)
@@ -559,5 +611,18 @@ def _georeference(table: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarra
     return crs, transforms, bounds
 
 
-__all__ = ["VAL_BY", "CatalogDataset", "acquisition_year", "band_names", "check_hrefs", "default_bands", "dihedral", "hash_split",
-           "load_table", "select_rows", "split_validation", "to_model_range", "validation_groups"]
+__all__ = [
+    "VAL_BY",
+    "CatalogDataset",
+    "acquisition_year",
+    "band_names",
+    "check_hrefs",
+    "default_bands",
+    "dihedral",
+    "hash_split",
+    "load_table",
+    "select_rows",
+    "split_validation",
+    "to_model_range",
+    "validation_groups",
+]

@@ -54,6 +54,7 @@ def uses_bf16(device: torch.device | str, precision: str = "auto") -> bool:
         raise RSGeoPruneError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
 
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"bf16"`` or ``"fp32"`` for ``precision`` on ``device`` (the VAE's rule: see the module docstring)."""
     if precision not in PRECISIONS:
@@ -81,5 +82,6 @@ def enable_tf32() -> None:
         conv.fp32_precision = "tf32"
     else:
         torch.backends.cudnn.allow_tf32 = True
+
 
 __all__ = ["PRECISIONS", "autocast", "choose_device", "cpu_has_amx", "enable_tf32", "resolve_precision", "uses_bf16"]

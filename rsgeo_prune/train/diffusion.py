@@ -34,8 +34,18 @@ import torch.nn.functional as F
 
 from ..errors import RSGeoPruneError
 
-__all__ = ["DIFFUSIONS", "DDPM", "Diffusion", "RectifiedFlow", "SAMPLERS", "TIME_SAMPLINGS", "check_sampler",
-           "diffusion_from_config", "diffusion_of", "make_diffusion"]
+__all__ = [
+    "DIFFUSIONS",
+    "DDPM",
+    "Diffusion",
+    "RectifiedFlow",
+    "SAMPLERS",
+    "TIME_SAMPLINGS",
+    "check_sampler",
+    "diffusion_from_config",
+    "diffusion_of",
+    "make_diffusion",
+]
 
 Model = Callable[..., torch.Tensor]
 
@@ -114,14 +124,23 @@ class DDPM(Diffusion):
         self._coef_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def config(self) -> dict:
-        return {"kind": self.name, "prediction": "epsilon", "num_timesteps": self.num_timesteps,
-                "beta_schedule": "linear", "beta_start": self.beta_start, "beta_end": self.beta_end,
-                "alphas_cumprod": "cumprod(1 - linspace(beta_start, beta_end, num_timesteps)), float64",
-                "forward": "x_t = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * noise",
-                "model_time": "t, the timestep index 0..num_timesteps-1 as a float",
-                "variance": "fixed (the model predicts the noise only); ancestral sampling uses the posterior's",
-                "samplers": ["ddpm", "ddim"], "default_sampler": "ddpm", "default_steps": 250,
-                "respacing": "timesteps round(linspace(num_timesteps - 1, 0, steps))", "clip_denoised": False}
+        return {
+            "kind": self.name,
+            "prediction": "epsilon",
+            "num_timesteps": self.num_timesteps,
+            "beta_schedule": "linear",
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "alphas_cumprod": "cumprod(1 - linspace(beta_start, beta_end, num_timesteps)), float64",
+            "forward": "x_t = sqrt(alphas_cumprod[t]) * x0 + sqrt(1 - alphas_cumprod[t]) * noise",
+            "model_time": "t, the timestep index 0..num_timesteps-1 as a float",
+            "variance": "fixed (the model predicts the noise only); ancestral sampling uses the posterior's",
+            "samplers": ["ddpm", "ddim"],
+            "default_sampler": "ddpm",
+            "default_steps": 250,
+            "respacing": "timesteps round(linspace(num_timesteps - 1, 0, steps))",
+            "clip_denoised": False,
+        }
 
     def _coefs(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(√ᾱ, √(1−ᾱ)) as float32 tensors on ``device``, cached so the training step does not copy them."""
@@ -224,12 +243,21 @@ class RectifiedFlow(Diffusion):
         self.logit_std = logit_std
 
     def config(self) -> dict:
-        return {"kind": self.name, "prediction": "velocity", "target": "noise - x0",
-                "forward": "x_tau = (1 - tau) * x0 + tau * noise, tau in [0, 1] (0: data, 1: noise)",
-                "model_time": f"{TIME_SCALE:g} * tau", "time_sampling": self.time_sampling,
-                "logit_mean": self.logit_mean, "logit_std": self.logit_std, "samplers": ["euler"],
-                "default_sampler": "euler", "default_steps": 50,
-                "euler_grid": "tau = linspace(1, 0, steps + 1)", "clip_denoised": False}
+        return {
+            "kind": self.name,
+            "prediction": "velocity",
+            "target": "noise - x0",
+            "forward": "x_tau = (1 - tau) * x0 + tau * noise, tau in [0, 1] (0: data, 1: noise)",
+            "model_time": f"{TIME_SCALE:g} * tau",
+            "time_sampling": self.time_sampling,
+            "logit_mean": self.logit_mean,
+            "logit_std": self.logit_std,
+            "samplers": ["euler"],
+            "default_sampler": "euler",
+            "default_steps": 50,
+            "euler_grid": "tau = linspace(1, 0, steps + 1)",
+            "clip_denoised": False,
+        }
 
     def sample_time(self, n: int, *, generator=None, device=None) -> torch.Tensor:
         """(n,) float32 path times τ ∈ [0, 1] from the configured distribution."""
@@ -301,6 +329,7 @@ def check_sampler(diffusion: str, sampler: str | None) -> str:
     if sampler is None:
         return allowed[0]
     if sampler not in allowed:
-        raise RSGeoPruneError(f"sampler {sampler!r}: the model was trained with {diffusion}; "
-                              f"choose {' or '.join(allowed)}")
+        raise RSGeoPruneError(
+            f"sampler {sampler!r}: the model was trained with {diffusion}; choose {' or '.join(allowed)}"
+        )
     return sampler

@@ -103,9 +103,20 @@ def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-               forward_sync_buffers=False, gradient_as_bucket_view=True)
+    return DDP(
+        model,
+        device_ids=[d.device.index] if d.device.type == "cuda" else None,
+        forward_sync_buffers=False,
+        gradient_as_bucket_view=True,
+    )
 
 
-__all__ = ["Dist", "all_reduce_min", "all_reduce_sum", "barrier", "setup_distributed", "teardown_distributed",
-           "wrap_ddp"]
+__all__ = [
+    "Dist",
+    "all_reduce_min",
+    "all_reduce_sum",
+    "barrier",
+    "setup_distributed",
+    "teardown_distributed",
+    "wrap_ddp",
+]

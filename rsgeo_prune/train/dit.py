@@ -350,22 +350,35 @@ class DiT(nn.Module):
         """Every field of the architecture as plain JSON values: the constructor's arguments (``DiT(**{k: config[k]
         for k in DIT_ARGS})`` builds it again) and, as values and text, the fixed choices a reimplementation must
         make the same way."""
-        return {"input_size": self.input_size, "patch_size": self.patch_size, "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "hidden_size": self.hidden_size, "depth": self.depth,
-                "num_heads": self.num_heads, "mlp_ratio": self.mlp_ratio, "num_classes": self.num_classes,
-                "learn_sigma": False, "frequency_embedding_size": self.t_embedder.frequency_dim,
-                "max_period": 10000.0, "norm_eps": 1e-6, "mlp_activation": "gelu_tanh", "qkv_bias": True,
-                "num_tokens": self.num_tokens, "num_params": count_parameters(self),
-                "patch_order": "tokens row-major over the (H/p, W/p) grid; a token's output laid out (p, p, C)",
-                "pos_embed": "fixed 2-D sin-cos (1, T, D), in the weight files as pos_embed: channels [0, D/2) encode "
-                             "the token's row, [D/2, D) its column, each as [sin(pos*w), cos(pos*w)], "
-                             "w_k = 10000^(-k/(D/4))",
-                "timestep_embedding": "[cos(t*f), sin(t*f)], f_k = max_period^(-k/(F/2)), F = "
-                                      "frequency_embedding_size, then Linear-SiLU-Linear",
-                "block": "x += gate_msa * attn(modulate(LN(x), shift_msa, scale_msa)); x += gate_mlp * "
-                         "mlp(modulate(LN(x), shift_mlp, scale_mlp)); modulate(x, s, c) = x * (1 + c) + s; "
-                         "adaLN_modulation(c) chunks in that order",
-                "final_layer": "linear(modulate(LN(x), shift, scale)), (shift, scale) = adaLN_modulation(c).chunk(2)"}
+        return {
+            "input_size": self.input_size,
+            "patch_size": self.patch_size,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "hidden_size": self.hidden_size,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_ratio": self.mlp_ratio,
+            "num_classes": self.num_classes,
+            "learn_sigma": False,
+            "frequency_embedding_size": self.t_embedder.frequency_dim,
+            "max_period": 10000.0,
+            "norm_eps": 1e-6,
+            "mlp_activation": "gelu_tanh",
+            "qkv_bias": True,
+            "num_tokens": self.num_tokens,
+            "num_params": count_parameters(self),
+            "patch_order": "tokens row-major over the (H/p, W/p) grid; a token's output laid out (p, p, C)",
+            "pos_embed": "fixed 2-D sin-cos (1, T, D), in the weight files as pos_embed: channels [0, D/2) encode "
+            "the token's row, [D/2, D) its column, each as [sin(pos*w), cos(pos*w)], "
+            "w_k = 10000^(-k/(D/4))",
+            "timestep_embedding": "[cos(t*f), sin(t*f)], f_k = max_period^(-k/(F/2)), F = "
+            "frequency_embedding_size, then Linear-SiLU-Linear",
+            "block": "x += gate_msa * attn(modulate(LN(x), shift_msa, scale_msa)); x += gate_mlp * "
+            "mlp(modulate(LN(x), shift_mlp, scale_mlp)); modulate(x, s, c) = x * (1 + c) + s; "
+            "adaLN_modulation(c) chunks in that order",
+            "final_layer": "linear(modulate(LN(x), shift, scale)), (shift, scale) = adaLN_modulation(c).chunk(2)",
+        }
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, H, W), t (N,) or () float, y (N,) long (class-conditional only) → (N, C, H, W)."""

@@ -42,8 +42,11 @@ WEIGHT_FILES = {"ema": "ema.safetensors", "model": "model.safetensors"}
 #: Our parameter names that facebookresearch/DiT spells otherwise (every other name is the same there: pos_embed,
 #: t_embedder.mlp.{0,2}, blocks.N.attn.{qkv,proj}, blocks.N.mlp.{fc1,fc2}, blocks.N.adaLN_modulation.1,
 #: final_layer.adaLN_modulation.1, final_layer.linear).
-OFFICIAL_NAMES = {"x_embedder.weight": "x_embedder.proj.weight", "x_embedder.bias": "x_embedder.proj.bias",
-                  "y_embedder.weight": "y_embedder.embedding_table.weight"}
+OFFICIAL_NAMES = {
+    "x_embedder.weight": "x_embedder.proj.weight",
+    "x_embedder.bias": "x_embedder.proj.bias",
+    "y_embedder.weight": "y_embedder.embedding_table.weight",
+}
 
 
 def export_tensors(model: DiT) -> dict[str, torch.Tensor]:
@@ -52,8 +55,9 @@ def export_tensors(model: DiT) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", torch.float32) for k, v in tensors.items()}
 
 
-def write_export(folder: str | Path, *, ema: DiT, model: DiT, name: str, diffusion, train_config: dict,
-                 latents: dict, step: int) -> Path:
+def write_export(
+    folder: str | Path, *, ema: DiT, model: DiT, name: str, diffusion, train_config: dict, latents: dict, step: int
+) -> Path:
     """Write the export folder of a run (see the module docstring) in one piece: ``folder`` keeps its old content
     until the new one is complete.
 
@@ -70,16 +74,22 @@ def write_export(folder: str | Path, *, ema: DiT, model: DiT, name: str, diffusi
         "model": name,
         "architecture": ema.config(),
         "diffusion": diffusion.config(),
-        "latents": {"shape": list(lat["latent_shape"]), "mean": list(lat["latents_mean"]),
-                    "std": list(lat["latents_std"]),
-                    "normalisation": "the model works on (z - mean) / std per channel, z the VAE's latent; "
-                                     "decode z = x * std + mean",
-                    **{k: lat.get(k) for k in ("vae_digest", "catalog_digest", "source_digest", "tiles", "bands",
-                                               "band_names")}},
+        "latents": {
+            "shape": list(lat["latent_shape"]),
+            "mean": list(lat["latents_mean"]),
+            "std": list(lat["latents_std"]),
+            "normalisation": "the model works on (z - mean) / std per channel, z the VAE's latent; "
+            "decode z = x * std + mean",
+            **{
+                k: lat.get(k) for k in ("vae_digest", "catalog_digest", "source_digest", "tiles", "bands", "band_names")
+            },
+        },
         "training": {"step": int(step), **train_config},
-        "names": {"convention": "facebookresearch/DiT's parameter names, except these (ours: theirs)",
-                  "differences": OFFICIAL_NAMES,
-                  "pos_embed": "included: the fixed table the model adds to the patch tokens"},
+        "names": {
+            "convention": "facebookresearch/DiT's parameter names, except these (ours: theirs)",
+            "differences": OFFICIAL_NAMES,
+            "pos_embed": "included: the fixed table the model adds to the patch tokens",
+        },
         "weights": {},
     }
     meta = {"format": "pt", "rsgeo_format": EXPORT_FORMAT, "model": name, "step": str(int(step))}
@@ -88,7 +98,8 @@ def write_export(folder: str | Path, *, ema: DiT, model: DiT, name: str, diffusi
             path = write_safetensors(tmp / WEIGHT_FILES[kind], export_tensors(module), {**meta, "weights": kind})
             config["weights"][WEIGHT_FILES[kind]] = {
                 "what": "EMA weights: sample with these" if kind == "ema" else "the trained (not averaged) weights",
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
         with atomic_output(tmp / CONFIG_FILE) as part:
             part.write_text(json.dumps(config, indent=2) + "\n")
     return Path(folder)
@@ -100,8 +111,9 @@ def read_export(folder: str | Path) -> dict:
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
-        raise RSGeoPruneError(f"{folder}: no DiT export here ({CONFIG_FILE} missing); give the export/ folder of a "
-                              "finished train-dit run") from None
+        raise RSGeoPruneError(
+            f"{folder}: no DiT export here ({CONFIG_FILE} missing); give the export/ folder of a finished train-dit run"
+        ) from None
     except (OSError, ValueError) as exc:
         raise RSGeoPruneError(f"{path}: not readable ({exc}); export the checkpoint again") from exc
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
@@ -124,8 +136,9 @@ def load_dit(folder: str | Path, *, weights: str = "ema", device: torch.device |
     try:
         tensors = load_file(str(path))
     except Exception as exc:  # missing, truncated, not safetensors
-        raise RSGeoPruneError(f"{path}: weights not readable ({type(exc).__name__}: {exc}); export the checkpoint "
-                              "again") from exc
+        raise RSGeoPruneError(
+            f"{path}: weights not readable ({type(exc).__name__}: {exc}); export the checkpoint again"
+        ) from exc
     pos = tensors.pop("pos_embed", None)
     with torch.device("meta"):
         model = DiT(**{k: arch[k] for k in DIT_ARGS})
@@ -134,8 +147,10 @@ def load_dit(folder: str | Path, *, weights: str = "ema", device: torch.device |
         if pos is None or tuple(pos.shape) != (1, model.num_tokens, model.hidden_size):
             raise RuntimeError(f"pos_embed missing or not of shape (1, {model.num_tokens}, {model.hidden_size})")
     except RuntimeError as exc:
-        raise RSGeoPruneError(f"{path}: weights do not fit {config.get('model')} as config.json describes it "
-                              f"({str(exc).splitlines()[0]}); export the checkpoint again") from exc
+        raise RSGeoPruneError(
+            f"{path}: weights do not fit {config.get('model')} as config.json describes it "
+            f"({str(exc).splitlines()[0]}); export the checkpoint again"
+        ) from exc
     model.register_buffer("pos_embed", pos, persistent=False)
     return model.to(device).eval().requires_grad_(False)
 
@@ -145,5 +160,15 @@ def export_diffusion(config: dict):
     return diffusion_from_config(config["diffusion"])
 
 
-__all__ = ["CONFIG_FILE", "EXPORT_DIR", "EXPORT_FORMAT", "OFFICIAL_NAMES", "WEIGHT_FILES", "export_diffusion",
-           "export_tensors", "load_dit", "read_export", "write_export"]
+__all__ = [
+    "CONFIG_FILE",
+    "EXPORT_DIR",
+    "EXPORT_FORMAT",
+    "OFFICIAL_NAMES",
+    "WEIGHT_FILES",
+    "export_diffusion",
+    "export_tensors",
+    "load_dit",
+    "read_export",
+    "write_export",
+]

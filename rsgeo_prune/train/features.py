@@ -95,15 +95,19 @@ def as_uint8_tiles(tiles) -> np.ndarray:
     if x.size:
         lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
         if not (np.isfinite(lo) and np.isfinite(hi)) or lo < -1.5 or hi > 1.5:
-            raise RSGeoPruneError(f"float tiles span [{lo:.3g}, {hi:.3g}]; floats must lie in [-1, 1] "
-                                  "(u / 127.5 - 1 for uint8 u), or pass uint8 as is")
+            raise RSGeoPruneError(
+                f"float tiles span [{lo:.3g}, {hi:.3g}]; floats must lie in [-1, 1] "
+                "(u / 127.5 - 1 for uint8 u), or pass uint8 as is"
+            )
     return to_levels(x)  # the inverse of u / 127.5 - 1: a float32 round trip of every uint8 value comes back unchanged
 
 
 def _check_channels(x: np.ndarray, channels: int | None, name: str) -> None:
     if channels is not None and x.shape[1] != channels:
-        raise RSGeoPruneError(f"feature space {name} was built for {channels} channels but tiles have {x.shape[1]}; "
-                              f"build it with channels={x.shape[1]}")
+        raise RSGeoPruneError(
+            f"feature space {name} was built for {channels} channels but tiles have {x.shape[1]}; "
+            f"build it with channels={x.shape[1]}"
+        )
 
 
 def _sha256(*parts: bytes) -> str:
@@ -138,7 +142,7 @@ def _splitmix64(seed: int, stream: int, n: int) -> np.ndarray:
 
 def _uniform_pm1(seed: int, stream: int, n: int) -> np.ndarray:
     """``n`` float64 values uniform on [-1, 1): the top 53 bits, scaled exactly (no rounding anywhere)."""
-    return (_splitmix64(seed, stream, n) >> np.uint64(11)).astype(np.float64) * 2.0 ** -52 - 1.0
+    return (_splitmix64(seed, stream, n) >> np.uint64(11)).astype(np.float64) * 2.0**-52 - 1.0
 
 
 # -------------------------------------------------------------------------------------- random CNN
@@ -168,7 +172,7 @@ class _BatchedFeatures:
             _check_channels(x, self.channels, self.name)
         out = np.zeros((len(x), self.dim), np.float64)
         for a in range(0, len(x), _BATCH):
-            out[a:a + _BATCH] = self._forward(x[a:a + _BATCH])
+            out[a : a + _BATCH] = self._forward(x[a : a + _BATCH])
         return out
 
 
@@ -241,9 +245,11 @@ class DefaultEmbedderFeatures:
         self.name = DEFAULT_FEATURE
         self.dim = int(self.embedder.dim)
         self.channels = None  # 3 or 4 bands both work
-        self.digest = _sha256(_config_bytes({"name": self.name, "dim": self.dim, "input": "uint8"}),
-                              np.ascontiguousarray(self.embedder.projection, "<f4").tobytes(),
-                              *(np.ascontiguousarray(self.embedder(p), "<f4").tobytes() for p in _probe_tiles()))
+        self.digest = _sha256(
+            _config_bytes({"name": self.name, "dim": self.dim, "input": "uint8"}),
+            np.ascontiguousarray(self.embedder.projection, "<f4").tobytes(),
+            *(np.ascontiguousarray(self.embedder(p), "<f4").tobytes() for p in _probe_tiles()),
+        )
 
     def __call__(self, tiles) -> np.ndarray:
         x = as_uint8_tiles(tiles)
@@ -266,14 +272,21 @@ class InceptionFeatures(_BatchedFeatures):
     def __init__(self, path: str | Path, device: str | None = None):
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise RSGeoPruneError(f"Inception weights file {str(self.path)!r} not found; pass a local torchvision "
-                                  "inception_v3 state_dict (inception_v3_google-0cc3c7bd.pth): nothing is downloaded")
+            raise RSGeoPruneError(
+                f"Inception weights file {str(self.path)!r} not found; pass a local torchvision "
+                "inception_v3 state_dict (inception_v3_google-0cc3c7bd.pth): nothing is downloaded"
+            )
         self.name = "inception-v3-rgb"
         self.dim = 2048
         self.channels = None
         self.device = torch.device(device or "cpu")
-        self.config = {"name": self.name, "bands": "RGB", "resize": "bilinear-antialias-299",
-                       "normalise": [_IMAGENET_MEAN, _IMAGENET_STD], "layer": "avgpool"}
+        self.config = {
+            "name": self.name,
+            "bands": "RGB",
+            "resize": "bilinear-antialias-299",
+            "normalise": [_IMAGENET_MEAN, _IMAGENET_STD],
+            "layer": "avgpool",
+        }
         self.model = self._load()
         file_hash = hashlib.sha256(self.path.read_bytes()).digest()
         self.digest = _sha256(_config_bytes(self.config), file_hash)
@@ -284,18 +297,24 @@ class InceptionFeatures(_BatchedFeatures):
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors of many kinds: one line for the user
-            raise RSGeoPruneError(f"Inception weights {str(self.path)!r} could not be read as a state_dict "
-                                  f"({type(exc).__name__}); save model.state_dict() with torch.save") from exc
+            raise RSGeoPruneError(
+                f"Inception weights {str(self.path)!r} could not be read as a state_dict "
+                f"({type(exc).__name__}); save model.state_dict() with torch.save"
+            ) from exc
         if not isinstance(state, dict):
-            raise RSGeoPruneError(f"Inception weights {str(self.path)!r} hold a {type(state).__name__}, "
-                                  "not a state_dict; save model.state_dict() with torch.save")
+            raise RSGeoPruneError(
+                f"Inception weights {str(self.path)!r} hold a {type(state).__name__}, "
+                "not a state_dict; save model.state_dict() with torch.save"
+            )
         aux = any(k.startswith("AuxLogits.") for k in state)
         model = inception_v3(weights=None, aux_logits=aux, init_weights=False, transform_input=False)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise RSGeoPruneError(f"Inception weights {str(self.path)!r} do not fit torchvision's inception_v3 "
-                                  f"({str(exc).splitlines()[0]}); pass a torchvision inception_v3 state_dict") from exc
+            raise RSGeoPruneError(
+                f"Inception weights {str(self.path)!r} do not fit torchvision's inception_v3 "
+                f"({str(exc).splitlines()[0]}); pass a torchvision inception_v3 state_dict"
+            ) from exc
         model.fc = torch.nn.Identity()
         return model.eval().to(self.device)
 
@@ -309,8 +328,9 @@ class InceptionFeatures(_BatchedFeatures):
 
 
 # ------------------------------------------------------------------------------------------ registry
-def feature_space(name: str = DEFAULT_FEATURE, *, channels: int = 4, threads: int | None = None,
-                  device: str | None = None):
+def feature_space(
+    name: str = DEFAULT_FEATURE, *, channels: int = 4, threads: int | None = None, device: str | None = None
+):
     """The feature space called ``name`` (see the module docstring).
 
     ``channels``: bands of the tiles (3 or 4); only ``random-cnn-<seed>`` depends on it (its first layer,
@@ -327,8 +347,7 @@ def feature_space(name: str = DEFAULT_FEATURE, *, channels: int = 4, threads: in
         if not rest:
             raise RSGeoPruneError(f"feature {name!r}: write inception:<path to a local torchvision weights file>")
         return InceptionFeatures(rest, device=device)
-    raise RSGeoPruneError(f"unknown feature space {name!r}; use one of {', '.join(FEATURE_SPACES)} "
-                          "(e.g. random-cnn-0)")
+    raise RSGeoPruneError(f"unknown feature space {name!r}; use one of {', '.join(FEATURE_SPACES)} (e.g. random-cnn-0)")
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -353,5 +372,14 @@ class TorchFeatureModule(torch.nn.Module):
         return torch.from_numpy(self.space(imgs))
 
 
-__all__ = ["DEFAULT_FEATURE", "FEATURE_SPACES", "DefaultEmbedderFeatures", "InceptionFeatures", "RandomCNNConfig",
-           "RandomCNNFeatures", "TorchFeatureModule", "as_uint8_tiles", "feature_space"]
+__all__ = [
+    "DEFAULT_FEATURE",
+    "FEATURE_SPACES",
+    "DefaultEmbedderFeatures",
+    "InceptionFeatures",
+    "RandomCNNConfig",
+    "RandomCNNFeatures",
+    "TorchFeatureModule",
+    "as_uint8_tiles",
+    "feature_space",
+]

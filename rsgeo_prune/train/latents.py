@@ -47,8 +47,17 @@ def shard_name(k: int) -> str:
     return f"shard-{k:05d}.safetensors"
 
 
-def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int = 1024, batch_size: int = 32,
-                   device: str | None = None, num_workers: int = 0, progress: bool = True) -> dict:
+def encode_catalog(
+    ds,
+    vae_dir: str | Path,
+    out: str | Path,
+    *,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    device: str | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Encode every tile of ``ds`` to its posterior mean and log-variance, in resumable shards.
 
     Args:
@@ -61,7 +70,9 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
         the index (also written to ``out/index.json``).
     """
     if getattr(ds, "random_crop", False) and getattr(ds, "crop", None) is not None or getattr(ds, "dihedral", False):
-        raise RSGeoPruneError("encode: the dataset draws random crops or flips; encode with a centred crop and no dihedral")
+        raise RSGeoPruneError(
+            "encode: the dataset draws random crops or flips; encode with a centred crop and no dihedral"
+        )
     check_number("shard_size", shard_size, 1, whole=True, example=1024)
     check_number("batch_size", batch_size, 1, whole=True, example=32)
     check_number("workers", num_workers, 0, whole=True, example=2)
@@ -70,21 +81,31 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
     dev = choose_device(device)
     vae = load_vae(vae_dir, dev)
     if vae.config.in_channels != ds.channels:
-        raise RSGeoPruneError(f"{vae_dir}: VAE takes {vae.config.in_channels} bands, the selection has {ds.channels}; "
-                              "select the bands the VAE was trained on (--bands)")
+        raise RSGeoPruneError(
+            f"{vae_dir}: VAE takes {vae.config.in_channels} bands, the selection has {ds.channels}; "
+            "select the bands the VAE was trained on (--bands)"
+        )
     factor = vae_downsampling(vae_dir)
     check_tile_size(ds, factor)
-    meta = {"format": FORMAT, "vae_digest": vae_digest(vae_dir), "catalog_digest": ds.digest(),
-            "latents_mean": json.dumps(latent_scale(vae)[0].flatten().tolist()),
-            "latents_std": json.dumps(latent_scale(vae)[1].flatten().tolist()),
-            "bands": json.dumps(list(ds.bands)), "band_names": json.dumps(list(getattr(ds, "band_names", []))),
-            "shard_size": str(shard_size)}
+    meta = {
+        "format": FORMAT,
+        "vae_digest": vae_digest(vae_dir),
+        "catalog_digest": ds.digest(),
+        "latents_mean": json.dumps(latent_scale(vae)[0].flatten().tolist()),
+        "latents_std": json.dumps(latent_scale(vae)[1].flatten().tolist()),
+        "bands": json.dumps(list(ds.bands)),
+        "band_names": json.dumps(list(getattr(ds, "band_names", []))),
+        "shard_size": str(shard_size),
+    }
     n_shards = (len(ds) + shard_size - 1) // shard_size
     ranges = [range(k * shard_size, min((k + 1) * shard_size, len(ds))) for k in range(n_shards)]
     sources = [ds.source_digest(r) for r in ranges]
     _check_encoding(out, meta)
-    todo = [k for k, r in enumerate(ranges)
-            if not _shard_matches(out / shard_name(k), [ds.tile_ids[i] for i in r], sources[k])]
+    todo = [
+        k
+        for k, r in enumerate(ranges)
+        if not _shard_matches(out / shard_name(k), [ds.tile_ids[i] for i in r], sources[k])
+    ]
     bar = progress_bar(len(ds), len(ds) - sum(len(ranges[k]) for k in todo), progress, unit="tile")
     with output_folder(out, keep=lambda: any(out.glob("shard-*.safetensors"))):
         try:
@@ -93,15 +114,25 @@ def encode_catalog(ds, vae_dir: str | Path, out: str | Path, *, shard_size: int 
                 (out / INDEX_FILE).unlink(missing_ok=True)
             for k in todo:
                 mean, logvar = _encode_range(vae, ds, ranges[k], batch_size, dev, num_workers, bar, factor)
-                write_shard(out / shard_name(k), mean, logvar, [ds.tile_ids[i] for i in ranges[k]],
-                            {**meta, "shard": str(k), "source_digest": sources[k]})
+                write_shard(
+                    out / shard_name(k),
+                    mean,
+                    logvar,
+                    [ds.tile_ids[i] for i in ranges[k]],
+                    {**meta, "shard": str(k), "source_digest": sources[k]},
+                )
         finally:
             bar.close()
         _remove_stale_shards(out, n_shards)
-        index = {"format": FORMAT, "tiles": len(ds), "shards": [shard_name(k) for k in range(n_shards)],
-                 "shard_size": shard_size, "latent_shape": list(_shard_shape(out / shard_name(0))),
-                 **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"},
-                 "source_digest": digest(sources)}
+        index = {
+            "format": FORMAT,
+            "tiles": len(ds),
+            "shards": [shard_name(k) for k in range(n_shards)],
+            "shard_size": shard_size,
+            "latent_shape": list(_shard_shape(out / shard_name(0))),
+            **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"},
+            "source_digest": digest(sources),
+        }
         with atomic_output(out / INDEX_FILE) as tmp:
             tmp.write_text(json.dumps(index, indent=2))
     return index
@@ -112,14 +143,17 @@ def _encode_range(vae, ds, rows: range, batch_size: int, device, num_workers: in
     from .dataset import to_model_range  # here: the dataset module loads the pixel reader and rasterio
 
     sub = torch.utils.data.Subset(ds, rows)
-    loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        sub, batch_size=batch_size, shuffle=False, num_workers=num_workers, generator=torch.Generator().manual_seed(0)
+    )
     means, logvars = [], []
     for batch in loader:
         h, w = batch["image"].shape[-2:]
         if h % factor or w % factor:  # collection images: their size is known only now
-            raise RSGeoPruneError(f"{batch['tile_id'][0]}: image of {h}x{w} px, not a multiple of {factor} (the VAE's "
-                                  f"downsampling); encode crops (--crop {max(factor, min(h, w) // factor * factor)})")
+            raise RSGeoPruneError(
+                f"{batch['tile_id'][0]}: image of {h}x{w} px, not a multiple of {factor} (the VAE's "
+                f"downsampling); encode crops (--crop {max(factor, min(h, w) // factor * factor)})"
+            )
         with autocast(device):
             post = vae.encode(to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)["image"]).latent_dist
         means.append(post.mean.float().cpu().half())
@@ -133,8 +167,11 @@ def write_shard(path: Path, mean: torch.Tensor, logvar: torch.Tensor, tile_ids, 
     atomically with the same bytes for the same tensors and metadata (:func:`~.state.write_safetensors`)."""
     if len(tile_ids) != mean.shape[0]:
         raise ValueError("one tile_id per latent")
-    return write_safetensors(path, {"mean": mean.to(torch.float16), "logvar": logvar.to(torch.float16)},
-                             {**meta, "tile_ids": json.dumps(list(tile_ids))})
+    return write_safetensors(
+        path,
+        {"mean": mean.to(torch.float16), "logvar": logvar.to(torch.float16)},
+        {**meta, "tile_ids": json.dumps(list(tile_ids))},
+    )
 
 
 def read_shard(path: str | Path) -> tuple[list[str], torch.Tensor, torch.Tensor, dict]:
@@ -157,8 +194,10 @@ def _check_encoding(out: Path, meta: dict) -> None:
             continue
         for key in ENCODING_KEYS:
             if got.get(key) != meta[key]:
-                raise RSGeoPruneError(f"{path}: a shard of another {key.split('_')[0]} ({key} differs); "
-                                      "encode into a new --out or delete the old shards")
+                raise RSGeoPruneError(
+                    f"{path}: a shard of another {key.split('_')[0]} ({key} differs); "
+                    "encode into a new --out or delete the old shards"
+                )
 
 
 def _shard_matches(path: Path, tile_ids: list[str], source: str) -> bool:
@@ -209,10 +248,14 @@ class ShardedRows:
         self.paths, self._layouts = [Path(p) for p in paths], layouts
         shapes = {tuple(shape[1:]) for _, shape in self._layouts}
         if len(shapes) > 1:
-            raise RSGeoPruneError(f"{self.paths[0].parent}: shards of different latent shapes {sorted(shapes)}; "
-                                  "encode again into a new --out")
+            raise RSGeoPruneError(
+                f"{self.paths[0].parent}: shards of different latent shapes {sorted(shapes)}; "
+                "encode again into a new --out"
+            )
         counts = [shape[0] for _, shape in self._layouts]
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)  # shard k: rows [starts[k], starts[k+1])
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(
+            np.int64
+        )  # shard k: rows [starts[k], starts[k+1])
         self.shape = torch.Size([int(self.starts[-1]), *(shapes.pop() if shapes else ())])
         self.dtype = torch.float16
         self._maps: list[np.memmap] | None = None
@@ -225,8 +268,10 @@ class ShardedRows:
 
     def _open(self) -> list[np.memmap]:
         if self._maps is None:
-            self._maps = [np.memmap(p, dtype=np.float16, mode="r", offset=off, shape=tuple(shape))
-                          for p, (off, shape) in zip(self.paths, self._layouts)]
+            self._maps = [
+                np.memmap(p, dtype=np.float16, mode="r", offset=off, shape=tuple(shape))
+                for p, (off, shape) in zip(self.paths, self._layouts)
+            ]
         return self._maps
 
     def __getitem__(self, index) -> torch.Tensor:
@@ -264,8 +309,10 @@ def _shard_header(path: Path) -> tuple[dict, int, int]:
         json.loads(header["__metadata__"]["tile_ids"])  # present and readable, checked once here
         return header, 8 + n, path.stat().st_size
     except (OSError, ValueError, KeyError, struct.error, TypeError) as exc:
-        raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
-                              "run rsgeo-prune encode again with this --out") from None
+        raise RSGeoPruneError(
+            f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
+            "run rsgeo-prune encode again with this --out"
+        ) from None
 
 
 def _tensor_layout(path: Path, header: tuple[dict, int, int], name: str) -> tuple[int, list[int]]:
@@ -277,18 +324,30 @@ def _tensor_layout(path: Path, header: tuple[dict, int, int], name: str) -> tupl
         begin, end = info["data_offsets"]
         shape = [int(v) for v in info["shape"]]
     except (KeyError, ValueError, TypeError) as exc:
-        raise RSGeoPruneError(f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
-                              "run rsgeo-prune encode again with this --out") from None
+        raise RSGeoPruneError(
+            f"{path}: not a readable latent shard ({type(exc).__name__}: {exc}); "
+            "run rsgeo-prune encode again with this --out"
+        ) from None
     if info.get("dtype") != "F16" or end - begin != 2 * int(np.prod(shape)) or data_start + end > size:
-        raise RSGeoPruneError(f"{path}: tensor {name!r} is not whole float16 data (file cut short or another "
-                              "writer); run rsgeo-prune encode again with this --out")
+        raise RSGeoPruneError(
+            f"{path}: tensor {name!r} is not whole float16 data (file cut short or another "
+            "writer); run rsgeo-prune encode again with this --out"
+        )
     return data_start + begin, shape
 
 
-def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int, int] = (4, 8, 8), *, seed: int = 0,
-                            vae_digest: str = "synthetic", shard_size: int = 1024) -> Path:
+def write_synthetic_latents(
+    root: str | Path,
+    n: int = 64,
+    shape: tuple[int, int, int] = (4, 8, 8),
+    *,
+    seed: int = 0,
+    vae_digest: str = "synthetic",
+    shard_size: int = 1024,
+) -> Path:
     """A latent folder in the ``encode`` layout (shards + ``index.json``) of ``n`` structured latents, for
-    benchmarks and tests (a DiT run without a VAE or a catalog): each tile is a few smooth per-channel patterns (learnable, unlike white noise) with a small
+    benchmarks and tests (a DiT run without a VAE or a catalog): each tile is a few smooth per-channel patterns
+    (learnable, unlike white noise) with a small
     posterior variance. ``vae_digest`` names the (pretend) VAE; the catalog digest names ``seed``, ``n`` and
     ``shape``, so other latents are other latents to a resumed run."""
     root = Path(root)
@@ -299,18 +358,34 @@ def write_synthetic_latents(root: str | Path, n: int = 64, shape: tuple[int, int
     coef = torch.randn(n, c, basis.shape[0], generator=g) * torch.tensor([1.0, 0.8, 0.8, 0.5, 0.5, 0.5])
     mean = torch.einsum("nck,khw->nchw", coef, basis) + 0.3 * torch.arange(c).view(1, c, 1, 1)
     logvar = torch.full_like(mean, -6.0)
-    meta = {"format": FORMAT, "vae_digest": vae_digest, "catalog_digest": f"synthetic-{seed}-{n}-{c}x{h}x{w}",
-            "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
-            "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
-            "bands": json.dumps([1, 2, 3, 4]), "shard_size": str(shard_size)}
+    meta = {
+        "format": FORMAT,
+        "vae_digest": vae_digest,
+        "catalog_digest": f"synthetic-{seed}-{n}-{c}x{h}x{w}",
+        "latents_mean": json.dumps(mean.mean((0, 2, 3)).tolist()),
+        "latents_std": json.dumps(mean.std((0, 2, 3)).tolist()),
+        "bands": json.dumps([1, 2, 3, 4]),
+        "shard_size": str(shard_size),
+    }
     ids = [f"synthetic-{i:06d}" for i in range(n)]
     shards = []
     for k, lo in enumerate(range(0, n, shard_size)):
-        write_shard(root / shard_name(k), mean[lo:lo + shard_size].half(), logvar[lo:lo + shard_size].half(),
-                    ids[lo:lo + shard_size], {**meta, "shard": str(k)})
+        write_shard(
+            root / shard_name(k),
+            mean[lo : lo + shard_size].half(),
+            logvar[lo : lo + shard_size].half(),
+            ids[lo : lo + shard_size],
+            {**meta, "shard": str(k)},
+        )
         shards.append(shard_name(k))
-    index = {"format": FORMAT, "tiles": n, "shards": shards, "shard_size": shard_size, "latent_shape": list(shape),
-             **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"}}
+    index = {
+        "format": FORMAT,
+        "tiles": n,
+        "shards": shards,
+        "shard_size": shard_size,
+        "latent_shape": list(shape),
+        **{k: (json.loads(v) if k in JSON_META else v) for k, v in meta.items() if k != "shard_size"},
+    }
     with atomic_output(root / INDEX_FILE) as tmp:
         tmp.write_text(json.dumps(index, indent=2))
     return root
@@ -329,8 +404,10 @@ class LatentShards(torch.utils.data.Dataset):
         root = Path(root)
         index_path = root / INDEX_FILE
         if not index_path.exists():
-            raise RSGeoPruneError(f"{root}: no {INDEX_FILE} (encoding unfinished or not an encode folder); "
-                                  "run rsgeo-prune encode again with this --out")
+            raise RSGeoPruneError(
+                f"{root}: no {INDEX_FILE} (encoding unfinished or not an encode folder); "
+                "run rsgeo-prune encode again with this --out"
+            )
         try:
             self.index = json.loads(index_path.read_text())
             names = [str(n) for n in self.index["shards"]]
@@ -338,8 +415,10 @@ class LatentShards(torch.utils.data.Dataset):
             if not names or c != len(self.index["latents_std"]) or not all(k in self.index for k in ENCODING_KEYS):
                 raise ValueError("no shards, or an incomplete latent scale or digests")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RSGeoPruneError(f"{index_path}: not a readable latent index ({type(exc).__name__}: {exc}); "
-                                  "run rsgeo-prune encode again with this --out") from None
+            raise RSGeoPruneError(
+                f"{index_path}: not a readable latent index ({type(exc).__name__}: {exc}); "
+                "run rsgeo-prune encode again with this --out"
+            ) from None
         ids, paths, layouts = [], [], {"mean": [], "logvar": []}
         for name in names:
             path = root / name
@@ -347,8 +426,10 @@ class LatentShards(torch.utils.data.Dataset):
             meta = header[0]["__metadata__"]
             for key in ENCODING_KEYS:
                 if meta.get(key) != self.index[key]:
-                    raise RSGeoPruneError(f"{path}: a shard of another {key.split('_')[0]} than {INDEX_FILE} ({key} "
-                                          "differs); run rsgeo-prune encode again with this --out")
+                    raise RSGeoPruneError(
+                        f"{path}: a shard of another {key.split('_')[0]} than {INDEX_FILE} ({key} "
+                        "differs); run rsgeo-prune encode again with this --out"
+                    )
             ids += json.loads(meta["tile_ids"])
             paths.append(path)
             for tensor, per_shard in layouts.items():
@@ -360,8 +441,10 @@ class LatentShards(torch.utils.data.Dataset):
         if in_memory:
             self.mean, self.logvar = self.mean[:], self.logvar[:]
         if self.mean.shape[1] != c:
-            raise RSGeoPruneError(f"{index_path}: a latent scale of {c} channels for {self.mean.shape[1]}-channel "
-                                  "latents; run rsgeo-prune encode again with this --out")
+            raise RSGeoPruneError(
+                f"{index_path}: a latent scale of {c} channels for {self.mean.shape[1]}-channel "
+                "latents; run rsgeo-prune encode again with this --out"
+            )
         self.latents_mean, self.latents_std = scale_tensors(self.index["latents_mean"], self.index["latents_std"])
         self._scale_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -371,7 +454,9 @@ class LatentShards(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return {"mean": self.mean[i], "logvar": self.logvar[i], "tile_id": self.tile_ids[i]}
 
-    def sample(self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``z = mean + exp(logvar / 2) · ε`` in float32, ``(N, C, h, w)``."""
         mean, logvar = mean.float(), logvar.float()
         eps = torch.randn(mean.shape, generator=generator, device=mean.device)
@@ -394,5 +479,12 @@ class LatentShards(torch.utils.data.Dataset):
         return self._scale_cache[key]
 
 
-__all__ = ["LatentShards", "ShardedRows", "encode_catalog", "read_shard", "shard_name", "write_shard",
-           "write_synthetic_latents"]
+__all__ = [
+    "LatentShards",
+    "ShardedRows",
+    "encode_catalog",
+    "read_shard",
+    "shard_name",
+    "write_shard",
+    "write_synthetic_latents",
+]

@@ -43,8 +43,9 @@ def claim_out(out: Path, resume: bool) -> Path:
     state_path = Path(out) / STATE_FILE
     check_writable(state_path, create=False)
     if not resume and state_path.exists():
-        raise RSGeoPruneError(f"{out}: holds a training run already; pass --resume to continue it "
-                              "or choose a new --out")
+        raise RSGeoPruneError(
+            f"{out}: holds a training run already; pass --resume to continue it or choose a new --out"
+        )
     return state_path
 
 
@@ -93,8 +94,10 @@ def saved_hint(path: Path) -> str:
     """How to go on after a run stopped on a non-finite loss: from the last state saved at ``path``, if any."""
     if path.exists():
         step = read_state(path)["step"]
-        return (f"the state of step {step} in {path.parent} is kept: continue it with --resume and a lower --lr "
-                "(or stronger clipping)")
+        return (
+            f"the state of step {step} in {path.parent} is kept: continue it with --resume and a lower --lr "
+            "(or stronger clipping)"
+        )
     return "nothing was saved; rerun with a lower --lr"
 
 
@@ -177,8 +180,17 @@ class Task(Protocol):
         """After the last step's state is saved (rank 0)."""
 
 
-def run_loop(task: Task, cadence: Cadence, *, out: Path, start: tuple[int, int, int], d: Dist, budget: Budget,
-             log: MetricsLog | None, progress: bool = True) -> tuple[int, float | None, dict]:
+def run_loop(
+    task: Task,
+    cadence: Cadence,
+    *,
+    out: Path,
+    start: tuple[int, int, int],
+    d: Dist,
+    budget: Budget,
+    log: MetricsLog | None,
+    progress: bool = True,
+) -> tuple[int, float | None, dict]:
     """Train from ``start = (step, epoch, position)`` to the last step; returns the step reached, the last logged
     mean loss and the last log and evaluation records. Closes ``log``."""
     step, epoch, position = start
@@ -188,8 +200,15 @@ def run_loop(task: Task, cadence: Cadence, *, out: Path, start: tuple[int, int, 
     last_loss, last = None, {}
 
     def checkpoint(path: Path) -> None:
-        save_state(path, model=task.model, optimizer=task.optimizer, step=step, epoch=epoch, position=position,
-                   extra=task.state_extra())
+        save_state(
+            path,
+            model=task.model,
+            optimizer=task.optimizer,
+            step=step,
+            epoch=epoch,
+            position=position,
+            extra=task.state_extra(),
+        )
 
     try:
         batches = task.batches(epoch, position)
@@ -239,5 +258,18 @@ def run_loop(task: Task, cadence: Cadence, *, out: Path, start: tuple[int, int, 
     return step, last_loss, last
 
 
-__all__ = ["Budget", "Cadence", "FiniteWatch", "KEEP_DIR", "LossNotFinite", "STATE_FILE", "Task", "Window",
-           "claim_out", "open_log", "run_folder", "run_loop", "saved_hint"]
+__all__ = [
+    "Budget",
+    "Cadence",
+    "FiniteWatch",
+    "KEEP_DIR",
+    "LossNotFinite",
+    "STATE_FILE",
+    "Task",
+    "Window",
+    "claim_out",
+    "open_log",
+    "run_folder",
+    "run_loop",
+    "saved_hint",
+]

@@ -21,12 +21,24 @@ import numpy as np
 import torch
 
 from ..errors import RSGeoPruneError
+
 # the feature spaces, importable from here too (where the metrics were first documented)
-from .features import (DEFAULT_FEATURE, FEATURE_SPACES, DefaultEmbedderFeatures, InceptionFeatures,  # noqa: F401
-                       RandomCNNConfig, RandomCNNFeatures, TorchFeatureModule, _le64, _space, as_uint8_tiles,
-                       feature_space)
+from .features import (
+    DEFAULT_FEATURE,
+    FEATURE_SPACES,
+    DefaultEmbedderFeatures,
+    InceptionFeatures,  # noqa: F401
+    RandomCNNConfig,
+    RandomCNNFeatures,
+    TorchFeatureModule,
+    _le64,
+    _space,
+    as_uint8_tiles,
+    feature_space,
+)
 
 log = logging.getLogger(__name__)
+
 
 def _as_features(x, label: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -43,8 +55,9 @@ def _as_features(x, label: str) -> np.ndarray:
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape[1] != b.shape[1]:
-        raise RSGeoPruneError(f"feature dimensions differ ({a.shape[1]} vs {b.shape[1]}); "
-                              "compute both sets in one feature space")
+        raise RSGeoPruneError(
+            f"feature dimensions differ ({a.shape[1]} vs {b.shape[1]}); compute both sets in one feature space"
+        )
 
 
 def _canonical_order(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +128,9 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int) -> float:
     return float(within - 2.0 * kxy.sum() / (m * m))
 
 
-def kernel_inception_distance(a_feats, b_feats, subsets: int = 100, subset_size: int = 1000, degree: int = 3,
-                              seed: int = 0) -> tuple[float, float, int]:
+def kernel_inception_distance(
+    a_feats, b_feats, subsets: int = 100, subset_size: int = 1000, degree: int = 3, seed: int = 0
+) -> tuple[float, float, int]:
     """KID: unbiased MMD² with ``k(x, y) = (x·y / D + 1)^degree`` on ``subsets`` pairs of subsets of
     ``subset_size`` (capped at the smaller set) drawn without replacement with ``numpy`` seed ``seed``.
 
@@ -151,8 +165,8 @@ def _pairwise_sq_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     # large blocks, and each entry is the same sum in the same order whatever the block
     rows = max(1, (1 << 18) // max(1, len(y) * x.shape[1]))
     for i in range(0, len(x), rows):
-        d = x[i:i + rows, None, :] - y[None, :, :]
-        out[i:i + rows] = np.einsum("ijk,ijk->ij", d, d)
+        d = x[i : i + rows, None, :] - y[None, :, :]
+        out[i : i + rows] = np.einsum("ijk,ijk->ij", d, d)
     return out
 
 
@@ -190,8 +204,10 @@ def precision_recall(real_feats, fake_feats, *, k: int = 3, real_classes=None) -
     real, fake = _as_features(real_feats, "real set"), _as_features(fake_feats, "generated set")
     _check_pair(real, fake)
     if not (isinstance(k, (int, np.integer)) and 1 <= k < min(len(real), len(fake))):
-        raise RSGeoPruneError(f"k {k!r}: must be a whole number from 1 to one less than the smaller set "
-                              f"({min(len(real), len(fake))} samples)")
+        raise RSGeoPruneError(
+            f"k {k!r}: must be a whole number from 1 to one less than the smaller set "
+            f"({min(len(real), len(fake))} samples)"
+        )
     cross = _pairwise_sq_dist(fake, real)  # (Nf, Nr); its transpose is real-to-fake, the same numbers
     inside_real = (cross <= _knn_radii(real, k)[None, :]).any(axis=1)
     covered = (cross <= _knn_radii(fake, k)[:, None]).any(axis=0)
@@ -201,8 +217,14 @@ def precision_recall(real_feats, fake_feats, *, k: int = 3, real_classes=None) -
         if len(labels) != len(real):
             raise RSGeoPruneError(f"real_classes has {len(labels)} labels for {len(real)} real samples")
         per_class = {str(c): float(covered[labels == c].mean()) for c in sorted(set(labels.tolist()), key=str)}
-    return PrecisionRecall(precision=float(inside_real.mean()), recall=float(covered.mean()), k=int(k),
-                           n_real=len(real), n_fake=len(fake), class_recall=per_class)
+    return PrecisionRecall(
+        precision=float(inside_real.mean()),
+        recall=float(covered.mean()),
+        k=int(k),
+        n_real=len(real),
+        n_fake=len(fake),
+        class_recall=per_class,
+    )
 
 
 # -------------------------------------------------------------------------------------------- reports
@@ -225,42 +247,74 @@ class MetricReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"FD {self.fd:.6g}, KID {self.kid_mean:.4g} ± {self.kid_std:.2g} "
-                f"({self.kid_subsets} subsets of {self.kid_subset_size}) in {self.feature} "
-                f"[sha256:{self.digest[:16]}] {self.dim}-d, n_a={self.n_a}, n_b={self.n_b}")
+        return (
+            f"FD {self.fd:.6g}, KID {self.kid_mean:.4g} ± {self.kid_std:.2g} "
+            f"({self.kid_subsets} subsets of {self.kid_subset_size}) in {self.feature} "
+            f"[sha256:{self.digest[:16]}] {self.dim}-d, n_a={self.n_a}, n_b={self.n_b}"
+        )
 
 
-def compare_features(a_feats, b_feats, space, *, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                     kid_degree: int = 3, seed: int = 0) -> MetricReport:
+def compare_features(
+    a_feats, b_feats, space, *, kid_subsets: int = 100, kid_subset_size: int = 1000, kid_degree: int = 3, seed: int = 0
+) -> MetricReport:
     """FD and KID of precomputed features ``(Na, D)``, ``(Nb, D)`` of ``space`` (a feature-space object:
     its name, digest and dim go into the report). Compute a held-out reference's features once this way."""
     a, b = _as_features(a_feats, "set a"), _as_features(b_feats, "set b")
     for label, x in (("set a", a), ("set b", b)):
         if x.shape[1] != space.dim:
-            raise RSGeoPruneError(f"{label} features are {x.shape[1]}-d but {space.name} is {space.dim}-d; "
-                                  f"compute them with {space.name}")
+            raise RSGeoPruneError(
+                f"{label} features are {x.shape[1]}-d but {space.name} is {space.dim}-d; compute them with {space.name}"
+            )
     n_small = min(len(a), len(b))
     if n_small < space.dim:
         # n < D: rank-deficient covariances; FD still computes, but its noise floor is higher
-        log.warning("FD with %d samples in %d-d %s: covariances are singular (n < dim); compare only at equal n "
-                    "and mind the noise floor", n_small, space.dim, space.name)
+        log.warning(
+            "FD with %d samples in %d-d %s: covariances are singular (n < dim); compare only at equal n "
+            "and mind the noise floor",
+            n_small,
+            space.dim,
+            space.name,
+        )
     fd = frechet_distance(a, b)
     kid_mean, kid_std, m = kernel_inception_distance(a, b, kid_subsets, kid_subset_size, kid_degree, seed)
-    return MetricReport(fd=fd, kid_mean=kid_mean, kid_std=kid_std, feature=space.name, digest=space.digest,
-                        n_a=len(a), n_b=len(b), dim=space.dim, kid_subsets=kid_subsets, kid_subset_size=m)
+    return MetricReport(
+        fd=fd,
+        kid_mean=kid_mean,
+        kid_std=kid_std,
+        feature=space.name,
+        digest=space.digest,
+        n_a=len(a),
+        n_b=len(b),
+        dim=space.dim,
+        kid_subsets=kid_subsets,
+        kid_subset_size=m,
+    )
 
 
 def _tile_shape_pair(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape[1] != b.shape[1]:
-        raise RSGeoPruneError(f"set a has {a.shape[1]} channels and set b {b.shape[1]}; compare tiles of the same "
-                              "bands (take [:, :3] of the 4-band set for RGB)")
+        raise RSGeoPruneError(
+            f"set a has {a.shape[1]} channels and set b {b.shape[1]}; compare tiles of the same "
+            "bands (take [:, :3] of the 4-band set for RGB)"
+        )
     if a.shape[2:] != b.shape[2:]:
-        raise RSGeoPruneError(f"set a tiles are {a.shape[2]}x{a.shape[3]} px and set b {b.shape[2]}x{b.shape[3]}; "
-                              "resize or crop one set to the other's size")
+        raise RSGeoPruneError(
+            f"set a tiles are {a.shape[2]}x{a.shape[3]} px and set b {b.shape[2]}x{b.shape[3]}; "
+            "resize or crop one set to the other's size"
+        )
 
 
-def compare_sets(a_tiles, b_tiles, feature="rsgeo-default", *, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                 kid_degree: int = 3, seed: int = 0, threads: int | None = None) -> MetricReport:
+def compare_sets(
+    a_tiles,
+    b_tiles,
+    feature="rsgeo-default",
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    kid_degree: int = 3,
+    seed: int = 0,
+    threads: int | None = None,
+) -> MetricReport:
     """FD and KID between tile sets ``(Na, C, H, W)`` and ``(Nb, C, H, W)`` (uint8, or floats in [-1, 1])
     in ``feature`` (a registry name or a feature-space object). Both sets need the same C, H, W."""
     a, b = as_uint8_tiles(a_tiles), as_uint8_tiles(b_tiles)
@@ -269,12 +323,32 @@ def compare_sets(a_tiles, b_tiles, feature="rsgeo-default", *, kid_subsets: int 
         if len(x) < 2:
             raise RSGeoPruneError(f"{label} has {len(x)} tile(s); FD needs at least 2 (hundreds for a usable number)")
     space = _space(feature, a.shape[1], threads)
-    return compare_features(space(a), space(b), space, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                            kid_degree=kid_degree, seed=seed)
+    return compare_features(
+        space(a),
+        space(b),
+        space,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        kid_degree=kid_degree,
+        seed=seed,
+    )
 
 
-__all__ = ["DEFAULT_FEATURE", "FEATURE_SPACES", "DefaultEmbedderFeatures", "InceptionFeatures", "MetricReport",
-           "PrecisionRecall", "precision_recall",
-           "RandomCNNConfig", "RandomCNNFeatures", "TorchFeatureModule", "as_uint8_tiles", "compare_features",
-           "compare_sets", "feature_space", "frechet_distance",
-           "kernel_inception_distance"]
+__all__ = [
+    "DEFAULT_FEATURE",
+    "FEATURE_SPACES",
+    "DefaultEmbedderFeatures",
+    "InceptionFeatures",
+    "MetricReport",
+    "PrecisionRecall",
+    "precision_recall",
+    "RandomCNNConfig",
+    "RandomCNNFeatures",
+    "TorchFeatureModule",
+    "as_uint8_tiles",
+    "compare_features",
+    "compare_sets",
+    "feature_space",
+    "frechet_distance",
+    "kernel_inception_distance",
+]

@@ -33,7 +33,7 @@ class EpochSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, n: int, seed: int, epoch: int, start: int = 0):
-        self.order = epoch_order(n, seed, epoch)[int(start):]
+        self.order = epoch_order(n, seed, epoch)[int(start) :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order.tolist())
@@ -56,8 +56,13 @@ def rng_state() -> dict:
     version, internal, gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "internal": list(internal), "gauss": gauss},
     }
     if torch.cuda.is_available():
@@ -70,14 +75,15 @@ def set_rng_state(state: dict) -> None:
     states are byte tensors that torch wants on the CPU)."""
     torch.set_rng_state(state["torch"].cpu())
     npy = state["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached"]))
+    np.random.set_state(
+        (npy["name"], npy["keys"].cpu().numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         # a run saved by a process that saw 8 GPUs may resume in one that sees fewer (another node, a narrower
         # CUDA_VISIBLE_DEVICES): restore the devices there are; the trainers draw from their own generators
-        for i, s in enumerate(state["cuda"][:torch.cuda.device_count()]):
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(s.cpu(), device=i)
 
 
@@ -87,5 +93,6 @@ def seeded_generator(device: torch.device | str, *key: int) -> torch.Generator:
     g = torch.Generator(device=torch.device(device))
     g.manual_seed((int(words[0]) << 31) ^ int(words[1]))  # < 2**63: fits every backend's seed type
     return g
+
 
 __all__ = ["EpochSampler", "epoch_order", "rng_state", "seed_everything", "seeded_generator", "set_rng_state"]

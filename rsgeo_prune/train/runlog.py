@@ -15,7 +15,6 @@ import numpy as np
 from ..errors import InvalidOption
 from .convert import json_safe
 
-
 #: ``--log`` choices: ``jsonl`` (``metrics.jsonl`` only) or ``tensorboard`` (the same records also as TensorBoard
 #: event files in ``tensorboard/`` beside it, with the run's pictures).
 LOGS = ("jsonl", "tensorboard")
@@ -27,8 +26,9 @@ def check_log(log: str) -> None:
     if log not in LOGS:
         raise InvalidOption("log", log, f"choose one of {', '.join(LOGS)}")
     if log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        raise InvalidOption("log", log, "needs the tensorboard package (pip install 'rsgeo_prune[train]'); "
-                                        "or log to jsonl")
+        raise InvalidOption(
+            "log", log, "needs the tensorboard package (pip install 'rsgeo_prune[train]'); or log to jsonl"
+        )
 
 
 def _scalar_tag(name: str) -> str:
@@ -119,5 +119,14 @@ def progress_bar(total: int, initial: int = 0, enabled: bool = True, unit: str =
 
     return tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, disable=None if enabled else True)
 
-__all__ = ["LOGS", "METRICS_FILE", "MetricsLog", "TENSORBOARD_DIR", "check_log", "open_log", "progress_bar",
-           "read_metrics"]
+
+__all__ = [
+    "LOGS",
+    "METRICS_FILE",
+    "MetricsLog",
+    "TENSORBOARD_DIR",
+    "check_log",
+    "open_log",
+    "progress_bar",
+    "read_metrics",
+]

@@ -24,6 +24,7 @@ import torch
 
 from ..atomic import atomic_folder, atomic_output, check_writable
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
+
 # read_checkpoint, seeded_generator, SAMPLERS, check_sampler and diffusion_of are also importable from here, where
 # the notebooks and benchmarks first found them
 from .checkpoint import DIT_STATE_KIND, read_checkpoint  # noqa: F401
@@ -34,8 +35,6 @@ from .dit import DIT_CONFIGS, build_dit
 from .rng import seeded_generator
 
 
-
-
 def ema_model(state: dict, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The EMA DiT of a :func:`read_checkpoint` state, in eval mode on ``device``, and the run's info:
     ``{"config": train config dict, "latents": {vae_digest, latent_shape, latents_mean, latents_std, ...},
@@ -43,15 +42,19 @@ def ema_model(state: dict, device: torch.device | str = "cpu") -> tuple[torch.nn
     extra = state["extra"]
     cfg, lat = extra["config"], extra["latents"]
     if cfg["model"] not in DIT_CONFIGS:
-        raise RSGeoPruneError(f"checkpoint model {cfg['model']!r} is unknown to this version; "
-                              "sample with the rsgeo-prune version that trained it")
+        raise RSGeoPruneError(
+            f"checkpoint model {cfg['model']!r} is unknown to this version; "
+            "sample with the rsgeo-prune version that trained it"
+        )
     c, h, w = lat["latent_shape"]
     model = build_dit(cfg["model"], input_size=h, in_channels=c)
     try:
         model.load_state_dict(extra["ema"])
     except RuntimeError as exc:
-        raise RSGeoPruneError(f"checkpoint EMA weights do not fit {cfg['model']} on {c}x{h}x{w} latents "
-                              "(a damaged or edited state); use another checkpoint") from exc
+        raise RSGeoPruneError(
+            f"checkpoint EMA weights do not fit {cfg['model']} on {c}x{h}x{w} latents "
+            "(a damaged or edited state); use another checkpoint"
+        ) from exc
     return model.to(device).eval().requires_grad_(False), {"config": cfg, "latents": lat, "step": int(state["step"])}
 
 
@@ -63,10 +66,17 @@ def sampling_model(checkpoint: str | Path, device: torch.device | str = "cpu") -
 
         config = read_export(path)
         lat = config["latents"]
-        latents = {"latent_shape": lat["shape"], "latents_mean": lat["mean"], "latents_std": lat["std"],
-                   **{k: v for k, v in lat.items() if k not in ("shape", "mean", "std")}}
-        return load_dit(path, device=device), {"config": config["training"], "latents": latents,
-                                               "step": int(config["training"]["step"])}
+        latents = {
+            "latent_shape": lat["shape"],
+            "latents_mean": lat["mean"],
+            "latents_std": lat["std"],
+            **{k: v for k, v in lat.items() if k not in ("shape", "mean", "std")},
+        }
+        return load_dit(path, device=device), {
+            "config": config["training"],
+            "latents": latents,
+            "step": int(config["training"]["step"]),
+        }
     return ema_model(read_checkpoint(path, hint="give another checkpoint"), device)
 
 
@@ -84,19 +94,35 @@ def export_dit(checkpoint: str | Path, folder: str | Path | None = None) -> Path
     model.load_state_dict(state["model"], assign=True)
     model.register_buffer("pos_embed", ema.pos_embed.clone(), persistent=False)
     folder = Path(folder) if folder is not None else checkpoint.parent / EXPORT_DIR
-    return write_export(folder, ema=ema, model=model, name=cfg["model"], diffusion=diffusion_of(cfg),
-                        train_config=cfg, latents=lat, step=info["step"])
-
-
+    return write_export(
+        folder,
+        ema=ema,
+        model=model,
+        name=cfg["model"],
+        diffusion=diffusion_of(cfg),
+        train_config=cfg,
+        latents=lat,
+        step=info["step"],
+    )
 
 
 # -- generation -----------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def generate_latents(model, diffusion, n: int, *, latent_shape: tuple[int, int, int], steps: int,
-                     sampler: str = "ddpm", eta: float = 0.0, seed: int = 0, batch_size: int = 64,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+def generate_latents(
+    model,
+    diffusion,
+    n: int,
+    *,
+    latent_shape: tuple[int, int, int],
+    steps: int,
+    sampler: str = "ddpm",
+    eta: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """``n`` normalised latents ``(n, C, h, w)`` float32 on the CPU from ``model`` (bf16 autocast on CUDA).
 
     ``sampler``: ``"ddpm"`` (ancestral) or ``"ddim"`` (``eta``) for a DDPM model, ``"euler"`` for a flow model.
@@ -127,7 +153,7 @@ def decode_latents(vae, z: torch.Tensor, *, batch_size: int = 16, device: torch.
     out = []
     for lo in range(0, z.shape[0], batch_size):
         with autocast(device):
-            x = vae.decode(z[lo:lo + batch_size].to(device)).sample
+            x = vae.decode(z[lo : lo + batch_size].to(device)).sample
         out.append(x.float().clamp(-1, 1).cpu())
     return torch.cat(out)
 
@@ -144,7 +170,7 @@ def grid_image(tiles: torch.Tensor, bands: tuple[int, int, int], ncol: int | Non
     levels = to_levels(tiles[:, view])
     for k in range(n):
         r, q = divmod(k, ncol)
-        canvas[r * (h + gap):r * (h + gap) + h, q * (w + gap):q * (w + gap) + w] = levels[k].transpose(1, 2, 0)
+        canvas[r * (h + gap) : r * (h + gap) + h, q * (w + gap) : q * (w + gap) + w] = levels[k].transpose(1, 2, 0)
     return canvas
 
 
@@ -162,8 +188,9 @@ def grid_pictures(tiles: torch.Tensor) -> dict[str, np.ndarray]:
     return {name: grid_image(tiles, bands) for name, bands in band_views(tiles.shape[1]).items()}
 
 
-def write_grids(tiles: torch.Tensor, out: str | Path, prefix: str = "grid",
-                pictures: dict[str, np.ndarray] | None = None) -> dict[str, Path]:
+def write_grids(
+    tiles: torch.Tensor, out: str | Path, prefix: str = "grid", pictures: dict[str, np.ndarray] | None = None
+) -> dict[str, Path]:
     """``{prefix}_rgb.png`` and, with 4+ bands, ``{prefix}_nirrg.png``: the :func:`grid_pictures` of ``tiles``
     (or the ``pictures`` already made of them)."""
     out = Path(out)
@@ -177,12 +204,20 @@ CONVENTION_NAMES = ("red", "green", "blue", "nir")
 
 #: How a sample file's values relate to the model's [-1, 1] range, by ``--format``.
 SAMPLE_FORMATS = {
-    "npy": {"dtype": "float32", "value_range": [-1.0, 1.0], "layout": "(C, H, W)",
-            "levels": "the model's range: x = level / 127.5 - 1 for the uint8 levels of the source (uint8 rasters: "
-                      "their values; uint16 and float rasters: the scene's 2-98 % stretch)"},
-    "tif": {"dtype": "uint8", "value_range": [0, 255], "layout": "C bands of H x W, not georeferenced",
-            "levels": "level = round((x + 1) * 127.5) of the model's x in [-1, 1]: uint8 sources' own scale "
-                      "(uint16 and float sources: the scene's 2-98 % stretch)"},
+    "npy": {
+        "dtype": "float32",
+        "value_range": [-1.0, 1.0],
+        "layout": "(C, H, W)",
+        "levels": "the model's range: x = level / 127.5 - 1 for the uint8 levels of the source (uint8 rasters: "
+        "their values; uint16 and float rasters: the scene's 2-98 % stretch)",
+    },
+    "tif": {
+        "dtype": "uint8",
+        "value_range": [0, 255],
+        "layout": "C bands of H x W, not georeferenced",
+        "levels": "level = round((x + 1) * 127.5) of the model's x in [-1, 1]: uint8 sources' own scale "
+        "(uint16 and float sources: the scene's 2-98 % stretch)",
+    },
 }
 
 
@@ -201,8 +236,14 @@ def sample_bands(latents: dict, channels: int) -> tuple[list[dict], str]:
         names, origin = list(CONVENTION_NAMES[:channels]), "convention"
     else:
         origin = "none"
-    bands = [{"band": k + 1, "source_band": source[k],
-              "name": names[k] or f"band {source[k] if source[k] is not None else k + 1}"} for k in range(channels)]
+    bands = [
+        {
+            "band": k + 1,
+            "source_band": source[k],
+            "name": names[k] or f"band {source[k] if source[k] is not None else k + 1}",
+        }
+        for k in range(channels)
+    ]
     return bands, origin
 
 
@@ -241,11 +282,21 @@ def write_tiff(levels: np.ndarray, path: Path, names: list[str] | None = None) -
     rgb = c >= 3 and [n.lower() for n in names[:3]] == list(CONVENTION_NAMES[:3])
     with atomic_output(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", driver="GTiff", width=w, height=h, count=c, dtype="uint8",
-                           photometric="RGB" if rgb else "MINISBLACK") as dst:
+        with rasterio.open(
+            tmp,
+            "w",
+            driver="GTiff",
+            width=w,
+            height=h,
+            count=c,
+            dtype="uint8",
+            photometric="RGB" if rgb else "MINISBLACK",
+        ) as dst:
             dst.write(levels)
             if rgb:
-                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue] + [ColorInterp.undefined] * (c - 3)
+                dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue] + [ColorInterp.undefined] * (
+                    c - 3
+                )
             for k, name in enumerate(names):
                 dst.set_band_description(k + 1, name)
             dst.update_tags(LEVELS=SAMPLE_FORMATS["tif"]["levels"])
@@ -262,13 +313,27 @@ def check_sample_out(out: Path) -> None:
     if out.is_dir():
         names = {p.name for p in out.iterdir()}
         if names and ("samples.json" not in names or not names <= SAMPLE_ENTRIES):
-            raise InvalidOption("out", str(out), "holds other files; choose a new or empty folder (a previous "
-                                                 "sample output there is replaced whole)")
+            raise InvalidOption(
+                "out",
+                str(out),
+                "holds other files; choose a new or empty folder (a previous sample output there is replaced whole)",
+            )
 
 
-def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Path, *, n: int = 64,
-                     sampler: str | None = None, steps: int | None = None, eta: float | None = None, seed: int = 0,
-                     batch_size: int = 16, fmt: str = "npy", device: str | None = None) -> dict:
+def sample_to_folder(
+    checkpoint: str | Path,
+    vae_dir: str | Path,
+    out: str | Path,
+    *,
+    n: int = 64,
+    sampler: str | None = None,
+    steps: int | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    fmt: str = "npy",
+    device: str | None = None,
+) -> dict:
     """``rsgeo-prune sample``: ``n`` tiles from a checkpoint's EMA weights, decoded by the VAE the latents came from.
 
     Writes under ``out``: ``tiles/sample-*.npy|tif`` (one C-band tile each), ``latents.npy`` (the denormalised
@@ -298,38 +363,71 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
     cfg, lat = info["config"], info["latents"]
     digest = vae_digest(vae_dir)
     if digest != lat["vae_digest"]:
-        raise RSGeoPruneError(f"{vae_dir}: not the VAE the model's latents were encoded with (digest {digest[:12]}…, "
-                              f"latents {lat['vae_digest'][:12]}…); give that VAE's folder")
+        raise RSGeoPruneError(
+            f"{vae_dir}: not the VAE the model's latents were encoded with (digest {digest[:12]}…, "
+            f"latents {lat['vae_digest'][:12]}…); give that VAE's folder"
+        )
     sampler = check_sampler(cfg["diffusion"], sampler)
     if eta is not None and sampler != "ddim":
-        raise InvalidOption("eta", eta, f"applies to --sampler ddim only (this samples with {sampler}); "
-                                        "drop it or add --sampler ddim")
+        raise InvalidOption(
+            "eta", eta, f"applies to --sampler ddim only (this samples with {sampler}); drop it or add --sampler ddim"
+        )
     if sampler in SAMPLERS["ddpm"] and steps is not None and steps > 1000:
         raise InvalidOption("steps", steps, "must be at most 1000, the DDPM's timesteps")
     steps = steps or (250 if sampler == "ddpm" else 50)
     eta = 0.0 if eta is None else eta
     diffusion = diffusion_of(cfg)
     vae = load_vae(vae_dir, dev)
-    z = generate_latents(model, diffusion, n, latent_shape=tuple(lat["latent_shape"]), steps=steps, sampler=sampler,
-                         eta=eta, seed=seed, batch_size=batch_size, device=dev)
+    z = generate_latents(
+        model,
+        diffusion,
+        n,
+        latent_shape=tuple(lat["latent_shape"]),
+        steps=steps,
+        sampler=sampler,
+        eta=eta,
+        seed=seed,
+        batch_size=batch_size,
+        device=dev,
+    )
     if not bool(torch.isfinite(z).all()):
-        raise RSGeoPruneError(f"{checkpoint}: sampling gave non-finite latents (damaged EMA weights?); "
-                              "sample another checkpoint")
+        raise RSGeoPruneError(
+            f"{checkpoint}: sampling gave non-finite latents (damaged EMA weights?); sample another checkpoint"
+        )
     z = denormalise(z, lat)
     tiles = decode_latents(vae, z, batch_size=batch_size, device=dev)
     bands, names_from = sample_bands(lat, tiles.shape[1])
-    summary = {"checkpoint": str(checkpoint), "step": info["step"], "model": cfg["model"],
-               "diffusion": cfg["diffusion"], "sampler": sampler, "steps": steps, "eta": eta, "seed": seed,
-               "batch_size": batch_size, "noise": "batch k of --batch-size tiles: a generator seeded with (seed, k)",
-               "n": n, "tile_shape": list(tiles.shape[1:]), "format": fmt,
-               "files": f"tiles/sample-NNNNN.{fmt}, one tile each", **SAMPLE_FORMATS[fmt],
-               "bands": bands, "band_names_from": names_from,
-               "latents": {"file": "latents.npy", "dtype": "float32", "shape": list(z.shape),
-                           "what": "the VAE latents the tiles were decoded from (the model's normalised output "
-                                   "x back on the VAE's scale: z = x * latents_std + latents_mean)",
-                           "latents_mean": lat["latents_mean"], "latents_std": lat["latents_std"],
-                           "decode": "AutoencoderKL.from_pretrained(VAE).decode(z).sample, clamped to [-1, 1]"},
-               "vae_digest": digest, "out": str(out)}
+    summary = {
+        "checkpoint": str(checkpoint),
+        "step": info["step"],
+        "model": cfg["model"],
+        "diffusion": cfg["diffusion"],
+        "sampler": sampler,
+        "steps": steps,
+        "eta": eta,
+        "seed": seed,
+        "batch_size": batch_size,
+        "noise": "batch k of --batch-size tiles: a generator seeded with (seed, k)",
+        "n": n,
+        "tile_shape": list(tiles.shape[1:]),
+        "format": fmt,
+        "files": f"tiles/sample-NNNNN.{fmt}, one tile each",
+        **SAMPLE_FORMATS[fmt],
+        "bands": bands,
+        "band_names_from": names_from,
+        "latents": {
+            "file": "latents.npy",
+            "dtype": "float32",
+            "shape": list(z.shape),
+            "what": "the VAE latents the tiles were decoded from (the model's normalised output "
+            "x back on the VAE's scale: z = x * latents_std + latents_mean)",
+            "latents_mean": lat["latents_mean"],
+            "latents_std": lat["latents_std"],
+            "decode": "AutoencoderKL.from_pretrained(VAE).decode(z).sample, clamped to [-1, 1]",
+        },
+        "vae_digest": digest,
+        "out": str(out),
+    }
     with atomic_folder(out) as tmp:
         with atomic_output(tmp / "latents.npy") as part, open(part, "wb") as fh:
             np.save(fh, z.numpy())
@@ -341,9 +439,23 @@ def sample_to_folder(checkpoint: str | Path, vae_dir: str | Path, out: str | Pat
     return summary
 
 
-
-
-__all__ = ["CONVENTION_NAMES", "SAMPLE_ENTRIES", "SAMPLE_FORMATS", "check_sample_out", "decode_latents",
-           "denormalise", "ema_model", "export_dit", "generate_latents", "grid_image", "grid_pictures",
-           "sample_bands", "sample_to_folder", "sampling_model", "write_grids", "write_png", "write_tiff",
-           "write_tiles"]
+__all__ = [
+    "CONVENTION_NAMES",
+    "SAMPLE_ENTRIES",
+    "SAMPLE_FORMATS",
+    "check_sample_out",
+    "decode_latents",
+    "denormalise",
+    "ema_model",
+    "export_dit",
+    "generate_latents",
+    "grid_image",
+    "grid_pictures",
+    "sample_bands",
+    "sample_to_folder",
+    "sampling_model",
+    "write_grids",
+    "write_png",
+    "write_tiff",
+    "write_tiles",
+]

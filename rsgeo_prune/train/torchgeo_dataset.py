@@ -54,16 +54,19 @@ def acquisition_intervals(table: pd.DataFrame, source: str = "catalog") -> pd.In
         try:  # naive values are taken as UTC, aware ones converted to it
             cols[name] = pd.to_datetime(table[name], utc=True).dt.tz_localize(None).astype("datetime64[ns]")
         except (ValueError, TypeError, OverflowError) as exc:
-            raise RSGeoPruneError(f"{source}: column {name!r} is not a UTC timestamp ({exc}); rebuild the catalog "
-                                  "with rsgeo-prune") from exc
+            raise RSGeoPruneError(
+                f"{source}: column {name!r} is not a UTC timestamp ({exc}); rebuild the catalog with rsgeo-prune"
+            ) from exc
     start = cols["start_datetime"].fillna(cols["datetime"]).fillna(pd.Timestamp.min)
     end = cols["end_datetime"].fillna(cols["datetime"]).fillna(pd.Timestamp.max)
     bad = np.flatnonzero((start > end).to_numpy())
     if len(bad):
         i = bad[0]
-        raise RSGeoPruneError(f"{source}: tile {table['tile_id'].iloc[i]!r} starts after it ends ({start.iloc[i]} > "
-                              f"{end.iloc[i]}, {len(bad)} tiles); fix start_datetime/end_datetime or rebuild the "
-                              "catalog")
+        raise RSGeoPruneError(
+            f"{source}: tile {table['tile_id'].iloc[i]!r} starts after it ends ({start.iloc[i]} > "
+            f"{end.iloc[i]}, {len(bad)} tiles); fix start_datetime/end_datetime or rebuild the "
+            "catalog"
+        )
     return pd.IntervalIndex.from_arrays(start.to_numpy(), end.to_numpy(), closed="both", name="datetime")
 
 
@@ -89,8 +92,9 @@ def _naive_utc(value, default: pd.Timestamp) -> pd.Timestamp:
     try:
         t = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
-        raise RSGeoPruneError(f"time {value!r}: not a date or time; give e.g. '2020-06-01' or "
-                              "'2020-06-01T12:00:00Z'") from exc
+        raise RSGeoPruneError(
+            f"time {value!r}: not a date or time; give e.g. '2020-06-01' or '2020-06-01T12:00:00Z'"
+        ) from exc
     return t.tz_convert("UTC").tz_localize(None) if t.tzinfo is not None else t
 
 
@@ -121,30 +125,45 @@ class CatalogGeoDataset(GeoDataset):
     :func:`torchgeo.datasets.stack_samples` (torch's default collate rejects CRS objects and slices).
     """
 
-    def __init__(self, catalog: str | Path | pd.DataFrame, *, select: Selection = "kept",
-                 bands: list[int] | None = None, nodata: float | None = None, fill: float = -1.0,
-                 output: str = "float", check_files: bool = True,
-                 transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
+    def __init__(
+        self,
+        catalog: str | Path | pd.DataFrame,
+        *,
+        select: Selection = "kept",
+        bands: list[int] | None = None,
+        nodata: float | None = None,
+        fill: float = -1.0,
+        output: str = "float",
+        check_files: bool = True,
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ):
         source = str(catalog) if not isinstance(catalog, pd.DataFrame) else "catalog"
         table = select_rows(load_table(catalog), select, source=source)
-        self.tiles = CatalogDataset(table, select="all", bands=bands, nodata=nodata, fill=fill, output=output,
-                                    check_files=check_files)
+        self.tiles = CatalogDataset(
+            table, select="all", bands=bands, nodata=nodata, fill=fill, output=output, check_files=check_files
+        )
         self.transforms = transforms
         self.paths = sorted(set(table["href"].astype(str)))
         n = len(self.tiles)
         transforms_ = [self.tiles.tile_transform(i) for i in range(n)]
         images = [self.tiles.tile_ids[i] for i in range(n) if transforms_[i] is None]
         if images:
-            raise RSGeoPruneError(f"{source}: {images[0]!r} is a collection image ({len(images)} of {n} tiles): it has "
-                                  "no footprint to index; select raster tiles for TorchGeo")
+            raise RSGeoPruneError(
+                f"{source}: {images[0]!r} is a collection image ({len(images)} of {n} tiles): it has "
+                "no footprint to index; select raster tiles for TorchGeo"
+            )
         crs_names = sorted({self.tiles.tile_crs(i) for i in range(n)})
         if "" in crs_names:
-            raise RSGeoPruneError(f"{source}: tiles without a CRS (no 'crs' column or empty cells); rebuild the "
-                                  "catalog with rsgeo-prune, which records each tile's CRS")
+            raise RSGeoPruneError(
+                f"{source}: tiles without a CRS (no 'crs' column or empty cells); rebuild the "
+                "catalog with rsgeo-prune, which records each tile's CRS"
+            )
         if len(crs_names) > 1:
-            raise RSGeoPruneError(f"{source}: the tiles are in {len(crs_names)} CRSs ({', '.join(crs_names[:3])}); a "
-                                  f"TorchGeo dataset has one: select one, e.g. select=\"kept and crs == "
-                                  f"'{crs_names[0]}'\", and build one dataset per CRS")
+            raise RSGeoPruneError(
+                f"{source}: the tiles are in {len(crs_names)} CRSs ({', '.join(crs_names[:3])}); a "
+                f'TorchGeo dataset has one: select one, e.g. select="kept and crs == '
+                f"'{crs_names[0]}'\", and build one dataset per CRS"
+            )
         # pixel (col, row) of a CRS point: each tile's inverse transform, (a, b, c, d, e, f) in rasterio order
         self._inverse = np.array([tuple(~Affine(*t))[:6] for t in transforms_])
         self._tile_bounds = np.stack([self.tiles.tile_bounds(i) for i in range(n)])
@@ -158,8 +177,12 @@ class CatalogGeoDataset(GeoDataset):
         self._start_ns = intervals.left.as_unit("ns").asi8
         self._end_ns = intervals.right.as_unit("ns").asi8
         self._crs = CRS.from_user_input(crs_names[0])
-        self.index = GeoDataFrame({"tile": np.arange(n), "tile_id": self.tiles.tile_ids}, index=intervals,
-                                  geometry=shapely.box(*self._tile_bounds.T), crs=self._crs)
+        self.index = GeoDataFrame(
+            {"tile": np.arange(n), "tile_id": self.tiles.tile_ids},
+            index=intervals,
+            geometry=shapely.box(*self._tile_bounds.T),
+            crs=self._crs,
+        )
 
     def _check_unique(self, intervals: pd.IntervalIndex, source: str) -> None:
         """Two tiles of one footprint and one interval are one point of TorchGeo's index: refuse them."""
@@ -169,10 +192,12 @@ class CatalogGeoDataset(GeoDataset):
         if len(twins):
             a = self.tiles.tile_ids[twins[0]]
             b = next(self.tiles.tile_ids[j] for j in twins[1:] if (key.iloc[j] == key.iloc[twins[0]]).all())
-            raise RSGeoPruneError(f"{source}: tiles {a!r} and {b!r} have the same footprint and acquisition time "
-                                  f"({len(twins)} tiles share one with another); TorchGeo cannot tell them apart: give "
-                                  "the catalog its datetime columns (rebuild it with rsgeo-prune) or select one "
-                                  "acquisition")
+            raise RSGeoPruneError(
+                f"{source}: tiles {a!r} and {b!r} have the same footprint and acquisition time "
+                f"({len(twins)} tiles share one with another); TorchGeo cannot tell them apart: give "
+                "the catalog its datetime columns (rebuild it with rsgeo-prune) or select one "
+                "acquisition"
+            )
 
     @property
     def _tree(self) -> shapely.STRtree:
@@ -193,8 +218,10 @@ class CatalogGeoDataset(GeoDataset):
     @crs.setter
     def crs(self, new_crs: CRS) -> None:
         if CRS.from_user_input(new_crs) != self._crs:
-            raise RSGeoPruneError(f"crs {new_crs}: the tiles are served in their own CRS ({self._crs}) without "
-                                  "reprojection; select tiles of that CRS instead")
+            raise RSGeoPruneError(
+                f"crs {new_crs}: the tiles are served in their own CRS ({self._crs}) without "
+                "reprojection; select tiles of that CRS instead"
+            )
 
     def __getitem__(self, query: GeoSlice) -> dict[str, Any]:
         x, y, t = _three_slices(query)
@@ -207,8 +234,13 @@ class CatalogGeoDataset(GeoDataset):
         if (r0, r1, c0, c1) != (0, h, 0, w):
             sample["image"] = sample["image"][..., r0:r1, c0:c1].contiguous()
             sample["valid"] = sample["valid"][r0:r1, c0:c1].contiguous()
-        out = {"image": sample["image"], "valid": sample["valid"], "tile_id": sample["tile_id"],
-               "crs": self.crs, "bounds": query}
+        out = {
+            "image": sample["image"],
+            "valid": sample["valid"],
+            "tile_id": sample["tile_id"],
+            "crs": self.crs,
+            "bounds": query,
+        }
         if "stretch" in sample:
             out["stretch"] = sample["stretch"]
         return self.transforms(out) if self.transforms is not None else out
@@ -231,8 +263,10 @@ class CatalogGeoDataset(GeoDataset):
         tq1 = _naive_utc(t.stop, pd.Timestamp.max).as_unit("ns").value
         hit = np.flatnonzero(inside & (left <= tq1) & (right >= tq0))
         if not len(hit):
-            raise IndexError(f"query {query}: no tile of the catalog contains this box at this time (windows of single "
-                             f"tiles are served, not mosaics); tiles: {self.bounds}")
+            raise IndexError(
+                f"query {query}: no tile of the catalog contains this box at this time (windows of single "
+                f"tiles are served, not mosaics); tiles: {self.bounds}"
+            )
         exact = (np.abs(b[hit] - [qx0, qy0, qx1, qy1]) <= tol[hit, None]).all(axis=1)
         contains = (left[hit] <= tq0) & (right[hit] >= tq1)
         # in float: an unbounded interval's Timestamp.max - Timestamp.min overflows int64 nanoseconds
@@ -241,8 +275,10 @@ class CatalogGeoDataset(GeoDataset):
         steps = (x.step, y.step)
         for k, step in enumerate(steps):
             if step is not None and not np.isclose(float(step), self._tile_res[i, k], rtol=1e-6):
-                raise IndexError(f"query {query}: resolution {step} differs from tile {self.tiles.tile_ids[i]!r}'s "
-                                 f"{self._tile_res[i, k]} (pixels are served as stored, never resampled)")
+                raise IndexError(
+                    f"query {query}: resolution {step} differs from tile {self.tiles.tile_ids[i]!r}'s "
+                    f"{self._tile_res[i, k]} (pixels are served as stored, never resampled)"
+                )
         return i, self._window(i, qx0, qy0, qx1, qy1)
 
     def _window(self, i: int, qx0: float, qy0: float, qx1: float, qy1: float) -> tuple[int, int, int, int]:
@@ -277,9 +313,15 @@ class CatalogTileSampler(GeoSampler):
     names its tile's own interval, so tiles of one footprint at different times stay distinct.
     """
 
-    def __init__(self, dataset: CatalogGeoDataset, roi: shapely.Geometry | None = None,
-                 toi: pd.Interval | tuple | None = None, *, shuffle: bool = False,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        dataset: CatalogGeoDataset,
+        roi: shapely.Geometry | None = None,
+        toi: pd.Interval | tuple | None = None,
+        *,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__(dataset)
         keep = np.ones(len(self.index), dtype=bool)
         interval = time_interval(toi)

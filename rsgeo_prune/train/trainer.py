@@ -51,14 +51,14 @@ from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .checkpoint import DIT_STATE_KIND, check_resume_steps, config_from_saved, load_state, read_checkpoint
 from .device import PRECISIONS, autocast, enable_tf32, uses_bf16
 from .diffusion import DIFFUSIONS, TIME_SAMPLINGS, diffusion_of
-from .dit import DIT_CONFIGS, build_dit, count_parameters
 from .distributed import Dist, setup_distributed, teardown_distributed, wrap_ddp
+from .dit import DIT_CONFIGS, build_dit, count_parameters
 from .export import EXPORT_DIR, write_export
 from .loop import STATE_FILE, Budget, Cadence, claim_out, open_log, run_folder, run_loop
 from .metrics import compare_sets
-from .sampling import decode_latents, generate_latents, grid_pictures, write_grids
 from .rng import epoch_order, seeded_generator
 from .runlog import MetricsLog, check_log
+from .sampling import decode_latents, generate_latents, grid_pictures, write_grids
 
 #: Settings that must match when a run is resumed (the data order, the noise and the model depend on them).
 RESUME_KEYS = ("model", "diffusion", "time_sampling", "batch_size", "seed")
@@ -105,8 +105,6 @@ class DiTTrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-
-
 # -- the named steps ------------------------------------------------------------------------------
 
 
@@ -120,8 +118,11 @@ def check_config(cfg: DiTTrainConfig) -> None:
     if cfg.time_sampling not in TIME_SAMPLINGS:
         raise InvalidOption("time_sampling", cfg.time_sampling, f"choose one of {', '.join(TIME_SAMPLINGS)}")
     if cfg.time_sampling != "uniform" and cfg.diffusion != "flow":
-        raise InvalidOption("time_sampling", cfg.time_sampling, f"applies to --diffusion flow only ({cfg.diffusion} "
-                                                                "draws its timesteps uniformly); drop it or train flow")
+        raise InvalidOption(
+            "time_sampling",
+            cfg.time_sampling,
+            f"applies to --diffusion flow only ({cfg.diffusion} draws its timesteps uniformly); drop it or train flow",
+        )
     for name in ("batch_size", "steps", "log_every", "save_every", "sample_n", "sample_steps"):
         check_number(name, getattr(cfg, name), 1, whole=True)
     for name in ("keep_every", "sample_every", "fd_n"):
@@ -150,11 +151,14 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
         vae_folder(vae_dir)  # there, before the latents are read
     ds = LatentShards(root)
     if len(ds) < cfg.batch_size:
-        raise RSGeoPruneError(f"{root}: {len(ds)} latents, fewer than one global batch of {cfg.batch_size}; "
-                              "lower --batch-size or encode more tiles")
+        raise RSGeoPruneError(
+            f"{root}: {len(ds)} latents, fewer than one global batch of {cfg.batch_size}; "
+            "lower --batch-size or encode more tiles"
+        )
     if cfg.batch_size % world:
-        raise RSGeoPruneError(f"batch size {cfg.batch_size}: not divisible by the {world} processes; "
-                              f"use a multiple of {world}")
+        raise RSGeoPruneError(
+            f"batch size {cfg.batch_size}: not divisible by the {world} processes; use a multiple of {world}"
+        )
     _, _, h, w = ds.mean.shape
     patch = DIT_CONFIGS[cfg.model].patch_size
     if h != w or h % patch:
@@ -164,19 +168,28 @@ def load_latents(root: str | Path, cfg: DiTTrainConfig, world: int, vae_dir: str
 
         digest = vae_digest(vae_dir)
         if digest != ds.index["vae_digest"]:
-            raise RSGeoPruneError(f"{vae_dir}: not the VAE that encoded {root} (digest {digest[:12]}…, latents "
-                                  f"{str(ds.index['vae_digest'])[:12]}…); give that VAE or encode again")
+            raise RSGeoPruneError(
+                f"{vae_dir}: not the VAE that encoded {root} (digest {digest[:12]}…, latents "
+                f"{str(ds.index['vae_digest'])[:12]}…); give that VAE or encode again"
+            )
     return ds
 
 
 def latents_info(ds, root) -> dict:
     """What a checkpoint records about its latents (``sample`` denormalises and checks the VAE with it; a resume
     checks that the latents are the run's: same VAE, catalog, source files, count and shape)."""
-    return {"root": str(root), "vae_digest": ds.index["vae_digest"], "catalog_digest": ds.index["catalog_digest"],
-            "source_digest": ds.index.get("source_digest"), "tiles": len(ds),
-            "latent_shape": list(ds.mean.shape[1:]), "latents_mean": ds.latents_mean.flatten().tolist(),
-            "latents_std": ds.latents_std.flatten().tolist(), "bands": ds.index.get("bands"),
-            "band_names": ds.index.get("band_names")}
+    return {
+        "root": str(root),
+        "vae_digest": ds.index["vae_digest"],
+        "catalog_digest": ds.index["catalog_digest"],
+        "source_digest": ds.index.get("source_digest"),
+        "tiles": len(ds),
+        "latent_shape": list(ds.mean.shape[1:]),
+        "latents_mean": ds.latents_mean.flatten().tolist(),
+        "latents_std": ds.latents_std.flatten().tolist(),
+        "bands": ds.index.get("bands"),
+        "band_names": ds.index.get("band_names"),
+    }
 
 
 def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
@@ -189,19 +202,27 @@ def check_resume(path: Path, cfg: DiTTrainConfig, info: dict) -> None:
         was, now = getattr(saved, key), getattr(cfg, key)
         if was != now:
             flag = "--" + key.replace("_", "-")
-            raise RSGeoPruneError(f"{path}: checkpoint of another config ({flag} {was}, not {now}); resume with "
-                                  f"{flag} {was} or start a new --out")
+            raise RSGeoPruneError(
+                f"{path}: checkpoint of another config ({flag} {was}, not {now}); resume with "
+                f"{flag} {was} or start a new --out"
+            )
     if lat["vae_digest"] != info["vae_digest"]:
-        raise RSGeoPruneError(f"{info['root']}: latents from another VAE than the run's (digest "
-                              f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
-                              f"{lat['root']} or start a new --out")
+        raise RSGeoPruneError(
+            f"{info['root']}: latents from another VAE than the run's (digest "
+            f"{info['vae_digest'][:12]}…, run {lat['vae_digest'][:12]}…); resume with "
+            f"{lat['root']} or start a new --out"
+        )
     if lat.get("catalog_digest") != info["catalog_digest"] or lat.get("source_digest") != info["source_digest"]:
         what = "catalog" if lat.get("catalog_digest") != info["catalog_digest"] else "version of the source rasters"
-        raise RSGeoPruneError(f"{info['root']}: latents of another {what} than the run's (encoded from other tiles "
-                              f"or files); resume with {lat['root']} or start a new --out")
+        raise RSGeoPruneError(
+            f"{info['root']}: latents of another {what} than the run's (encoded from other tiles "
+            f"or files); resume with {lat['root']} or start a new --out"
+        )
     if lat["tiles"] != info["tiles"] or lat["latent_shape"] != info["latent_shape"]:
-        raise RSGeoPruneError(f"{info['root']}: {info['tiles']} latents {info['latent_shape']}, the run had "
-                              f"{lat['tiles']} {lat['latent_shape']}; resume with {lat['root']} or start a new --out")
+        raise RSGeoPruneError(
+            f"{info['root']}: {info['tiles']} latents {info['latent_shape']}, the run had "
+            f"{lat['tiles']} {lat['latent_shape']}; resume with {lat['root']} or start a new --out"
+        )
     check_resume_steps(path, int(state["step"]), cfg.steps)
 
 
@@ -223,7 +244,7 @@ def next_batch(n: int, batch: int, seed: int, epoch: int, position: int, cache: 
         epoch, position = epoch + 1, 0
     if cache.get("epoch") != epoch:
         cache.update(epoch=epoch, order=epoch_order(n, seed, epoch))
-    return cache["order"][position:position + batch], epoch, position + batch
+    return cache["order"][position : position + batch], epoch, position + batch
 
 
 class TrainStep:
@@ -261,8 +282,7 @@ def build_training(cfg: DiTTrainConfig, latent_shape, device: torch.device):
     torch.manual_seed(cfg.seed)
     model = build_dit(cfg.model, input_size=h, in_channels=c, grad_checkpointing=cfg.grad_checkpointing).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     return model, ema, opt
 
 
@@ -283,20 +303,29 @@ class Evaluator:
     def __call__(self, ema: torch.nn.Module, step: int) -> dict:
         record = {}
         n = max(self.cfg.sample_n, self.cfg.fd_n if self.compare_sets else 0)
-        z = generate_latents(ema, self.diffusion, n, latent_shape=self.latent_shape, steps=self.cfg.sample_steps,
-                             sampler=self.sampler, seed=self.cfg.seed + 1, batch_size=64, device=self.device)
+        z = generate_latents(
+            ema,
+            self.diffusion,
+            n,
+            latent_shape=self.latent_shape,
+            steps=self.cfg.sample_steps,
+            sampler=self.sampler,
+            seed=self.cfg.seed + 1,
+            batch_size=64,
+            device=self.device,
+        )
         if self.vae is not None:
             tiles = decode_latents(self.vae, self.ds.denormalise(z), device=self.device)
         else:  # no VAE: show the normalised latents themselves, ±3σ → [-1, 1]
             tiles = (z / 3).clamp(-1, 1)
         kind = "tiles" if self.vae is not None else "latents"
-        pictures = grid_pictures(tiles[:self.cfg.sample_n])
-        write_grids(tiles[:self.cfg.sample_n], self.out / "samples", f"step-{step:07d}-{kind}", pictures)
+        pictures = grid_pictures(tiles[: self.cfg.sample_n])
+        write_grids(tiles[: self.cfg.sample_n], self.out / "samples", f"step-{step:07d}-{kind}", pictures)
         if self.log is not None:
             for view, picture in pictures.items():
                 self.log.image(f"samples/{kind}_{view}", picture, step)
         if self.compare_sets is not None:
-            record.update(self._fd(tiles[:self.cfg.fd_n]))
+            record.update(self._fd(tiles[: self.cfg.fd_n]))
         return record
 
     def _fd(self, tiles: torch.Tensor) -> dict:
@@ -307,8 +336,16 @@ class Evaluator:
             report = self.compare_sets(tiles, self._reference)
         except Exception as exc:  # the metric is a guest here: a failure must not end a training run
             return {"fd_error": f"{type(exc).__name__}: {exc}"}
-        names = {"fd": "fd", "kid_mean": "kid", "kid_std": "kid_std", "feature": "fd_feature",
-                 "digest": "fd_feature_digest", "n_a": "fd_n_samples", "n_b": "fd_n_reference", "dim": "fd_dim"}
+        names = {
+            "fd": "fd",
+            "kid_mean": "kid",
+            "kid_std": "kid_std",
+            "feature": "fd_feature",
+            "digest": "fd_feature_digest",
+            "n_a": "fd_n_samples",
+            "n_b": "fd_n_reference",
+            "dim": "fd_dim",
+        }
         return {names.get(k, f"fd_{k}"): v for k, v in _report_dict(report).items()}
 
 
@@ -328,8 +365,15 @@ def _report_dict(report) -> dict:
 
 
 # -- the loop -------------------------------------------------------------------------------------
-def train_dit(latents_root: str | Path, out: str | Path, cfg: DiTTrainConfig = DiTTrainConfig(), *,
-              vae_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> DiTTrainResult:
+def train_dit(
+    latents_root: str | Path,
+    out: str | Path,
+    cfg: DiTTrainConfig = DiTTrainConfig(),
+    *,
+    vae_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> DiTTrainResult:
     """Train ``cfg.model`` on the latent shards in ``latents_root``; write the run into ``out``.
 
     Call it in every process of a torchrun launch (it sets up DDP itself from the environment) or in one
@@ -367,8 +411,20 @@ def _train(latents_root, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resum
         return _run(model, ema, opt, ds, info, out, cfg, d, vae_dir, resume, progress, start)
 
 
-def _run(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dist, vae_dir, resume: bool,
-         progress: bool, start: tuple[int, int, int]) -> DiTTrainResult:
+def _run(
+    model,
+    ema,
+    opt,
+    ds,
+    info: dict,
+    out: Path,
+    cfg: DiTTrainConfig,
+    d: Dist,
+    vae_dir,
+    resume: bool,
+    progress: bool,
+    start: tuple[int, int, int],
+) -> DiTTrainResult:
     """The run of :func:`train_dit` from ``start``, its inputs checked: DDP/compile wrapping, then the loop."""
     train_model = wrap_ddp(model, d)
     if cfg.compile:
@@ -385,20 +441,35 @@ def _run(model, ema, opt, ds, info: dict, out: Path, cfg: DiTTrainConfig, d: Dis
     evaluator = Evaluator(cfg, ds, vae, out, d.device, log) if d.is_main and cfg.sample_every else None
     n_params = count_parameters(model)
     if d.is_main:
-        header = dict(event="start" if not resume else "resume", step=start[0], model=cfg.model, params=n_params,
-                      diffusion=cfg.diffusion, world_size=d.world, per_gpu_batch=per_rank,
-                      global_batch=cfg.batch_size, device=str(d.device),
-                      precision="bf16 autocast" if uses_bf16(d.device, cfg.precision) else "fp32", tiles=len(ds),
-                      latent_shape=info["latent_shape"], compile=cfg.compile)
+        header = dict(
+            event="start" if not resume else "resume",
+            step=start[0],
+            model=cfg.model,
+            params=n_params,
+            diffusion=cfg.diffusion,
+            world_size=d.world,
+            per_gpu_batch=per_rank,
+            global_batch=cfg.batch_size,
+            device=str(d.device),
+            precision="bf16 autocast" if uses_bf16(d.device, cfg.precision) else "fp32",
+            tiles=len(ds),
+            latent_shape=info["latent_shape"],
+            compile=cfg.compile,
+        )
         log.log(**header)
         if progress:
-            print(f"{cfg.model} ({n_params / 1e6:.2f} M params, {cfg.diffusion}) on {len(ds)} latents "
-                  f"{'x'.join(map(str, info['latent_shape']))}: {d.world} x {d.device.type}, per-GPU batch {per_rank}, "
-                  f"global batch {cfg.batch_size}, {header['precision']}", file=sys.stderr, flush=True)
+            print(
+                f"{cfg.model} ({n_params / 1e6:.2f} M params, {cfg.diffusion}) on {len(ds)} latents "
+                f"{'x'.join(map(str, info['latent_shape']))}: {d.world} x {d.device.type}, per-GPU batch {per_rank}, "
+                f"global batch {cfg.batch_size}, {header['precision']}",
+                file=sys.stderr,
+                flush=True,
+            )
     task = DiTTask(run_step, ds, info, cfg, d, evaluator, out)
     cadence = Cadence(cfg.steps, cfg.log_every, cfg.save_every, eval_every=cfg.sample_every, keep_every=cfg.keep_every)
-    step, loss, last = run_loop(task, cadence, out=out, start=start, d=d, budget=Budget(cfg.minutes), log=log,
-                                progress=progress)
+    step, loss, last = run_loop(
+        task, cadence, out=out, start=start, d=d, budget=Budget(cfg.minutes), log=log, progress=progress
+    )
     return DiTTrainResult(step, loss, out, d.world, per_rank, cfg.batch_size, n_params, last)
 
 
@@ -408,8 +479,16 @@ class DiTTask:
 
     rate_name = "img_s"
 
-    def __init__(self, run_step: "TrainStep", ds, info: dict, cfg: DiTTrainConfig, d: Dist,
-                 evaluator: "Evaluator | None", out: Path):
+    def __init__(
+        self,
+        run_step: "TrainStep",
+        ds,
+        info: dict,
+        cfg: DiTTrainConfig,
+        d: Dist,
+        evaluator: "Evaluator | None",
+        out: Path,
+    ):
         self.run_step, self.ds, self.info, self.cfg, self.d = run_step, ds, info, cfg, d
         self.evaluator, self.out = evaluator, out
         self.model, self.ema, self.optimizer, self.device = run_step.model, run_step.ema, run_step.opt, d.device
@@ -422,31 +501,57 @@ class DiTTask:
         while True:
             idx, epoch, position = next_batch(len(self.ds), self.cfg.batch_size, self.cfg.seed, epoch, position, cache)
             mine = torch.from_numpy(idx[rows])
-            yield (_to_device(self.ds.mean[mine], self.device), _to_device(self.ds.logvar[mine], self.device)), \
-                epoch, position
+            yield (
+                (_to_device(self.ds.mean[mine], self.device), _to_device(self.ds.logvar[mine], self.device)),
+                epoch,
+                position,
+            )
 
     def step(self, batch, step: int):
         self.model.train()
         mean, logvar = batch
-        loss, self.gnorm = self.run_step(mean, logvar, seeded_generator(self.device, self.cfg.seed, step, self.d.rank),
-                                         step)
+        loss, self.gnorm = self.run_step(
+            mean, logvar, seeded_generator(self.device, self.cfg.seed, step, self.d.rank), step
+        )
         return loss, self.cfg.batch_size
 
     def log_record(self, step: int, epoch: int, loss: float, rate: float, step_time: float) -> dict:
-        return dict(step=step, epoch=epoch, loss=round(loss, 6), grad_norm=round(float(self.gnorm), 4), lr=self.cfg.lr,
-                    ema_decay=round(ema_decay(self.cfg, step - 1), 6), images_per_s=round(rate, 2),
-                    images_per_s_per_gpu=round(rate / self.d.world, 2), step_time_s=round(step_time, 4))
+        return dict(
+            step=step,
+            epoch=epoch,
+            loss=round(loss, 6),
+            grad_norm=round(float(self.gnorm), 4),
+            lr=self.cfg.lr,
+            ema_decay=round(ema_decay(self.cfg, step - 1), 6),
+            images_per_s=round(rate, 2),
+            images_per_s_per_gpu=round(rate / self.d.world, 2),
+            step_time_s=round(step_time, 4),
+        )
 
     def evaluate(self, step: int) -> dict | None:
         return self.evaluator(self.ema, step) if self.evaluator is not None else None
 
     def state_extra(self) -> dict:
-        return {"kind": DIT_STATE_KIND, "config": asdict(self.cfg), "ema": self.ema.state_dict(), "latents": self.info,
-                "world_size": self.d.world, "noise": "step s, rank r: generator seeded with (seed, s, r)"}
+        return {
+            "kind": DIT_STATE_KIND,
+            "config": asdict(self.cfg),
+            "ema": self.ema.state_dict(),
+            "latents": self.info,
+            "world_size": self.d.world,
+            "noise": "step s, rank r: generator seeded with (seed, s, r)",
+        }
 
     def finish(self, step: int) -> None:
-        write_export(self.out / EXPORT_DIR, ema=self.ema, model=self.model, name=self.cfg.model,
-                     diffusion=self.run_step.diffusion, train_config=asdict(self.cfg), latents=self.info, step=step)
+        write_export(
+            self.out / EXPORT_DIR,
+            ema=self.ema,
+            model=self.model,
+            name=self.cfg.model,
+            diffusion=self.run_step.diffusion,
+            train_config=asdict(self.cfg),
+            latents=self.info,
+            step=step,
+        )
 
 
 def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -458,6 +563,20 @@ def _to_device(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
     return rows.pin_memory().to(device, non_blocking=True)
 
 
-__all__ = ["DiTTask", "DiTTrainConfig", "DiTTrainResult", "RESUME_KEYS", "STATE_FILE", "TrainStep", "build_training",
-           "check_config", "check_resume", "ema_decay", "latents_info", "load_latents", "next_batch",
-           "train_dit", "update_ema"]
+__all__ = [
+    "DiTTask",
+    "DiTTrainConfig",
+    "DiTTrainResult",
+    "RESUME_KEYS",
+    "STATE_FILE",
+    "TrainStep",
+    "build_training",
+    "check_config",
+    "check_resume",
+    "ema_decay",
+    "latents_info",
+    "load_latents",
+    "next_batch",
+    "train_dit",
+    "update_ema",
+]

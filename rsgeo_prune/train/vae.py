@@ -6,7 +6,8 @@ its names are importable from here too.
 
 Loss per batch (images in [-1, 1], nodata pixels left out of the reconstruction terms)::
 
-    L1(x̂, x) + sam_weight · (1 − cos ∠(x̂, x)) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB) + kl_weight · KL(q(z|x) ‖ N(0, I))
+    L1(x̂, x) + sam_weight · (1 − cos ∠(x̂, x)) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB) + kl_weight ·
+    KL(q(z|x) ‖ N(0, I))
 
 Run layout under ``out``: ``state.pt`` (training state for ``--resume``, with the run key),
 ``best/`` (the best checkpoint so far, while training), ``vae/`` (the finished model: the best
@@ -35,15 +36,24 @@ from ..atomic import atomic_output
 from ..errors import InvalidOption, RSGeoPruneError, check_number, check_seed
 from .augment import RadiometricJitter
 from .checkpoint import check_resume_steps, load_state, read_state
+from .convert import band_views, to_levels
+
 # cpu_has_amx and the model's names stay importable from here (benchmarks and notebooks use them)
 from .device import PRECISIONS, autocast, choose_device, cpu_has_amx, resolve_precision  # noqa: F401
-from .convert import band_views, to_levels
 from .distributed import Dist
 from .loop import STATE_FILE, Budget, Cadence, LossNotFinite, claim_out, run_folder, run_loop, saved_hint
 from .rng import EpochSampler, seed_everything
 from .runlog import MetricsLog, check_log, open_log
-from .vae_model import (PRESETS, REPORT_FILE, VAE_DIR, build_vae, check_tile_size, latent_scale,  # noqa: F401
-                        load_vae, save_vae, vae_digest, vae_downsampling, vae_folder)
+from .vae_model import (
+    PRESETS,
+    REPORT_FILE,
+    VAE_DIR,
+    build_vae,
+    check_tile_size,
+    latent_scale,  # noqa: F401
+    load_vae,
+    save_vae,
+)
 
 BEST_DIR = "best"
 #: Pixels are clamped to at least this (a quarter of one uint8 level) before the spectral angle, so
@@ -53,14 +63,12 @@ SAM_EPS = 1e-3
 PSNR_CAP = 100.0
 
 
-
 def _model_batch(batch: dict, ds, device) -> dict:
     """A DataLoader batch on ``device`` with ``image`` in [-1, 1]: datasets with ``output="raw"``
     send file values (uint8 is 4x smaller than float32) and are scaled here, where the model runs."""
     from .dataset import to_model_range  # here: the dataset module loads the pixel reader and rasterio
 
     return to_model_range(batch, fill=getattr(ds, "fill", -1.0), device=device)
-
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -128,8 +136,9 @@ class VAETrainConfig:
             raise InvalidOption("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         check_log(self.log)
         if self.lpips_weight > 0 and not self.lpips:
-            raise InvalidOption("lpips_weight", self.lpips_weight, "needs a local LPIPS file (--lpips FILE); "
-                                                                   "nothing is downloaded")
+            raise InvalidOption(
+                "lpips_weight", self.lpips_weight, "needs a local LPIPS file (--lpips FILE); nothing is downloaded"
+            )
 
 
 @dataclass
@@ -146,8 +155,20 @@ LR_SCHEDULES = ("cosine", "constant")
 
 #: Settings a resumed run may change: how long and how often, where and in what precision it runs, and the
 #: optimiser's step size (lower it to go on after a NaN). Every other setting is part of the run key.
-RESUMABLE = ("steps", "minutes", "val_every", "save_every", "log_every", "num_workers", "device", "precision",
-             "channels_last", "lr", "weight_decay", "log")
+RESUMABLE = (
+    "steps",
+    "minutes",
+    "val_every",
+    "save_every",
+    "log_every",
+    "num_workers",
+    "device",
+    "precision",
+    "channels_last",
+    "lr",
+    "weight_decay",
+    "log",
+)
 
 
 def run_key(train_ds, val_ds, cfg: VAETrainConfig, monitor: dict | None = None, split: dict | None = None) -> dict:
@@ -156,9 +177,14 @@ def run_key(train_ds, val_ds, cfg: VAETrainConfig, monitor: dict | None = None, 
     "val_fraction": 0.05}``), the config less :data:`RESUMABLE`, the tiles of each split (catalog rows,
     windows) and the identities of their source files (path, size, time, content)."""
     reader = getattr(train_ds, "reader", None)
-    key = {"bands": list(getattr(train_ds, "bands", [])), "crop": getattr(train_ds, "crop", None),
-           "nodata": repr(getattr(reader, "nodata", None)), "no_dihedral": not getattr(train_ds, "dihedral", True),
-           **(split or {}), **{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE}}
+    key = {
+        "bands": list(getattr(train_ds, "bands", [])),
+        "crop": getattr(train_ds, "crop", None),
+        "nodata": repr(getattr(reader, "nodata", None)),
+        "no_dihedral": not getattr(train_ds, "dihedral", True),
+        **(split or {}),
+        **{k: v for k, v in asdict(cfg).items() if k not in RESUMABLE},
+    }
     sets = {"train": train_ds, "validation": val_ds, **{f"monitor {n}": d for n, d in sorted((monitor or {}).items())}}
     key["tiles"] = {name: ds.digest() if hasattr(ds, "digest") else None for name, ds in sets.items()}
     key["sources"] = {name: ds.source_digest() if hasattr(ds, "source_digest") else None for name, ds in sets.items()}
@@ -173,12 +199,16 @@ def check_run_key(out: Path, saved: dict | None, key: dict) -> None:
         if saved.get(name) == value:
             continue
         if name == "tiles":
-            raise RSGeoPruneError(f"{out}: the run was made on other tiles (another catalog, --select, --tile-ids, "
-                                  "--val-by or --val-fraction); resume with its own catalog and options or choose "
-                                  "a new --out")
+            raise RSGeoPruneError(
+                f"{out}: the run was made on other tiles (another catalog, --select, --tile-ids, "
+                "--val-by or --val-fraction); resume with its own catalog and options or choose "
+                "a new --out"
+            )
         if name == "sources":
-            raise RSGeoPruneError(f"{out}: the source rasters of the run changed since it was made (size, time or "
-                                  "content); restore them or choose a new --out")
+            raise RSGeoPruneError(
+                f"{out}: the source rasters of the run changed since it was made (size, time or "
+                "content); restore them or choose a new --out"
+            )
         flag = "--" + name.replace("_", "-")
 
         def shown(v):
@@ -188,8 +218,6 @@ def check_run_key(out: Path, saved: dict | None, key: dict) -> None:
 
         was = shown(saved.get(name))
         raise RSGeoPruneError(f"{out}: the run was made {was}, not {shown(value)}; resume {was} or choose a new --out")
-
-
 
 
 def lr_factor(cfg: VAETrainConfig, step: int, elapsed_s: float = 0.0) -> float:
@@ -207,8 +235,6 @@ def lr_factor(cfg: VAETrainConfig, step: int, elapsed_s: float = 0.0) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-
-
 def jitter_of(cfg: VAETrainConfig) -> RadiometricJitter:
     return RadiometricJitter(gain=cfg.jitter_gain, offset=cfg.jitter_offset, gamma=cfg.jitter_gamma)
 
@@ -220,9 +246,25 @@ class VAETask:
 
     rate_name = "tiles_s"
 
-    def __init__(self, model, optimizer, train_ds, val_ds, out: Path, cfg: "VAETrainConfig", device, precision: str,
-                 lpips, key: dict, monitor: dict, log: MetricsLog, budget: Budget, layout, best_val: float,
-                 best_step: int):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        train_ds,
+        val_ds,
+        out: Path,
+        cfg: "VAETrainConfig",
+        device,
+        precision: str,
+        lpips,
+        key: dict,
+        monitor: dict,
+        log: MetricsLog,
+        budget: Budget,
+        layout,
+        best_val: float,
+        best_step: int,
+    ):
         self.model, self.optimizer, self.train_ds, self.val_ds, self.out = model, optimizer, train_ds, val_ds, out
         self.cfg, self.device, self.precision, self.lpips, self.key = cfg, device, precision, lpips, key
         self.monitor, self.log, self.budget, self.layout = monitor, log, budget, layout
@@ -255,8 +297,9 @@ class VAETask:
 
     def log_record(self, step: int, epoch: int, loss: float, rate: float, step_time: float) -> dict:
         # the last step's terms (the loop's window mean is of the total loss only)
-        return dict(step=step, epoch=epoch, tiles_per_s=round(rate, 2),
-                    **{k: float(v.detach()) for k, v in self.terms.items()})
+        return dict(
+            step=step, epoch=epoch, tiles_per_s=round(rate, 2), **{k: float(v.detach()) for k, v in self.terms.items()}
+        )
 
     def evaluate(self, step: int) -> dict:
         val = validation_loss(self.model, self.val_ds, self.cfg, self.device)
@@ -266,8 +309,9 @@ class VAETask:
         for name, ds in self.monitor.items():
             m = evaluate(self.model, ds, self.cfg, self.device, baseline=False, limit=self.cfg.val_tiles)["vae"]
             extra[f"{name}_psnr"], extra[f"{name}_sam_deg"] = m["psnr"], m["sam_deg"]
-        record = dict(val_loss=val, elapsed_s=round(self.budget.elapsed(), 1), lr=self.optimizer.param_groups[0]["lr"],
-                      **extra)
+        record = dict(
+            val_loss=val, elapsed_s=round(self.budget.elapsed(), 1), lr=self.optimizer.param_groups[0]["lr"], **extra
+        )
         if self.log.tensorboard_dir is not None:
             self.log.image("recon/input_over_output", recon_picture(self.model, self.val_ds, self.device), step)
         if val < self.best_val:
@@ -276,15 +320,29 @@ class VAETask:
         return record
 
     def state_extra(self) -> dict:
-        return {"best_val": self.best_val, "best_step": self.best_step, "config": asdict(self.cfg), "key": self.key,
-                "elapsed_s": self.budget.elapsed()}
+        return {
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+            "config": asdict(self.cfg),
+            "key": self.key,
+            "elapsed_s": self.budget.elapsed(),
+        }
 
     def finish(self, step: int) -> None:
         """Nothing here: :func:`finish_vae` runs after the loop, on the best checkpoint."""
 
 
-def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainConfig(), *, resume: bool = False,
-              progress: bool = True, monitor: dict | None = None, split: dict | None = None) -> VAETrainResult:
+def train_vae(
+    train_ds,
+    val_ds,
+    out: str | Path,
+    cfg: VAETrainConfig = VAETrainConfig(),
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    monitor: dict | None = None,
+    split: dict | None = None,
+) -> VAETrainResult:
     """Train a VAE from scratch on ``train_ds``; keep the checkpoint with the lowest loss on ``val_ds``.
 
     Args:
@@ -308,8 +366,10 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
     monitor = dict(monitor or {})
     state_path = claim_out(out, resume)
     if len(train_ds) < cfg.batch_size:
-        raise RSGeoPruneError(f"{len(train_ds)} training tiles: fewer than one batch of {cfg.batch_size}; "
-                              "lower --batch-size or select more tiles")
+        raise RSGeoPruneError(
+            f"{len(train_ds)} training tiles: fewer than one batch of {cfg.batch_size}; "
+            "lower --batch-size or select more tiles"
+        )
     for ds in (train_ds, val_ds, *monitor.values()):
         check_tile_size(ds, cfg.downsample)
     device = choose_device(cfg.device)
@@ -324,8 +384,19 @@ def train_vae(train_ds, val_ds, out: str | Path, cfg: VAETrainConfig = VAETrainC
         return _train(train_ds, val_ds, out, cfg, device, precision, lpips, key, resume, progress, monitor)
 
 
-def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: str, lpips, key: dict, resume: bool,
-           progress: bool, monitor: dict) -> VAETrainResult:
+def _train(
+    train_ds,
+    val_ds,
+    out: Path,
+    cfg: VAETrainConfig,
+    device,
+    precision: str,
+    lpips,
+    key: dict,
+    resume: bool,
+    progress: bool,
+    monitor: dict,
+) -> VAETrainResult:
     """The run of :func:`train_vae`, its inputs checked: the loop, then the finished model into ``out/vae``."""
     state_path = out / STATE_FILE
     seed_everything(cfg.seed)
@@ -344,36 +415,78 @@ def _train(train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, precision: 
         elapsed_before = float(pos["extra"].get("elapsed_s", 0.0))
     log = open_log(out, cfg.log, start[0] if resume else None)
     budget = Budget(cfg.minutes, elapsed_before)
-    task = VAETask(model, opt, train_ds, val_ds, out, cfg, device, precision, lpips, key, monitor, log, budget,
-                   layout, best_val, best_step)
+    task = VAETask(
+        model,
+        opt,
+        train_ds,
+        val_ds,
+        out,
+        cfg,
+        device,
+        precision,
+        lpips,
+        key,
+        monitor,
+        log,
+        budget,
+        layout,
+        best_val,
+        best_step,
+    )
     cadence = Cadence(cfg.steps, cfg.log_every, cfg.save_every, eval_every=cfg.val_every)
-    step, _, _ = run_loop(task, cadence, out=out, start=start, d=Dist(device=device), budget=budget, log=log,
-                          progress=progress)
+    step, _, _ = run_loop(
+        task, cadence, out=out, start=start, d=Dist(device=device), budget=budget, log=log, progress=progress
+    )
     best_val, best_step = task.best_val, task.best_step
     if not (out / BEST_DIR / "config.json").exists() and not (out / VAE_DIR / "config.json").exists():
         save_vae(model, out / BEST_DIR)  # resumed at its last step before any validation: the model as it is
     best = load_vae(out / BEST_DIR if (out / BEST_DIR / "config.json").exists() else out, device)
-    finish_vae(best, train_ds, val_ds, out, cfg, device, step=step, best_step=best_step, best_val=best_val,
-               monitor=monitor)
+    finish_vae(
+        best, train_ds, val_ds, out, cfg, device, step=step, best_step=best_step, best_val=best_val, monitor=monitor
+    )
     shutil.rmtree(out / BEST_DIR, ignore_errors=True)  # vae/ holds it now, with its latent scale and report
     report = json.loads((out / VAE_DIR / REPORT_FILE).read_text())
     return VAETrainResult(step, best_val, best_step, report["validation"], out, report.get("monitor", {}))
 
 
-def finish_vae(vae, train_ds, val_ds, out: Path, cfg: VAETrainConfig, device, *, step: int, best_step: int,
-               best_val: float, monitor: dict | None = None) -> None:
+def finish_vae(
+    vae,
+    train_ds,
+    val_ds,
+    out: Path,
+    cfg: VAETrainConfig,
+    device,
+    *,
+    step: int,
+    best_step: int,
+    best_val: float,
+    monitor: dict | None = None,
+) -> None:
     """Measure the latent scale on training tiles, store it in the best checkpoint's config, and
     write the validation metrics (``vae/rsgeo_vae.json``) and the recon grid (``recon.png``)."""
     mean, std = measure_latent_scale(vae, train_ds, cfg, device)
     vae.register_to_config(latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()), scaling_factor=1.0)
     metrics = evaluate(vae, val_ds, cfg, device)
     monitored = {name: evaluate(vae, ds, cfg, device) for name, ds in (monitor or {}).items()}
-    save_vae(vae, out / VAE_DIR, report={
-        "preset": cfg.preset, "config": asdict(cfg), "step": step, "best_step": best_step, "best_val_loss": best_val,
-        "bands": list(getattr(train_ds, "bands", [])), "train_tiles": len(train_ds), "val_tiles": len(val_ds),
-        "train_digest": train_ds.digest() if hasattr(train_ds, "digest") else None,
-        "latents_mean": mean.tolist(), "latents_std": std.tolist(), "validation": metrics, "monitor": monitored,
-    })
+    save_vae(
+        vae,
+        out / VAE_DIR,
+        report={
+            "preset": cfg.preset,
+            "config": asdict(cfg),
+            "step": step,
+            "best_step": best_step,
+            "best_val_loss": best_val,
+            "bands": list(getattr(train_ds, "bands", [])),
+            "train_tiles": len(train_ds),
+            "val_tiles": len(val_ds),
+            "train_digest": train_ds.digest() if hasattr(train_ds, "digest") else None,
+            "latents_mean": mean.tolist(),
+            "latents_std": std.tolist(),
+            "validation": metrics,
+            "monitor": monitored,
+        },
+    )
     recon_grid(vae, val_ds, out / "recon.png", device)
 
 
@@ -382,9 +495,16 @@ def _epoch_loader(ds, cfg: VAETrainConfig, epoch: int, position: int):
     sampler = EpochSampler(len(ds), cfg.seed, epoch, start=position)
     # our own generator: creating the iterator then leaves the global torch RNG untouched
     gen = torch.Generator().manual_seed(cfg.seed * 1000003 + epoch)
-    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                       num_workers=cfg.num_workers, generator=gen,
-                                       persistent_workers=False, pin_memory=False)
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        generator=gen,
+        persistent_workers=False,
+        pin_memory=False,
+    )
 
 
 def _loss_terms(model, x: torch.Tensor, valid: torch.Tensor, cfg: VAETrainConfig, lpips=None) -> dict:
@@ -459,8 +579,12 @@ def validation_loss(model, val_ds, cfg: VAETrainConfig, device, limit: int | Non
 def _plain_loader(ds, batch_size: int, limit: int | None = None):
     idx = list(range(len(ds) if limit is None else min(limit, len(ds))))
     ds.set_epoch(0) if hasattr(ds, "set_epoch") else None
-    return torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False,
-                                       generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(ds, idx),
+        batch_size=batch_size,
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 # -- latents, saving ------------------------------------------------------------------------------
@@ -483,8 +607,6 @@ def measure_latent_scale(vae, ds, cfg: VAETrainConfig, device, max_tiles: int = 
     mu = s / count
     sd = (s2 / count - mu * mu).clamp_min(1e-12).sqrt()
     return mu.float().numpy(), sd.float().numpy()
-
-
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -510,7 +632,9 @@ class ReconMetrics:
 
         self.channels = channels
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="none")
-        self.psnr_band = [PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="none") for _ in range(channels)]
+        self.psnr_band = [
+            PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3), reduction="none") for _ in range(channels)
+        ]
         self.ssim_band = None  # made at the first update, with a window that fits the tiles
         self.sam = SpectralAngleMapper() if channels > 1 else None
 
@@ -520,11 +644,13 @@ class ReconMetrics:
         pred01, target01 = pred01.float().clamp(0, 1).cpu(), target01.float().clamp(0, 1).cpu()
         if self.ssim_band is None:
             k = ssim_window(*pred01.shape[-2:])
-            self.ssim_band = [StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k) for _ in range(self.channels)]
+            self.ssim_band = [
+                StructuralSimilarityIndexMeasure(data_range=1.0, kernel_size=k) for _ in range(self.channels)
+            ]
         self.psnr.update(pred01, target01)
         for b in range(self.channels):
-            self.psnr_band[b].update(pred01[:, b:b + 1], target01[:, b:b + 1])
-            self.ssim_band[b].update(pred01[:, b:b + 1], target01[:, b:b + 1])
+            self.psnr_band[b].update(pred01[:, b : b + 1], target01[:, b : b + 1])
+            self.ssim_band[b].update(pred01[:, b : b + 1], target01[:, b : b + 1])
         if self.sam is not None:
             self.sam.update(pred01.clamp_min(SAM_EPS), target01.clamp_min(SAM_EPS))
 
@@ -532,10 +658,12 @@ class ReconMetrics:
         def tile_mean(m):
             return float(m.compute().clamp(max=PSNR_CAP).mean())
 
-        return {"psnr": tile_mean(self.psnr),
-                "psnr_band": [tile_mean(m) for m in self.psnr_band],
-                "ssim_band": [float(m.compute()) for m in self.ssim_band or []],
-                "sam_deg": math.degrees(float(self.sam.compute())) if self.sam is not None else None}
+        return {
+            "psnr": tile_mean(self.psnr),
+            "psnr_band": [tile_mean(m) for m in self.psnr_band],
+            "ssim_band": [float(m.compute()) for m in self.ssim_band or []],
+            "sam_deg": math.degrees(float(self.sam.compute())) if self.sam is not None else None,
+        }
 
 
 def ssim_window(height: int, width: int) -> int:
@@ -544,8 +672,9 @@ def ssim_window(height: int, width: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(vae, ds, cfg: VAETrainConfig | None = None, device="cpu", *, baseline: bool = True,
-             limit: int | None = None) -> dict:
+def evaluate(
+    vae, ds, cfg: VAETrainConfig | None = None, device="cpu", *, baseline: bool = True, limit: int | None = None
+) -> dict:
     """Reconstruction metrics of ``vae`` (posterior mean decoded) on ``ds`` and, with ``baseline``,
     of :func:`bicubic_x8` on the same tiles: ``{"vae": {...}, "bicubic_x8": {...}, "tiles": n}``."""
     vae.eval()
@@ -596,6 +725,25 @@ def recon_picture(vae, ds, device="cpu", n: int = 8) -> np.ndarray:
     return to_levels(grid.cpu().permute(1, 2, 0))
 
 
-__all__ = ["BEST_DIR", "LR_SCHEDULES", "RESUMABLE", "ReconMetrics", "VAETask", "VAETrainConfig", "VAETrainResult",
-           "bicubic_x8", "check_run_key", "evaluate", "finish_vae", "jitter_of", "lr_factor", "measure_latent_scale",
-           "recon_grid", "recon_picture", "run_key", "ssim_window", "train_vae", "validation_loss"]
+__all__ = [
+    "BEST_DIR",
+    "LR_SCHEDULES",
+    "RESUMABLE",
+    "ReconMetrics",
+    "VAETask",
+    "VAETrainConfig",
+    "VAETrainResult",
+    "bicubic_x8",
+    "check_run_key",
+    "evaluate",
+    "finish_vae",
+    "jitter_of",
+    "lr_factor",
+    "measure_latent_scale",
+    "recon_grid",
+    "recon_picture",
+    "run_key",
+    "ssim_window",
+    "train_vae",
+    "validation_loss",
+]

@@ -1,4 +1,5 @@
-"""Run by torchrun in tests: ``rsgeo-prune train-dit`` in each process, then each rank writes the sha256 of the weights it
+"""Run by torchrun in tests: ``rsgeo-prune train-dit`` in each process, then each rank writes the sha256 of the
+weights it
 ended with (model and EMA) to ``DIGEST_TEMPLATE`` (``{rank}`` filled in), so a test can compare the ranks.
 
     torchrun --nproc_per_node 2 tests/train/ddp_digest.py DIGEST_TEMPLATE train-dit LATENTS --out RUN ...
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from helpers import weights_digest  # this script's folder is first on sys.path
 
-from rsgeo_prune.train import trainer
 from rsgeo_prune.cli import main  # the one entry point, as `torchrun -m rsgeo_prune` runs it
+from rsgeo_prune.train import trainer
 
 
 def run(template: str, argv: list[str]) -> int:

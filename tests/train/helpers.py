@@ -60,8 +60,9 @@ def torchmetrics_fid(a_tiles, b_tiles, space="rsgeo-default") -> float:
     from rsgeo_prune.train.features import TorchFeatureModule, as_uint8_tiles
 
     a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
-    metric = FrechetInceptionDistance(feature=TorchFeatureModule(_space(space, a.shape[1])),
-                                      input_img_size=tuple(a.shape[1:]))
+    metric = FrechetInceptionDistance(
+        feature=TorchFeatureModule(_space(space, a.shape[1])), input_img_size=tuple(a.shape[1:])
+    )
     metric.update(a, real=True)
     metric.update(b, real=False)
     return float(metric.compute())
@@ -78,8 +79,12 @@ def torchmetrics_kid(a_tiles, b_tiles, space, subsets: int, subset_size: int, de
     a, b = torch.from_numpy(as_uint8_tiles(a_tiles)), torch.from_numpy(as_uint8_tiles(b_tiles))
     with warnings.catch_warnings():  # "will save all extracted features in buffer": what we ask of it
         warnings.filterwarnings("ignore", message=".*save all extracted features", category=UserWarning)
-        metric = KernelInceptionDistance(feature=TorchFeatureModule(_space(space, a.shape[1])), subsets=subsets,
-                                         subset_size=subset_size, degree=degree)
+        metric = KernelInceptionDistance(
+            feature=TorchFeatureModule(_space(space, a.shape[1])),
+            subsets=subsets,
+            subset_size=subset_size,
+            degree=degree,
+        )
     metric.update(a, real=True)
     metric.update(b, real=False)
     mean, std = metric.compute()

@@ -28,8 +28,21 @@ from rsgeo_prune.tile_table import tiles_stage
 torch.set_num_threads(1)
 
 VAE = ["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--val-fraction", "0.3", "--val-every", "2", "--quiet"]
-DIT = ["--model", "DiT-tiny/2", "--batch-size", "4", "--steps", "4", "--save-every", "2", "--sample-every", "0",
-       "--device", "cpu", "--quiet"]
+DIT = [
+    "--model",
+    "DiT-tiny/2",
+    "--batch-size",
+    "4",
+    "--steps",
+    "4",
+    "--save-every",
+    "2",
+    "--sample-every",
+    "0",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 SAMPLE = ["--n", "2", "--steps", "3", "--device", "cpu"]
 
 
@@ -48,8 +61,11 @@ def _catalog(path: Path, rasters, tile_size: int = 64) -> Path:
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +74,25 @@ def w(tmp_path_factory):
     latents of the other scene and a 4-step DiT run; built once (a few seconds)."""
     root = tmp_path_factory.mktemp("contract")
     scene = write_scene(root / "s.tif", rows=3, cols=4, tile_size=64, seed=5, nodata_rows=0).path
-    other = write_scene(root / "o.tif", rows=3, cols=4, tile_size=64, seed=6, nodata_rows=0,
-                        origin=(610_000.0, 5_200_000.0)).path
+    other = write_scene(
+        root / "o.tif", rows=3, cols=4, tile_size=64, seed=6, nodata_rows=0, origin=(610_000.0, 5_200_000.0)
+    ).path
     with rasterio.open(scene) as src:
         profile, band = src.profile, src.read(1)
     with rasterio.open(root / "pan.tif", "w", **{**profile, "count": 1}) as dst:
         dst.write(band[None])
-    w = {"root": root, "scene": scene, "cat": _catalog(root / "tiles.parquet", [scene]),
-         "other_cat": _catalog(root / "other.parquet", [other]), "pan": _catalog(root / "pan.parquet", [root / "pan.tif"]),
-         "t12": _catalog(root / "t12.parquet", [scene], tile_size=12), "vae": root / "vr", "lat": root / "lat",
-         "other_lat": root / "lat_other", "dit": root / "dr"}
+    w = {
+        "root": root,
+        "scene": scene,
+        "cat": _catalog(root / "tiles.parquet", [scene]),
+        "other_cat": _catalog(root / "other.parquet", [other]),
+        "pan": _catalog(root / "pan.parquet", [root / "pan.tif"]),
+        "t12": _catalog(root / "t12.parquet", [scene], tile_size=12),
+        "vae": root / "vr",
+        "lat": root / "lat",
+        "other_lat": root / "lat_other",
+        "dit": root / "dr",
+    }
     assert main(["train-vae", str(w["cat"]), "--out", str(w["vae"]), *VAE]) == 0
     assert main(["encode", str(w["cat"]), "--vae", str(w["vae"]), "--out", str(w["lat"]), "--quiet"]) == 0
     assert main(["encode", str(w["other_cat"]), "--vae", str(w["vae"]), "--out", str(w["other_lat"]), "--quiet"]) == 0
@@ -141,13 +166,35 @@ def _vae_resume_cases(w):
     }
 
 
-TRAIN_VAE = ["lr nan", "lr negative", "kl-weight nan", "ssim-weight inf", "lpips-weight without a file", "minutes nan",
-             "seed negative", "workers negative", "steps zero", "val-fraction nan", "crop not a multiple of 8",
-             "tiles not a multiple of 8", "duplicate bands", "band out of range", "unknown preset",
-             "batch larger than the tiles", "resume without a run", "log not a choice"]
-VAE_RESUME = ["resume with another seed", "resume with another crop", "resume with other jitter",
-              "resume with another split", "resume on another catalog", "resume with fewer steps",
-              "new run into a used folder"]
+TRAIN_VAE = [
+    "lr nan",
+    "lr negative",
+    "kl-weight nan",
+    "ssim-weight inf",
+    "lpips-weight without a file",
+    "minutes nan",
+    "seed negative",
+    "workers negative",
+    "steps zero",
+    "val-fraction nan",
+    "crop not a multiple of 8",
+    "tiles not a multiple of 8",
+    "duplicate bands",
+    "band out of range",
+    "unknown preset",
+    "batch larger than the tiles",
+    "resume without a run",
+    "log not a choice",
+]
+VAE_RESUME = [
+    "resume with another seed",
+    "resume with another crop",
+    "resume with other jitter",
+    "resume with another split",
+    "resume on another catalog",
+    "resume with fewer steps",
+    "new run into a used folder",
+]
 
 
 @pytest.mark.parametrize("case", TRAIN_VAE + VAE_RESUME)
@@ -174,12 +221,24 @@ def _encode_cases(w):
         "duplicate bands": (base + ["--bands", "1,2,2,3"], ["--bands", "band 2 is given twice"]),
         "bands the VAE does not take": (base + ["--bands", "1,2,3"], ["VAE takes 4 bands"]),
         "no VAE there": ([w["cat"], "--vae", w["root"] / "nothing", "--quiet"], ["nothing", "no VAE here"]),
-        "an unfinished VAE run": ([w["cat"], "--vae", w["root"] / "unfinished", "--quiet"], ["no VAE here", "finished train-vae"]),
+        "an unfinished VAE run": (
+            [w["cat"], "--vae", w["root"] / "unfinished", "--quiet"],
+            ["no VAE here", "finished train-vae"],
+        ),
     }
 
 
-ENCODE = ["crop not a multiple of 8", "tiles not a multiple of 8", "shard-size zero", "batch-size zero",
-          "workers negative", "duplicate bands", "bands the VAE does not take", "no VAE there", "an unfinished VAE run"]
+ENCODE = [
+    "crop not a multiple of 8",
+    "tiles not a multiple of 8",
+    "shard-size zero",
+    "batch-size zero",
+    "workers negative",
+    "duplicate bands",
+    "bands the VAE does not take",
+    "no VAE there",
+    "an unfinished VAE run",
+]
 
 
 @pytest.mark.parametrize("case", ENCODE)
@@ -201,8 +260,10 @@ def _train_dit_cases(w):
         "minutes nan": (new + ["--minutes", "nan"], ["--minutes nan", "> 0"]),
         "seed negative": (new + ["--seed", "-1"], ["--seed -1", "whole number"]),
         "ema-decay one": (new + ["--ema-decay", "1"], ["--ema-decay 1.0", "[0, 1)"]),
-        "logit-normal time with ddpm": (new + ["--time-sampling", "logit_normal"],
-                                        ["--time-sampling 'logit_normal'", "--diffusion flow only"]),
+        "logit-normal time with ddpm": (
+            new + ["--time-sampling", "logit_normal"],
+            ["--time-sampling 'logit_normal'", "--diffusion flow only"],
+        ),
         "sample-steps past the ddpm's": (new + ["--sample-steps", "2000"], ["--sample-steps 2000", "at most 1000"]),
         "corrupt index.json": ([w["bad_index"], *DIT], ["index.json: not a readable latent index", "encode again"]),
         "no VAE at --vae": (new + ["--vae", w["root"] / "nothing"], ["nothing", "no VAE here"]),
@@ -214,15 +275,28 @@ def _dit_resume_cases(w):
     resume = [*DIT, "--resume"]
     return {
         "resume on other latents of the same VAE": ([w["other_lat"], *resume], ["latents of another catalog"]),
-        "resume with fewer steps": ([w["lat"], *resume[:-1], "--steps", "1", "--resume"],
-                                    ["--steps 1", "at step 4 already"]),
+        "resume with fewer steps": (
+            [w["lat"], *resume[:-1], "--steps", "1", "--resume"],
+            ["--steps 1", "at step 4 already"],
+        ),
         "resume with another seed": ([w["lat"], *resume, "--seed", "3"], ["another config (--seed 0"]),
     }
 
 
-TRAIN_DIT = ["lr nan", "lr negative", "weight-decay nan", "grad-clip nan", "minutes nan", "seed negative",
-             "ema-decay one", "logit-normal time with ddpm", "sample-steps past the ddpm's", "corrupt index.json",
-             "no VAE at --vae", "log not a choice"]
+TRAIN_DIT = [
+    "lr nan",
+    "lr negative",
+    "weight-decay nan",
+    "grad-clip nan",
+    "minutes nan",
+    "seed negative",
+    "ema-decay one",
+    "logit-normal time with ddpm",
+    "sample-steps past the ddpm's",
+    "corrupt index.json",
+    "no VAE at --vae",
+    "log not a choice",
+]
 DIT_RESUME = ["resume on other latents of the same VAE", "resume with fewer steps", "resume with another seed"]
 
 
@@ -255,9 +329,18 @@ def _sample_cases(w):
     }
 
 
-SAMPLE_CASES = ["eta nan", "eta negative", "eta with the ddpm sampler", "steps past the ddpm's", "n zero",
-                "batch-size zero", "seed negative", "euler on a ddpm model", "no VAE there",
-                "a VAE state is not a DiT checkpoint"]
+SAMPLE_CASES = [
+    "eta nan",
+    "eta negative",
+    "eta with the ddpm sampler",
+    "steps past the ddpm's",
+    "n zero",
+    "batch-size zero",
+    "seed negative",
+    "euler on a ddpm model",
+    "no VAE there",
+    "a VAE state is not a DiT checkpoint",
+]
 
 
 @pytest.mark.parametrize("case", SAMPLE_CASES)
@@ -267,20 +350,32 @@ def test_sample_refuses_bad_input_in_one_line(case, w, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["train-vae", "train-dit"])
-def test_tensorboard_logs_without_the_package_are_refused_before_anything_is_written(command, w, tmp_path, capsys,
-                                                                                      monkeypatch):
+def test_tensorboard_logs_without_the_package_are_refused_before_anything_is_written(
+    command, w, tmp_path, capsys, monkeypatch
+):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
     args = [w["cat"], *VAE] if command == "train-vae" else [w["lat"], *DIT]
-    _expect_refusal(capsys, command, args + ["--log", "tensorboard"], tmp_path / "run",
-                    ["--log 'tensorboard'", "needs the tensorboard package"])
+    _expect_refusal(
+        capsys,
+        command,
+        args + ["--log", "tensorboard"],
+        tmp_path / "run",
+        ["--log 'tensorboard'", "needs the tensorboard package"],
+    )
 
 
 def test_sample_refuses_a_folder_of_other_files(w, capsys):
-    _expect_refusal(capsys, "sample", [w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE], w["used"],
-                    ["holds other files"], before=_files(w["used"]))
+    _expect_refusal(
+        capsys,
+        "sample",
+        [w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE],
+        w["used"],
+        ["holds other files"],
+        before=_files(w["used"]),
+    )
 
 
 def test_the_case_tables_are_complete(w):
@@ -316,8 +411,12 @@ def test_a_raster_changed_in_place_is_encoded_again_and_the_dit_run_on_it_is_not
     assert _run(capsys, *enc, "--out", tmp_path / "c")[0] == 0
     assert again == _files(tmp_path / "c")  # the re-encoded folder is exactly a fresh encode
     before = _files(tmp_path / "dit")
-    code, _, err = _run(capsys, "train-dit", tmp_path / "a", "--out", tmp_path / "dit", *DIT, "--steps", "6", "--resume")
-    assert code == 2 and "latents of another version of the source rasters" in err and _files(tmp_path / "dit") == before
+    code, _, err = _run(
+        capsys, "train-dit", tmp_path / "a", "--out", tmp_path / "dit", *DIT, "--steps", "6", "--resume"
+    )
+    assert (
+        code == 2 and "latents of another version of the source rasters" in err and _files(tmp_path / "dit") == before
+    )
 
 
 def test_a_new_layout_leaves_no_stale_shard_and_a_killed_reencode_no_index(w, tmp_path, capsys, monkeypatch):
@@ -441,11 +540,14 @@ def test_sample_replaces_an_earlier_output_as_one(w, tmp_path, capsys):
     assert _run(capsys, "sample", w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE, "--n", "4", "--out", out)[0] == 0
     assert sorted(p.name for p in (out / "tiles").iterdir()) == [f"sample-{k:05d}.npy" for k in range(4)]
     before = _files(out)
-    code, _, err = _run(capsys, "sample", w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE, "--eta", "0.5",
-                        "--out", out)
+    code, _, err = _run(
+        capsys, "sample", w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE, "--eta", "0.5", "--out", out
+    )
     assert code == 2 and _files(out) == before  # a refused run leaves the earlier output as it was
-    assert _run(capsys, "sample", w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE, "--format", "tif",
-                "--out", out)[0] == 0
+    assert (
+        _run(capsys, "sample", w["dit"] / "state.pt", "--vae", w["vae"], *SAMPLE, "--format", "tif", "--out", out)[0]
+        == 0
+    )
     assert sorted(p.name for p in (out / "tiles").iterdir()) == ["sample-00000.tif", "sample-00001.tif"]
     assert json.loads((out / "samples.json").read_text())["n"] == 2
     assert np.load(out / "latents.npy").shape[0] == 2 and not list(tmp_path.glob(".s.*"))

@@ -23,8 +23,28 @@ def catalog(tmp_path_factory):
 
 def test_train_vae_then_encode(catalog, tmp_path, capsys):
     out = tmp_path / "vae_run"
-    assert main(["train-vae", str(catalog), "--out", str(out), "--preset", "tiny", "--steps", "3", "--batch-size", "4",
-                 "--val-fraction", "0.3", "--val-every", "3", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-vae",
+                str(catalog),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--val-fraction",
+                "0.3",
+                "--val-every",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 3 and (out / "vae" / "config.json").exists()
     lat = tmp_path / "latents"
@@ -49,19 +69,44 @@ def test_missing_raster_is_one_line(catalog, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def two_year_catalog(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_cli_years")
-    paths = [write_scene(root / f"m_4709963_se_14_1_{d}.tif", rows=2, cols=4, tile_size=64, seed=s, nodata_rows=0).path
-             for s, d in ((1, "20160816"), (2, "20180716"), (3, "20200831"))]
+    paths = [
+        write_scene(root / f"m_4709963_se_14_1_{d}.tif", rows=2, cols=4, tile_size=64, seed=s, nodata_rows=0).path
+        for s, d in ((1, "20160816"), (2, "20180716"), (3, "20200831"))
+    ]
     path = root / "tiles.parquet"
     write_geoparquet(tiles_stage(paths, TileConfig(tile_size=64), progress=False), path)
     return path
 
 
 @pytest.mark.parametrize("val_by", ["year", "scene"])
-def test_train_vae_holds_out_a_whole_acquisition_and_reports_the_hash_split_beside_it(two_year_catalog, tmp_path,
-                                                                                     capsys, val_by):
+def test_train_vae_holds_out_a_whole_acquisition_and_reports_the_hash_split_beside_it(
+    two_year_catalog, tmp_path, capsys, val_by
+):
     out = tmp_path / "run"
-    assert main(["train-vae", str(two_year_catalog), "--out", str(out), "--preset", "tiny", "--steps", "2",
-                 "--batch-size", "2", "--val-by", val_by, "--val-fraction", "0.3", "--val-every", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-vae",
+                str(two_year_catalog),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--val-by",
+                val_by,
+                "--val-fraction",
+                "0.3",
+                "--val-every",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["val_by"] == val_by and summary["val_tiles"] == 8  # one whole acquisition of 8 tiles
     assert summary["train_tiles"] + summary["val_hash_tiles"] == 16 and summary["val_hash_tiles"] > 0
@@ -69,8 +114,28 @@ def test_train_vae_holds_out_a_whole_acquisition_and_reports_the_hash_split_besi
 
 
 def test_train_vae_on_one_scene_falls_back_to_the_hash_split(catalog, tmp_path, capsys):
-    assert main(["train-vae", str(catalog), "--out", str(tmp_path / "r"), "--preset", "tiny", "--steps", "1",
-                 "--batch-size", "2", "--val-fraction", "0.3", "--val-every", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train-vae",
+                str(catalog),
+                "--out",
+                str(tmp_path / "r"),
+                "--preset",
+                "tiny",
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--val-fraction",
+                "0.3",
+                "--val-every",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["val_by"] == "hash" and summary["val_hash_tiles"] == 0
 

@@ -8,8 +8,14 @@ import math
 import numpy as np
 import torch
 
-from rsgeo_prune.train.convert import (band_views, denormalise_latents, json_safe, normalise_latents, scale_tensors,
-                                       to_levels)
+from rsgeo_prune.train.convert import (
+    band_views,
+    denormalise_latents,
+    json_safe,
+    normalise_latents,
+    scale_tensors,
+    to_levels,
+)
 
 
 def test_every_uint8_level_survives_the_model_range_and_back():
@@ -36,5 +42,9 @@ def test_latent_scale_round_trips():
 
 def test_json_safe_makes_plain_json():
     record = {"loss": torch.tensor(0.25), "v": np.float32(1.5), "grid": np.arange(3), (1, 2): (math.nan, math.inf)}
-    assert json.loads(json.dumps(json_safe(record))) == {"loss": 0.25, "v": 1.5, "grid": [0, 1, 2],
-                                                        "(1, 2)": [None, None]}
+    assert json.loads(json.dumps(json_safe(record))) == {
+        "loss": 0.25,
+        "v": 1.5,
+        "grid": [0, 1, 2],
+        "(1, 2)": [None, None],
+    }

@@ -11,8 +11,8 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rsgeo_prune import TileConfig, tiles_stage
-from rsgeo_prune.pixels import scene_percentiles
 from rsgeo_prune.errors import RSGeoPruneError
+from rsgeo_prune.pixels import scene_percentiles
 from rsgeo_prune.train.dataset import CatalogDataset, dihedral, hash_split
 
 torch.set_num_threads(1)
@@ -24,9 +24,21 @@ def _raster(path, dtype, bands, nodata, seed=0, size=(96, 128)):
     data = rng.integers(1, hi, (bands, *size)).astype(dtype)
     data[:, :10, :20] = nodata  # a nodata corner, in every band
     data[0, 50, 50] = nodata  # nodata in one band only: still a valid pixel
-    with rasterio.open(path, "w", driver="GTiff", width=size[1], height=size[0], count=bands, dtype=dtype,
-                       crs="EPSG:32614", transform=from_origin(500000, 5000000, 1, 1), nodata=nodata,
-                       tiled=True, blockxsize=32, blockysize=32) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=size[1],
+        height=size[0],
+        count=bands,
+        dtype=dtype,
+        crs="EPSG:32614",
+        transform=from_origin(500000, 5000000, 1, 1),
+        nodata=nodata,
+        tiled=True,
+        blockxsize=32,
+        blockysize=32,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -47,7 +59,9 @@ def test_windows_equal_direct_rasterio_reads(tmp_path, dtype, bands):
             if dtype == "uint8":
                 unit = raw / 255.0
             else:
-                unit = np.clip((raw - np.reshape(lo, (-1, 1, 1))) / (np.reshape(hi, (-1, 1, 1)) - np.reshape(lo, (-1, 1, 1))), 0, 1)
+                unit = np.clip(
+                    (raw - np.reshape(lo, (-1, 1, 1))) / (np.reshape(hi, (-1, 1, 1)) - np.reshape(lo, (-1, 1, 1))), 0, 1
+                )
             expected = np.where(valid, unit * 2 - 1, -1.0)
             s = ds[i]
             assert s["tile_id"] == r.tile_id
@@ -95,9 +109,13 @@ def test_dihedral_and_crop_samples_are_pure_functions_of_seed_epoch_index(scene)
     full = plain[5]["image"].numpy()
     # the crop is a window of the tile, up to one of the eight transforms
     sub = a.numpy()
-    found = any((dihedral(sub, k)[..., :, :] == full[:, y:y + 64, x:x + 64]).all()
-                for k in range(8) for y in range(0, 193) for x in range(0, 193)
-                if np.isclose(dihedral(sub, k)[0, 0, 0], full[0, y, x]))
+    found = any(
+        (dihedral(sub, k)[..., :, :] == full[:, y : y + 64, x : x + 64]).all()
+        for k in range(8)
+        for y in range(0, 193)
+        for x in range(0, 193)
+        if np.isclose(dihedral(sub, k)[0, 0, 0], full[0, y, x])
+    )
     assert found
     ds.set_epoch(1)
     assert not torch.equal(ds[5]["image"], a)  # a new epoch draws anew
@@ -108,8 +126,11 @@ def test_two_worker_loader_returns_the_same_tiles(scene):
     ds = CatalogDataset(table, crop=32)
     ds[0]  # the parent opens its handles first: forked workers must not share them (file offsets)
     one = {t: img for b in torch.utils.data.DataLoader(ds, batch_size=4) for t, img in zip(b["tile_id"], b["image"])}
-    two = {t: img for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
-           for t, img in zip(b["tile_id"], b["image"])}
+    two = {
+        t: img
+        for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+        for t, img in zip(b["tile_id"], b["image"])
+    }
     assert sorted(one) == sorted(two) == sorted(ds.tile_ids) and len(one) == len(ds)
     assert all(torch.equal(one[t], two[t]) for t in one)
 
@@ -193,9 +214,21 @@ def test_model_range_is_the_documented_rule(tmp_path, dtype):
 
 def _plain(path, data, **profile):
     c, h, w = data.shape
-    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=c, dtype=data.dtype.name,
-                       crs="EPSG:32614", transform=from_origin(500000, 5000000, 1, 1), tiled=True,
-                       blockxsize=32, blockysize=32, **profile) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=w,
+        height=h,
+        count=c,
+        dtype=data.dtype.name,
+        crs="EPSG:32614",
+        transform=from_origin(500000, 5000000, 1, 1),
+        tiled=True,
+        blockxsize=32,
+        blockysize=32,
+        **profile,
+    ) as dst:
         dst.write(data)
     return path
 
@@ -222,8 +255,7 @@ def test_valid_mask_is_skipped_only_when_no_pixel_can_be_nodata(tmp_path):
             m = np.full((64, 64), 255, np.uint8)
             m[40:, 40:] = 0
             dst.write_mask(m)
-    dsm = CatalogDataset(tiles_stage([masked], TileConfig(tile_size=32, max_nodata=1.0), progress=False),
-                         select="all")
+    dsm = CatalogDataset(tiles_stage([masked], TileConfig(tile_size=32, max_nodata=1.0), progress=False), select="all")
     last = dsm[len(dsm) - 1]["valid"]  # the bottom-right tile
     assert not last[8:, 8:].any() and last[:8].all() and dsm.reader._all_valid == {str(masked): False}
 
@@ -231,8 +263,9 @@ def test_valid_mask_is_skipped_only_when_no_pixel_can_be_nodata(tmp_path):
     fdata = data.astype("float32")
     fdata[:, 20:24, 20:24] = np.nan
     fpath = _plain(tmp_path / "float.tif", fdata)
-    dsf = CatalogDataset(tiles_stage([fpath], TileConfig(tile_size=32, max_nodata=1.0), progress=False),
-                         select="all", output="raw")
+    dsf = CatalogDataset(
+        tiles_stage([fpath], TileConfig(tile_size=32, max_nodata=1.0), progress=False), select="all", output="raw"
+    )
     v = dsf[0]["valid"]
     assert not v[20:24, 20:24].any() and int(v.sum()) == 32 * 32 - 16
     assert dsf.reader._all_valid == {str(fpath): False}
@@ -261,8 +294,9 @@ def test_raw_batch_of_mixed_dtypes_is_still_exact(tmp_path):
     """uint8 and uint16 samples collate to int32 (torch.stack promotes): each keeps its own rule."""
     a = _raster(tmp_path / "a.tif", "uint8", 4, nodata=0, seed=1)
     b = _raster(tmp_path / "b.tif", "uint16", 4, nodata=9999, seed=2)
-    table = pd.concat([tiles_stage([p], TileConfig(tile_size=32, max_nodata=1.0), progress=False) for p in (a, b)],
-                      ignore_index=True)
+    table = pd.concat(
+        [tiles_stage([p], TileConfig(tile_size=32, max_nodata=1.0), progress=False) for p in (a, b)], ignore_index=True
+    )
     flt, raw = CatalogDataset(table, select="all"), CatalogDataset(table, select="all", output="raw")
     batch = next(iter(torch.utils.data.DataLoader(raw, batch_size=len(raw))))
     assert batch["image"].dtype == torch.int32
@@ -274,8 +308,13 @@ def _split_table():
     rows = []
     for year, day in (("2010", "0629"), ("2012", "0731"), ("2014", "0720"), ("2016", "0816")):
         for k in range(25):
-            rows.append({"tile_id": f"m_1_{year}{day}/{k}", "scene_id": f"m_1_{year}{day}",
-                         "href": f"/data/m_4709963_se_14_1_{year}{day}.tif"})
+            rows.append(
+                {
+                    "tile_id": f"m_1_{year}{day}/{k}",
+                    "scene_id": f"m_1_{year}{day}",
+                    "href": f"/data/m_4709963_se_14_1_{year}{day}.tif",
+                }
+            )
     return pd.DataFrame(rows)
 
 

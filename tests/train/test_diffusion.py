@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rsgeo_prune.train.dit import build_dit
 from rsgeo_prune.train.diffusion import DDPM, DIFFUSIONS, RectifiedFlow, make_diffusion
+from rsgeo_prune.train.dit import build_dit
 
 torch.set_num_threads(1)
 

@@ -18,14 +18,27 @@ import pytest
 import torch
 
 from rsgeo_prune import atomic
-from rsgeo_prune.errors import InvalidOption, RSGeoPruneError
 from rsgeo_prune.cli import main
+from rsgeo_prune.errors import InvalidOption, RSGeoPruneError
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ["--model", "DiT-tiny/2", "--batch-size", "16", "--lr", "2e-3", "--log-every", "2", "--save-every", "5",
-         "--device", "cpu", "--quiet"]
+TRAIN = [
+    "--model",
+    "DiT-tiny/2",
+    "--batch-size",
+    "16",
+    "--lr",
+    "2e-3",
+    "--log-every",
+    "2",
+    "--save-every",
+    "5",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +52,32 @@ def run(tmp_path_factory):
     save_vae(build_vae("tiny"), root / "vae")
     lat = write_synthetic_latents(root / "lat", n=48, shape=(4, 8, 8), vae_digest=vae_digest(root / "vae"))
     out = root / "run"
-    assert main(["train-dit", str(lat), "--out", str(out), "--steps", "10", *TRAIN, "--vae", str(root / "vae"),
-                 "--sample-every", "5", "--sample-n", "4", "--sample-steps", "3", "--fd-n", "0",
-                 "--log", "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "train-dit",
+                str(lat),
+                "--out",
+                str(out),
+                "--steps",
+                "10",
+                *TRAIN,
+                "--vae",
+                str(root / "vae"),
+                "--sample-every",
+                "5",
+                "--sample-n",
+                "4",
+                "--sample-steps",
+                "3",
+                "--fd-n",
+                "0",
+                "--log",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     return {"root": root, "lat": lat, "out": out, "export": out / "export", "vae": root / "vae"}
 
 
@@ -65,11 +101,24 @@ def test_the_export_holds_every_field_and_loads_with_load_dit(run):
     assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {oct(0o666 & ~atomic._UMASK)}
     cfg = read_export(folder)
     arch, dif, lat = cfg["architecture"], cfg["diffusion"], cfg["latents"]
-    assert {k: arch[k] for k in DIT_ARGS} == {"input_size": 8, "patch_size": 2, "in_channels": 4, "hidden_size": 64,
-                                              "depth": 2, "num_heads": 4, "mlp_ratio": 4.0, "num_classes": None}
+    assert {k: arch[k] for k in DIT_ARGS} == {
+        "input_size": 8,
+        "patch_size": 2,
+        "in_channels": 4,
+        "hidden_size": 64,
+        "depth": 2,
+        "num_heads": 4,
+        "mlp_ratio": 4.0,
+        "num_classes": None,
+    }
     assert arch["out_channels"] == 4 and arch["learn_sigma"] is False and arch["frequency_embedding_size"] == 256
-    assert (dif["kind"], dif["prediction"], dif["num_timesteps"], dif["beta_start"], dif["beta_end"]) == \
-        ("ddpm", "epsilon", 1000, 1e-4, 0.02)
+    assert (dif["kind"], dif["prediction"], dif["num_timesteps"], dif["beta_start"], dif["beta_end"]) == (
+        "ddpm",
+        "epsilon",
+        1000,
+        1e-4,
+        0.02,
+    )
     assert lat["shape"] == [4, 8, 8] and len(lat["mean"]) == len(lat["std"]) == 4
     assert cfg["training"]["step"] == 10 and cfg["model"] == "DiT-tiny/2"
     for name, entry in cfg["weights"].items():
@@ -92,7 +141,9 @@ def test_export_dit_of_the_checkpoint_gives_the_same_bytes_and_sample_reads_the_
     from rsgeo_prune.train import export_dit
 
     again = export_dit(run["out"] / "state.pt", tmp_path / "again")
-    assert {p.name: p.read_bytes() for p in again.iterdir()} == {p.name: p.read_bytes() for p in run["export"].iterdir()}
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == {
+        p.name: p.read_bytes() for p in run["export"].iterdir()
+    }
     common = ["--vae", str(run["vae"]), "--n", "3", "--steps", "4", "--device", "cpu"]
     assert main(["sample", str(run["out"] / "state.pt"), *common, "--out", str(tmp_path / "a")]) == 0
     assert main(["sample", str(run["export"]), *common, "--out", str(tmp_path / "b")]) == 0
@@ -139,21 +190,27 @@ def test_the_docs_recipe_runs_without_this_package_and_gives_the_same_output(run
 
     x, t = _inputs()
     save_file({"x": x, "t": t}, str(tmp_path / "inputs.safetensors"))
-    recipe = _docs_recipe().replace("runs/nd/dit/export", str(run["export"])) \
-        .replace("runs/nd/vae_run/vae", str(run["vae"]))
+    recipe = (
+        _docs_recipe().replace("runs/nd/dit/export", str(run["export"])).replace("runs/nd/vae_run/vae", str(run["vae"]))
+    )
     script = tmp_path / "recipe.py"
-    script.write_text("import sys\nsys.modules['rsgeo_prune'] = None  # any import of the package fails\n" + recipe + f"""
+    script.write_text(
+        "import sys\nsys.modules['rsgeo_prune'] = None  # any import of the package fails\n"
+        + recipe
+        + f"""
 from safetensors.torch import load_file as _load, save_file as _save
-_in = _load({str(tmp_path / 'inputs.safetensors')!r})
+_in = _load({str(tmp_path / "inputs.safetensors")!r})
 with torch.no_grad():
     _out = dit(_in["x"], _in["t"])
 assert not any(m.startswith("rsgeo_prune.") for m in sys.modules)
 _save({{"forward": _out, "x": x.contiguous(), "z": z.contiguous(), "tiles": tiles.contiguous()}},
-      {str(tmp_path / 'outputs.safetensors')!r})
-""")
+      {str(tmp_path / "outputs.safetensors")!r})
+"""
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(str(tmp_path / "outputs.safetensors"))
 
@@ -162,8 +219,9 @@ _save({{"forward": _out, "x": x.contiguous(), "z": z.contiguous(), "tiles": tile
         assert torch.equal(got["forward"], ema(x, t))
     cfg = read_export(run["export"])
     diffusion = diffusion_from_config(cfg["diffusion"])
-    ours = diffusion.sample(load_dit(run["export"]), (8, 4, 8, 8), steps=50, sampler="ddim",
-                            generator=torch.Generator().manual_seed(0))
+    ours = diffusion.sample(
+        load_dit(run["export"]), (8, 4, 8, 8), steps=50, sampler="ddim", generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(got["x"], ours)
     z = denormalise(ours, {"latents_mean": cfg["latents"]["mean"], "latents_std": cfg["latents"]["std"]})
     assert torch.equal(got["z"], z)
@@ -190,9 +248,32 @@ def test_fd_reaches_tensorboard(run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "fd"
-    assert main(["train-dit", str(run["lat"]), "--out", str(out), "--steps", "2", *TRAIN, "--vae", str(run["vae"]),
-                 "--sample-every", "2", "--sample-n", "2", "--sample-steps", "2", "--fd-n", "4",
-                 "--log", "tensorboard"]) == 0
+    assert (
+        main(
+            [
+                "train-dit",
+                str(run["lat"]),
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                *TRAIN,
+                "--vae",
+                str(run["vae"]),
+                "--sample-every",
+                "2",
+                "--sample-n",
+                "2",
+                "--sample-steps",
+                "2",
+                "--fd-n",
+                "4",
+                "--log",
+                "tensorboard",
+            ]
+        )
+        == 0
+    )
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert {"eval/fd", "eval/kid"} <= set(events.Tags()["scalars"])
@@ -204,12 +285,36 @@ def test_tif_samples_name_their_bands_and_open_in_pillow(run, tmp_path):
     from PIL import Image
 
     out = tmp_path / "s"
-    assert main(["sample", str(run["out"] / "state.pt"), "--vae", str(run["vae"]), "--n", "2", "--steps", "3",
-                 "--device", "cpu", "--format", "tif", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run["out"] / "state.pt"),
+                "--vae",
+                str(run["vae"]),
+                "--n",
+                "2",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--format",
+                "tif",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "samples.json").read_text())
     assert [b["name"] for b in summary["bands"]] == ["red", "green", "blue", "nir"]
     assert [b["source_band"] for b in summary["bands"]] == [1, 2, 3, 4] and summary["band_names_from"] == "convention"
-    assert (summary["dtype"], summary["value_range"], summary["sampler"], summary["seed"]) == ("uint8", [0, 255], "ddpm", 0)
+    assert (summary["dtype"], summary["value_range"], summary["sampler"], summary["seed"]) == (
+        "uint8",
+        [0, 255],
+        "ddpm",
+        0,
+    )
     assert summary["latents"]["file"] == "latents.npy" and summary["latents"]["shape"] == [2, 4, 8, 8]
     path = out / "tiles" / "sample-00000.tif"
     with rasterio.open(path) as src:
@@ -219,8 +324,25 @@ def test_tif_samples_name_their_bands_and_open_in_pillow(run, tmp_path):
     picture = np.asarray(Image.open(path))
     assert picture.shape == (64, 64, 3) and np.array_equal(picture.transpose(2, 0, 1), levels[:3])
     npy = out / "n"
-    assert main(["sample", str(run["out"] / "state.pt"), "--vae", str(run["vae"]), "--n", "2", "--steps", "3",
-                 "--device", "cpu", "--out", str(npy)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run["out"] / "state.pt"),
+                "--vae",
+                str(run["vae"]),
+                "--n",
+                "2",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--out",
+                str(npy),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((npy / "samples.json").read_text())
     assert (summary["dtype"], summary["value_range"]) == ("float32", [-1.0, 1.0])
     tile = np.load(npy / "tiles" / "sample-00000.npy")
@@ -231,8 +353,13 @@ def test_band_names_come_from_the_source_rasters_when_they_name_them():
     from rsgeo_prune.train.sampling import sample_bands
 
     named = {"bands": [4, 1, 2], "band_names": ["nir", "red", "green"]}
-    assert sample_bands(named, 3) == ([{"band": 1, "source_band": 4, "name": "nir"},
-                                       {"band": 2, "source_band": 1, "name": "red"},
-                                       {"band": 3, "source_band": 2, "name": "green"}], "source rasters")
+    assert sample_bands(named, 3) == (
+        [
+            {"band": 1, "source_band": 4, "name": "nir"},
+            {"band": 2, "source_band": 1, "name": "red"},
+            {"band": 3, "source_band": 2, "name": "green"},
+        ],
+        "source rasters",
+    )
     bands, origin = sample_bands({"bands": [1, 2], "band_names": [None, None]}, 2)
     assert [b["name"] for b in bands] == ["band 1", "band 2"] and origin == "none"

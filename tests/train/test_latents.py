@@ -67,8 +67,16 @@ def test_memory_mapped_rows_equal_the_shards_for_every_kind_of_index(tmp_path):
     assert isinstance(ds.mean, lat.ShardedRows) and ds.mean.shape == (23, 4, 8, 8) and len(ds.logvar) == 23
     assert not any(isinstance(v, torch.Tensor) and v.numel() > 100 for v in vars(ds).values())  # nothing loaded
     cross = [22, 0, 7, 7, 19, 4, 5, -1]  # unsorted, repeated, negative, across every shard
-    for index in (3, -23, slice(None), slice(4, 13, 3), cross, torch.tensor(cross), np.array(cross, dtype=np.int32),
-                  torch.tensor([], dtype=torch.long)):
+    for index in (
+        3,
+        -23,
+        slice(None),
+        slice(4, 13, 3),
+        cross,
+        torch.tensor(cross),
+        np.array(cross, dtype=np.int32),
+        torch.tensor([], dtype=torch.long),
+    ):
         assert torch.equal(ds.mean[index], mean[index if not isinstance(index, list) else torch.tensor(index)])
         assert torch.equal(ds.logvar[index], logvar[index if not isinstance(index, list) else torch.tensor(index)])
     assert torch.equal(ds[13]["mean"], mean[13]) and ds[13]["tile_id"] == "synthetic-000013"
@@ -190,8 +198,12 @@ def test_band_names_of_the_rasters_reach_the_index_and_the_sample_bands(setup, t
     index = lat.encode_catalog(ds, vae_dir, tmp_path / "z", progress=False)
     assert index["bands"] == [2, 3, 4, 1] and index["band_names"] == ["red", "green", "blue", "nir"]
     bands, origin = sample_bands(index, 4)
-    assert origin == "source rasters" and [(b["source_band"], b["name"]) for b in bands] == \
-        [(2, "red"), (3, "green"), (4, "blue"), (1, "nir")]
+    assert origin == "source rasters" and [(b["source_band"], b["name"]) for b in bands] == [
+        (2, "red"),
+        (3, "green"),
+        (4, "blue"),
+        (1, "nir"),
+    ]
     with rasterio.open(src, "r+") as dst:
         dst.set_band_description(4, "")
     assert CatalogDataset(named, bands=[1, 4]).band_names == ["nir", None]  # a band of no name: None

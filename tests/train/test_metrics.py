@@ -132,8 +132,10 @@ def test_fd_grows_with_noise(space, tiles):
 def test_fd_grows_with_blur(space, tiles):
     x = torch.from_numpy(tiles).float() / 127.5 - 1
     ref = space(tiles)
-    fds = [frechet_distance(ref, space(F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)))
-           for k in (1, 3, 5, 9)]
+    fds = [
+        frechet_distance(ref, space(F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)))
+        for k in (1, 3, 5, 9)
+    ]
     assert abs(fds[0]) < 1e-9 and all(lo < hi for lo, hi in zip(fds, fds[1:])), fds
 
 
@@ -250,20 +252,23 @@ def test_report_names_space_digest_and_n(tiles, caplog):
 
 
 # ------------------------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("call, match", [
-    (lambda t: feature_space("vgg16"), "unknown feature space 'vgg16'"),
-    (lambda t: feature_space("inception:"), "inception:<path"),
-    (lambda t: compare_sets(t[:4], t[:4, :3], "random-cnn-0"), "4 channels and set b 3"),
-    (lambda t: compare_sets(t[:4], t[:4, :, :32, :32], "random-cnn-0"), "64x64 px and set b 32x32"),
-    (lambda t: compare_sets(t[:1], t[:4], "random-cnn-0"), "set a has 1 tile"),
-    (lambda t: frechet_distance(np.zeros((1, 3)), np.zeros((5, 3))), "at least 2"),
-    (lambda t: frechet_distance(np.zeros((4, 3)), np.zeros((5, 2))), "dimensions differ"),
-    (lambda t: feature_space("random-cnn-0")(t[:2, :3]), "built for 4 channels"),
-    (lambda t: as_uint8_tiles(t.astype(np.float32)), r"floats must lie in \[-1, 1\]"),
-    (lambda t: as_uint8_tiles(t.astype(np.uint16)), "dtype uint16"),
-    (lambda t: as_uint8_tiles(t[0]), r"\(N, C, H, W\)"),
-    (lambda t: as_uint8_tiles(np.zeros((2, 5, 8, 8), np.uint8)), "5 channels"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda t: feature_space("vgg16"), "unknown feature space 'vgg16'"),
+        (lambda t: feature_space("inception:"), "inception:<path"),
+        (lambda t: compare_sets(t[:4], t[:4, :3], "random-cnn-0"), "4 channels and set b 3"),
+        (lambda t: compare_sets(t[:4], t[:4, :, :32, :32], "random-cnn-0"), "64x64 px and set b 32x32"),
+        (lambda t: compare_sets(t[:1], t[:4], "random-cnn-0"), "set a has 1 tile"),
+        (lambda t: frechet_distance(np.zeros((1, 3)), np.zeros((5, 3))), "at least 2"),
+        (lambda t: frechet_distance(np.zeros((4, 3)), np.zeros((5, 2))), "dimensions differ"),
+        (lambda t: feature_space("random-cnn-0")(t[:2, :3]), "built for 4 channels"),
+        (lambda t: as_uint8_tiles(t.astype(np.float32)), r"floats must lie in \[-1, 1\]"),
+        (lambda t: as_uint8_tiles(t.astype(np.uint16)), "dtype uint16"),
+        (lambda t: as_uint8_tiles(t[0]), r"\(N, C, H, W\)"),
+        (lambda t: as_uint8_tiles(np.zeros((2, 5, 8, 8), np.uint8)), "5 channels"),
+    ],
+)
 def test_errors_name_the_value_and_the_fix(tiles, call, match):
     with pytest.raises(RSGeoPruneError, match=match):
         call(tiles)

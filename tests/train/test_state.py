@@ -76,7 +76,9 @@ def test_state_file_is_atomic_and_loaded_weights_only(tmp_path, monkeypatch):
     load_state(path, model=torch.nn.Linear(2, 2))
     assert seen["weights_only"] is True
     # a failing save leaves neither a partial file nor a temporary one
-    monkeypatch.setattr(torch, "save", lambda obj, f: (open(f, "wb").write(b"half"), (_ for _ in ()).throw(OSError("disk full"))))
+    monkeypatch.setattr(
+        torch, "save", lambda obj, f: (open(f, "wb").write(b"half"), (_ for _ in ()).throw(OSError("disk full")))
+    )
     with pytest.raises(RSGeoPruneError, match="cannot be written"):
         save_state(tmp_path / "t.pt", model=m, step=1, epoch=0, position=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]

@@ -17,8 +17,12 @@ from rsgeo_prune import TileConfig, tiles_stage
 from rsgeo_prune.catalog import write_geoparquet
 from rsgeo_prune.errors import RSGeoPruneError
 from rsgeo_prune.train.dataset import CatalogDataset
-from rsgeo_prune.train.torchgeo_dataset import (CatalogGeoDataset, CatalogTileSampler, acquisition_intervals,
-                                                time_interval)
+from rsgeo_prune.train.torchgeo_dataset import (
+    CatalogGeoDataset,
+    CatalogTileSampler,
+    acquisition_intervals,
+    time_interval,
+)
 from tests.conftest import shared
 
 torch.set_num_threads(1)
@@ -32,15 +36,27 @@ def _raster(path, seed, dtype="uint16", crs="EPSG:32614"):
     rng = np.random.default_rng(seed)
     data = rng.integers(1, 4000 if dtype == "uint16" else 255, (4, 64, 96)).astype(dtype)
     data[:, :5, :7] = 0
-    with rasterio.open(path, "w", driver="GTiff", width=96, height=64, count=4, dtype=dtype, crs=crs,
-                       transform=from_origin(500000, 5000000, 1, 1), nodata=0) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=96,
+        height=64,
+        count=4,
+        dtype=dtype,
+        crs=crs,
+        transform=from_origin(500000, 5000000, 1, 1),
+        nodata=0,
+    ) as dst:
         dst.write(data)
     return path
 
 
 def _tiles(*paths) -> pd.DataFrame:
-    return pd.concat([pd.DataFrame(tiles_stage([p], TileConfig(tile_size=32, max_nodata=1.0), progress=False))
-                      for p in paths], ignore_index=True)
+    return pd.concat(
+        [pd.DataFrame(tiles_stage([p], TileConfig(tile_size=32, max_nodata=1.0), progress=False)) for p in paths],
+        ignore_index=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +87,9 @@ def test_a_loader_over_the_tile_sampler_yields_each_kept_tile_once_equal_to_cata
     ref = CatalogDataset(catalog, output=output)
     pos = {t: i for i, t in enumerate(ref.tile_ids)}
     for workers in (0, 2):
-        loader = torch.utils.data.DataLoader(ds, sampler=CatalogTileSampler(ds), batch_size=4, num_workers=workers,
-                                             collate_fn=stack_samples)
+        loader = torch.utils.data.DataLoader(
+            ds, sampler=CatalogTileSampler(ds), batch_size=4, num_workers=workers, collate_fn=stack_samples
+        )
         seen = []
         for batch in loader:
             assert batch["image"].dtype == (torch.float32 if output == "float" else torch.int32)
@@ -109,15 +126,18 @@ def test_samples_are_keyed_by_bounds_crs_and_acquisition_time(catalog):
         ds[slice(500000.0, 500032.0, 2.0), slice(4999936.0, 4999968.0, 2.0)]
 
 
-@pytest.mark.parametrize("toi,scenes", [
-    (("2021-01-01", "2021-12-31"), "b"),
-    (("2020-06-01T10:00:00Z", "2020-06-01T10:00:00Z"), "a"),  # an instant on both ends of the range: in it
-    (("2020-06-01T05:00:00-05:00", "2020-06-01T05:00:00-05:00"), "a"),  # the same instant in UTC-5
-    ((None, "2020-12-31"), "a"),
-    (("2021-09-30", None), "b"),  # the last day of b's range
-    (pd.Interval(pd.Timestamp("2019-01-01"), pd.Timestamp("2022-01-01")), "ab"),
-    (("2019-01-01", "2019-12-31"), ""),
-])
+@pytest.mark.parametrize(
+    "toi,scenes",
+    [
+        (("2021-01-01", "2021-12-31"), "b"),
+        (("2020-06-01T10:00:00Z", "2020-06-01T10:00:00Z"), "a"),  # an instant on both ends of the range: in it
+        (("2020-06-01T05:00:00-05:00", "2020-06-01T05:00:00-05:00"), "a"),  # the same instant in UTC-5
+        ((None, "2020-12-31"), "a"),
+        (("2021-09-30", None), "b"),  # the last day of b's range
+        (pd.Interval(pd.Timestamp("2019-01-01"), pd.Timestamp("2022-01-01")), "ab"),
+        (("2019-01-01", "2019-12-31"), ""),
+    ],
+)
 def test_time_slicing_keeps_exactly_the_tiles_in_the_range(catalog, toi, scenes):
     ds = CatalogGeoDataset(catalog)
     sampler = CatalogTileSampler(ds, toi=toi)
@@ -134,8 +154,9 @@ def test_tiles_of_one_footprint_and_overlapping_times_each_answer_their_own_quer
     table["datetime"] = pd.Series(pd.NaT, index=table.index, dtype="datetime64[us, UTC]")
     table.loc[table["scene_id"] == "a", "datetime"] = pd.Timestamp("2020-06-01T10:00:00Z")
     ds, ref = CatalogGeoDataset(table, select="all"), CatalogDataset(table, select="all")
-    batches = list(torch.utils.data.DataLoader(ds, sampler=CatalogTileSampler(ds), batch_size=5,
-                                               collate_fn=stack_samples))
+    batches = list(
+        torch.utils.data.DataLoader(ds, sampler=CatalogTileSampler(ds), batch_size=5, collate_fn=stack_samples)
+    )
     got = {t: img for b in batches for t, img in zip(b["tile_id"], b["image"])}
     assert sorted(got) == sorted(ref.tile_ids) and sum(len(b["tile_id"]) for b in batches) == 12
     assert all(torch.equal(got[t], ref[k]["image"]) for k, t in enumerate(ref.tile_ids))
@@ -158,19 +179,24 @@ def test_windows_of_a_tile_are_its_catalog_dataset_pixels(catalog):
     ref = CatalogDataset(catalog, select="all")
     full = ref[ref.tile_ids.index("a/32_64")]
     # x 500070..500086 is columns 6..22 of the tile at col 64; y 4999960..4999950 is rows 8..18 of row 32
-    s = ds[slice(500070.0, 500086.0), slice(4999950.0, 4999960.0), slice(pd.Timestamp("2020-01-01"),
-                                                                          pd.Timestamp("2020-12-31"))]
+    s = ds[
+        slice(500070.0, 500086.0),
+        slice(4999950.0, 4999960.0),
+        slice(pd.Timestamp("2020-01-01"), pd.Timestamp("2020-12-31")),
+    ]
     assert s["tile_id"] == "a/32_64"
     assert torch.equal(s["image"], full["image"][:, 8:18, 6:22]) and torch.equal(s["valid"], full["valid"][8:18, 6:22])
     # TorchGeo's own samplers draw windows within single tiles
-    for q in [*RandomGeoSampler(ds, size=16, length=6, generator=torch.Generator().manual_seed(1)),
-              *GridGeoSampler(ds, size=16, stride=16)]:
+    for q in [
+        *RandomGeoSampler(ds, size=16, length=6, generator=torch.Generator().manual_seed(1)),
+        *GridGeoSampler(ds, size=16, stride=16),
+    ]:
         w = ds[q]
         assert w["image"].shape == (4, 16, 16)
         tile = ref[ref.tile_ids.index(w["tile_id"])]
         b = ref.tile_bounds(ref.tile_ids.index(w["tile_id"]))
         c0, r0 = int(round(q[0].start - b[0])), int(round(b[3] - q[1].stop))
-        assert torch.equal(w["image"], tile["image"][:, r0:r0 + 16, c0:c0 + 16])
+        assert torch.equal(w["image"], tile["image"][:, r0 : r0 + 16, c0 : c0 + 16])
 
 
 def test_acquisition_intervals_without_time_columns_are_unbounded(tmp_path):
@@ -191,8 +217,9 @@ def test_bad_input_is_one_clear_error(tmp_path):
     c = _raster(tmp_path / "c.tif", 3, crs="EPSG:32615")
     with pytest.raises(RSGeoPruneError, match="2 CRSs.*crs == 'EPSG:32614'"):
         CatalogGeoDataset(_tiles(a, c), select="all")
-    backwards = _tiles(a).assign(start_datetime=pd.Timestamp("2021-01-02", tz="UTC"),
-                                 end_datetime=pd.Timestamp("2021-01-01", tz="UTC"))
+    backwards = _tiles(a).assign(
+        start_datetime=pd.Timestamp("2021-01-02", tz="UTC"), end_datetime=pd.Timestamp("2021-01-01", tz="UTC")
+    )
     with pytest.raises(RSGeoPruneError, match="starts after it ends"):
         CatalogGeoDataset(backwards, select="all")
     with pytest.raises(RSGeoPruneError, match="time 'soon': not a date"):
@@ -219,8 +246,14 @@ def test_two_naip_years_time_sliced_through_a_loader():
     for batch in torch.utils.data.DataLoader(ds, sampler=in_2012, batch_size=8, collate_fn=stack_samples):
         for k, tid in enumerate(batch["tile_id"]):
             assert torch.equal(batch["image"][k], ref[pos[tid]]["image"])
-            np.testing.assert_allclose([batch["bounds"][k][0].start, batch["bounds"][k][1].start,
-                                        batch["bounds"][k][0].stop, batch["bounds"][k][1].stop],
-                                       ref[pos[tid]]["bounds"].numpy())
+            np.testing.assert_allclose(
+                [
+                    batch["bounds"][k][0].start,
+                    batch["bounds"][k][1].start,
+                    batch["bounds"][k][0].stop,
+                    batch["bounds"][k][1].stop,
+                ],
+                ref[pos[tid]]["bounds"].numpy(),
+            )
             got.append(tid)
     assert sorted(got) == want

@@ -16,16 +16,31 @@ import pytest
 import torch
 
 from rsgeo_prune.cli import main
-from rsgeo_prune.train.runlog import read_metrics
 from rsgeo_prune.train.latents import write_synthetic_latents
+from rsgeo_prune.train.runlog import read_metrics
 
 from .helpers import interrupt_after, weights_digest
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAIN = ["--model", "DiT-tiny/2", "--batch-size", "16", "--lr", "2e-3", "--log-every", "1", "--save-every", "5",
-         "--sample-every", "0", "--device", "cpu", "--quiet"]
+TRAIN = [
+    "--model",
+    "DiT-tiny/2",
+    "--batch-size",
+    "16",
+    "--lr",
+    "2e-3",
+    "--log-every",
+    "1",
+    "--save-every",
+    "5",
+    "--sample-every",
+    "0",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 STEPS = 30
 
 
@@ -41,12 +56,35 @@ def world(tmp_path_factory):
     save_vae(build_vae("tiny"), root / "other_vae")
     digest = vae_digest(root / "vae")
     lat = write_synthetic_latents(root / "lat", n=48, shape=(4, 8, 8), vae_digest=digest)
-    other = write_synthetic_latents(root / "lat_other", n=48, shape=(4, 8, 8),
-                                    vae_digest=vae_digest(root / "other_vae"))
+    other = write_synthetic_latents(
+        root / "lat_other", n=48, shape=(4, 8, 8), vae_digest=vae_digest(root / "other_vae")
+    )
     run = root / "run"
     # the reference run also draws decoded EMA grids at step 15 and 30: evaluation must not disturb training
-    assert main(["train-dit", str(lat), "--out", str(run), "--steps", str(STEPS), *TRAIN, "--vae", str(root / "vae"),
-                 "--sample-every", "15", "--sample-n", "4", "--sample-steps", "4", "--fd-n", "6"]) == 0
+    assert (
+        main(
+            [
+                "train-dit",
+                str(lat),
+                "--out",
+                str(run),
+                "--steps",
+                str(STEPS),
+                *TRAIN,
+                "--vae",
+                str(root / "vae"),
+                "--sample-every",
+                "15",
+                "--sample-n",
+                "4",
+                "--sample-steps",
+                "4",
+                "--fd-n",
+                "6",
+            ]
+        )
+        == 0
+    )
     return {"root": root, "lat": lat, "other": other, "vae": root / "vae", "other_vae": root / "other_vae", "run": run}
 
 
@@ -88,12 +126,17 @@ def test_thirty_steps_lower_the_loss_and_write_the_run(world):
     if fd:  # rsgeo_prune.train.metrics is there: FD of 6 decoded EMA samples vs 6 decoded training latents
         assert [r["step"] for r in fd] == [15, 30] and all(r["fd"] >= 0 and r["fd_n_samples"] == 6 for r in fd), fd
     pics = sorted(p.name for p in (world["run"] / "samples").iterdir())
-    assert pics == ["step-0000015-tiles_nirrg.png", "step-0000015-tiles_rgb.png",
-                    "step-0000030-tiles_nirrg.png", "step-0000030-tiles_rgb.png"]
+    assert pics == [
+        "step-0000015-tiles_nirrg.png",
+        "step-0000015-tiles_rgb.png",
+        "step-0000030-tiles_nirrg.png",
+        "step-0000030-tiles_rgb.png",
+    ]
 
 
 def _killed_after(monkeypatch, args, steps: int) -> None:
-    """``train-dit args`` interrupted after ``steps`` steps (Ctrl-C's exit code); the state on disk is the last saved."""
+    """``train-dit args`` interrupted after ``steps`` steps (Ctrl-C's exit code); the state on disk is the last
+    saved."""
     from rsgeo_prune.train import trainer
 
     with monkeypatch.context() as m:
@@ -128,12 +171,27 @@ def test_a_checkpoint_with_settings_this_version_does_not_know_resumes(world, tm
     assert config_from_saved(DiTTrainConfig, {"model": "DiT-S/2", "stop_at": 3}) == DiTTrainConfig(model="DiT-S/2")
 
 
+@pytest.mark.slow
 def test_two_torchrun_processes_on_gloo_keep_identical_weights(world, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).with_name("ddp_digest.py")), str(tmp_path / "rank{rank}.sha256"),
-           "train-dit", str(world["lat"]), "--out", str(out), "--steps", "4", *TRAIN]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(Path(__file__).with_name("ddp_digest.py")),
+        str(tmp_path / "rank{rank}.sha256"),
+        "train-dit",
+        str(world["lat"]),
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        *TRAIN,
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d0, d1 = (tmp_path / "rank0.sha256").read_text(), (tmp_path / "rank1.sha256").read_text()
@@ -152,8 +210,11 @@ def test_two_torchrun_processes_on_gloo_keep_identical_weights(world, tmp_path):
 
 
 def _files(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "samples.json"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "samples.json"
+    }
 
 
 def test_sampling_is_deterministic_for_a_seed(world, tmp_path):
@@ -183,24 +244,40 @@ def _bad(world, tmp_path):
     (corrupt / "state.pt").write_bytes(data[: len(data) // 2])
     resume = ["--steps", "40", *TRAIN, "--resume"]
     return {
-        "latents of another VAE than --vae": (["train-dit", other, "--out", str(tmp_path / "n1"), *TRAIN, "--vae", vae],
-                                             "not the VAE that encoded"),
+        "latents of another VAE than --vae": (
+            ["train-dit", other, "--out", str(tmp_path / "n1"), *TRAIN, "--vae", vae],
+            "not the VAE that encoded",
+        ),
         "resume on latents of another VAE": (["train-dit", other, "--out", run, *resume], "latents from another VAE"),
-        "resume with another model": (["train-dit", lat, "--out", run, *resume, "--model", "DiT-tiny/4"],
-                                      "checkpoint of another config (--model DiT-tiny/2"),
-        "resume with another seed": (["train-dit", lat, "--out", run, *resume, "--seed", "3"],
-                                     "checkpoint of another config (--seed 0"),
-        "resume from a corrupt checkpoint": (["train-dit", lat, "--out", str(corrupt), *resume],
-                                             "not a readable checkpoint"),
+        "resume with another model": (
+            ["train-dit", lat, "--out", run, *resume, "--model", "DiT-tiny/4"],
+            "checkpoint of another config (--model DiT-tiny/2",
+        ),
+        "resume with another seed": (
+            ["train-dit", lat, "--out", run, *resume, "--seed", "3"],
+            "checkpoint of another config (--seed 0",
+        ),
+        "resume from a corrupt checkpoint": (
+            ["train-dit", lat, "--out", str(corrupt), *resume],
+            "not a readable checkpoint",
+        ),
         "new run into a used folder": (["train-dit", lat, "--out", run, *TRAIN], "holds a training run already"),
-        "sample a corrupt checkpoint": (["sample", str(corrupt / "state.pt"), "--vae", vae, "--out",
-                                         str(tmp_path / "s1")], "not a readable checkpoint"),
-        "sample with another VAE": (["sample", f"{run}/state.pt", "--vae", other_vae, "--out", str(tmp_path / "s2")],
-                                    "not the VAE the model's latents were encoded with"),
-        "euler on a ddpm model": (["sample", f"{run}/state.pt", "--vae", vae, "--sampler", "euler", "--out",
-                                   str(tmp_path / "s3")], "choose ddpm or ddim"),
-        "a VAE state is not a DiT checkpoint": (["sample", str(tmp_path / "vae_state.pt"), "--vae", vae, "--out",
-                                                 str(tmp_path / "s4")], "not train-dit"),
+        "sample a corrupt checkpoint": (
+            ["sample", str(corrupt / "state.pt"), "--vae", vae, "--out", str(tmp_path / "s1")],
+            "not a readable checkpoint",
+        ),
+        "sample with another VAE": (
+            ["sample", f"{run}/state.pt", "--vae", other_vae, "--out", str(tmp_path / "s2")],
+            "not the VAE the model's latents were encoded with",
+        ),
+        "euler on a ddpm model": (
+            ["sample", f"{run}/state.pt", "--vae", vae, "--sampler", "euler", "--out", str(tmp_path / "s3")],
+            "choose ddpm or ddim",
+        ),
+        "a VAE state is not a DiT checkpoint": (
+            ["sample", str(tmp_path / "vae_state.pt"), "--vae", vae, "--out", str(tmp_path / "s4")],
+            "not train-dit",
+        ),
     }
 
 
@@ -249,5 +326,22 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(world, tmp_path
     for key in eager["model"]:
         torch.testing.assert_close(compiled["model"][key], eager["model"][key], atol=2e-5, rtol=1e-4)
     assert read_metrics(tmp_path / "compiled" / "metrics.jsonl")[0]["compile"] is True
-    assert main(["sample", str(tmp_path / "compiled" / "state.pt"), "--vae", str(world["vae"]), "--n", "2",
-                 "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(tmp_path / "compiled" / "state.pt"),
+                "--vae",
+                str(world["vae"]),
+                "--n",
+                "2",
+                "--steps",
+                "3",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )

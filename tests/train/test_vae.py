@@ -9,12 +9,21 @@ import torch
 
 from rsgeo_prune import TileConfig, synth, tiles_stage
 from rsgeo_prune.errors import RSGeoPruneError
-from rsgeo_prune.train.dataset import CatalogDataset
 from rsgeo_prune.train.checkpoint import load_state
+from rsgeo_prune.train.dataset import CatalogDataset
 from rsgeo_prune.train.rng import seed_everything
 from rsgeo_prune.train.runlog import read_metrics
-from rsgeo_prune.train.vae import (PRESETS, ReconMetrics, VAETrainConfig, bicubic_x8, build_vae, load_vae, train_vae,
-                                   validation_loss, vae_digest)
+from rsgeo_prune.train.vae import (
+    PRESETS,
+    ReconMetrics,
+    VAETrainConfig,
+    bicubic_x8,
+    build_vae,
+    load_vae,
+    train_vae,
+    vae_digest,
+    validation_loss,
+)
 
 from .helpers import interrupt_after
 
@@ -126,7 +135,9 @@ def test_bad_output_folder_leaves_nothing(tiles, tmp_path):
     with pytest.raises(RSGeoPruneError, match="cannot be created"):
         train_vae(ds, ds, tmp_path / "afile" / "run", _cfg(), progress=False)
     with pytest.raises(RSGeoPruneError, match="fewer than one batch"):
-        train_vae(CatalogDataset(tiles, select=tiles["tile_id"][:2].tolist()), ds, tmp_path / "x", _cfg(), progress=False)
+        train_vae(
+            CatalogDataset(tiles, select=tiles["tile_id"][:2].tolist()), ds, tmp_path / "x", _cfg(), progress=False
+        )
     assert not (tmp_path / "x" / "state.pt").exists() and not (tmp_path / "x" / "vae").exists()
 
 
@@ -196,8 +207,9 @@ def test_spectral_angle_term_is_one_minus_cosine_on_valid_pixels():
     assert "sam" not in _loss_terms(vae, x, valid, VAETrainConfig(preset="tiny"))
 
 
-def test_tensorboard_log_holds_losses_validation_and_reconstructions_and_a_resume_replaces_what_it_redoes(tiles, tmp_path,
-                                                                                                        monkeypatch):
+def test_tensorboard_log_holds_losses_validation_and_reconstructions_and_a_resume_replaces_what_it_redoes(
+    tiles, tmp_path, monkeypatch
+):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ds = CatalogDataset(tiles)
