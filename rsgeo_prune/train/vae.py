@@ -6,8 +6,8 @@ its names are importable from here too.
 
 Loss per batch (images in [-1, 1], nodata pixels left out of the reconstruction terms)::
 
-    L1(x̂, x) + sam_weight · (1 − cos ∠(x̂, x)) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB) + kl_weight ·
-    KL(q(z|x) ‖ N(0, I))
+    L1(x̂, x) + sam_weight · (1 − cos ∠(x̂, x)) + ssim_weight · (1 − SSIM) + lpips_weight · LPIPS(RGB)
+        + kl_weight · KL(q(z|x) ‖ N(0, I))
 
 Run layout under ``out``: ``state.pt`` (training state for ``--resume``, with the run key),
 ``best/`` (the best checkpoint so far, while training), ``vae/`` (the finished model: the best
@@ -53,6 +53,9 @@ from .vae_model import (
     latent_scale,  # noqa: F401
     load_vae,
     save_vae,
+    vae_digest,
+    vae_downsampling,
+    vae_folder,
 )
 
 BEST_DIR = "best"
