@@ -93,13 +93,15 @@ def same_place_partners(rows: pd.DataFrame, iou: float = DEFAULT_IOU) -> Places:
 
 
 def acquisition_dates(rows: pd.DataFrame) -> np.ndarray:
-    """``(N,)`` datetime64[ns] acquisition times (NaT where unknown): the ``datetime`` column, else a
-    ``YYYYMMDD`` in the source file's name (the last one when there are several)."""
+    """``(N,)`` datetime64[ns] acquisition times (NaT where unknown): the ``datetime`` column, else the
+    start of the ``start_datetime`` range (a date known to the day), else a ``YYYYMMDD`` in the source
+    file's name (the last one when there are several)."""
     from_name = pd.to_datetime(rows["href"].astype(str).map(_date_in_name), format="%Y%m%d", errors="coerce")
     when = pd.Series(from_name.to_numpy(), index=rows.index)
-    if "datetime" in rows:
-        given = pd.to_datetime(rows["datetime"], errors="coerce", utc=True).dt.tz_convert(None)
-        when = given.where(given.notna(), when)
+    for column in ("start_datetime", "datetime"):  # the later one wins where both are known
+        if column in rows:
+            given = pd.to_datetime(rows[column], errors="coerce", utc=True).dt.tz_convert(None)
+            when = given.where(given.notna(), when)
     return when.to_numpy("datetime64[ns]")
 
 

@@ -129,3 +129,20 @@ def test_acquisition_dates_from_the_datetime_column_then_the_file_name():
 def test_bad_iou(iou):
     with pytest.raises(InvalidOption, match="place_iou"):
         check_iou(iou)
+
+
+def test_acquisition_dates_read_a_day_range_when_no_instant_is_known():
+    import pandas as pd
+
+    from rsgeo_prune.places import acquisition_dates
+
+    day = pd.Timestamp("2014-07-20", tz="UTC")
+    rows = pd.DataFrame(
+        {
+            "datetime": [pd.NaT, pd.Timestamp("2016-01-02 10:00", tz="UTC"), pd.NaT],
+            "start_datetime": [day, pd.Timestamp("2016-01-02 10:00", tz="UTC"), pd.NaT],
+            "href": ["a.tif", "m_1_20100101.tif", "m_1_20100101.tif"],
+        }
+    )
+    got = acquisition_dates(rows).astype("datetime64[s]").astype(str).tolist()
+    assert got == ["2014-07-20T00:00:00", "2016-01-02T10:00:00", "2010-01-01T00:00:00"]

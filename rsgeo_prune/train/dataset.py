@@ -121,14 +121,16 @@ _NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[
 
 
 def acquisition_year(row) -> int | None:
-    """The acquisition year of a catalog row: its ``datetime`` column where present, else a
-    ``YYYYMMDD`` date in the source file's name (NAIP's convention); None when neither says."""
-    value = row.get("datetime") if hasattr(row, "get") else None
-    if value is not None and not (isinstance(value, float) and math.isnan(value)):
-        try:
-            return int(pd.Timestamp(value).year)
-        except (ValueError, TypeError):
-            pass
+    """The acquisition year of a catalog row: its ``datetime`` column where present, else the start of its
+    ``start_datetime`` range (a date known to the day), else a ``YYYYMMDD`` date in the source file's name
+    (NAIP's convention); None when none says."""
+    for column in ("datetime", "start_datetime"):
+        value = row.get(column) if hasattr(row, "get") else None
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            try:
+                return int(pd.Timestamp(value).year)
+            except (ValueError, TypeError):
+                pass
     m = _NAME_DATE.search(Path(str(row.get("href", ""))).stem)
     return int(m.group(1)) if m else None
 

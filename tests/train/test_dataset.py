@@ -413,3 +413,13 @@ def test_collection_images_have_a_point_or_no_location(tmp_path):
     assert by_id["located"]["crs"] == "EPSG:4326"
     assert by_id["located"]["bounds"].tolist() == [-97.5, 47.25, -97.5, 47.25]
     assert by_id["unplaced"]["crs"] == "" and torch.isnan(by_id["unplaced"]["bounds"]).all()
+
+
+def test_acquisition_year_reads_the_datetime_then_the_range_then_the_file_name():
+    from rsgeo_prune.train.dataset import acquisition_year
+
+    day = pd.Timestamp("2014-07-20", tz="UTC")
+    assert acquisition_year({"datetime": pd.NaT, "start_datetime": day, "href": "m_1_20100101.tif"}) == 2014
+    assert acquisition_year({"datetime": pd.Timestamp("2016-01-02", tz="UTC"), "start_datetime": day}) == 2016
+    assert acquisition_year({"datetime": pd.NaT, "start_datetime": pd.NaT, "href": "m_1_20100101.tif"}) == 2010
+    assert acquisition_year({"href": "scene.tif"}) is None
