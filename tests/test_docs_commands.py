@@ -33,7 +33,7 @@ def command_lines(text: str) -> list[list[str]]:
                 continue
             if words and (words[0] == "rsgeo-prune" or words[0].endswith("/rsgeo-prune")):
                 found.append(words[1:])
-            elif "-m" in words and words[words.index("-m") + 1 :][:1] == ["rsgeo_prune.train.dit_commands"]:
+            elif "-m" in words and words[words.index("-m") + 1 :][:1] == ["rsgeo_prune"]:
                 found.append(words[words.index("-m") + 2 :])
     return found
 

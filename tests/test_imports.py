@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rsgeo_prune"
 RULE = ROOT / "docs" / "import-rule.md"
-FRONT_ENDS = {"pipeline", "cli", "viz", "demo"}
+FRONT_ENDS = {"pipeline", "cli", "viz", "demo", "__main__"}
 SELECTION_CODE = {"select", "kmeans", "centroids"}
 
 
