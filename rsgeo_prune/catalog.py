@@ -1,6 +1,6 @@
-"""Catalog files: the GeoParquet 1.1 tile table and the embeddings table (DESIGN.md "Catalog contract").
+"""Catalog files: the GeoParquet 1.1 tile table and the embeddings table (the column contract: docs/catalog.md).
 
-* ``catalog.parquet`` — one row per tile, the DESIGN.md columns, GeoParquet 1.1 (``geo`` metadata
+* ``catalog.parquet`` — one row per tile, the columns of docs/catalog.md, GeoParquet 1.1 (``geo`` metadata
   version 1.1.0, WKB geometry in EPSG:4326 with counter-clockwise rings, a ``bbox`` covering
   column, zstd; an empty table too). Run catalogs are in a spatial order: the Hilbert index
   (level 16, over the whole EPSG:4326 world, so that adding a scene never reorders the others) of
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from .atomic import atomic_output
 from .errors import RSGeoPruneError
 
-#: Column order of the catalog (DESIGN.md); columns a stage has not computed yet are left out.
+#: Column order of the catalog (docs/catalog.md); columns a stage has not computed yet are left out.
 CATALOG_COLUMNS = (
     "tile_id",
     "scene_id",

@@ -406,7 +406,7 @@ def run_selection(method: str, inputs: SelectionInputs) -> Selection:
 
 
 # ---------------------------------------------------------------------------------------------
-# The same RS-Prune selection as a map-reduce (DESIGN.md "Exact at any scale")
+# The same RS-Prune selection as a map-reduce (docs/determinism.md)
 # ---------------------------------------------------------------------------------------------
 
 
