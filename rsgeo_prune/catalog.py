@@ -140,7 +140,7 @@ def write_catalog(
 
 
 def _package_version() -> str:
-    # As rsgeo_prune.__version__, without importing the package root (which imports every stage).
+    # As rsgeo_prune.__version__; no stage imports the package root (the import rule), so it is read here.
     from importlib.metadata import PackageNotFoundError, version
 
     try:
