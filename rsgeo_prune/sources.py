@@ -17,12 +17,10 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import rasterio
-import rioxarray
-import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError, RasterioIOError
@@ -30,6 +28,9 @@ from rasterio.windows import Window
 
 from .acquisition import UNKNOWN, AcquisitionTime, first_known, from_filename, from_tags, parse_option, parse_time
 from .errors import RSGeoPruneError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 log = logging.getLogger(__name__)
 
@@ -570,6 +571,8 @@ def open_raster(scene: RasterScene, tile_size: int = 256) -> xr.DataArray:
     Chunks hold whole tiles and whole internal blocks (see :func:`aligned_chunk`). Reading is
     lock-free so the threaded scheduler decodes chunks in parallel.
     """
+    import rioxarray  # here: xarray and dask load only when a raster is opened lazily
+
     cy = aligned_chunk(tile_size, scene.block_shape[0], scene.height)
     cx = aligned_chunk(tile_size, scene.block_shape[1], scene.width)
     try:

@@ -264,6 +264,16 @@ def test_importing_the_dit_loads_no_geodata_stack():
     assert not loaded & set(HEAVY), f"import rsgeo_prune.train.dit loaded {sorted(loaded & set(HEAVY))}"
 
 
+def test_the_training_dataset_reads_pixels_without_the_lazy_raster_stack():
+    """A training dataset reads windows with rasterio alone: xarray and dask (the curation's lazy rasters) and the
+    numba kernels stay out of the training wing's data path."""
+    loaded = _loaded_after("import rsgeo_prune.train.dataset")
+    assert "rasterio" in loaded  # the probe sees what the import loads
+    assert not loaded & {"xarray", "dask", "numba", "geopandas"}, sorted(
+        loaded & {"xarray", "dask", "numba", "geopandas"}
+    )
+
+
 def test_the_root_loads_a_name_on_first_use():
     """``rsgeo_prune.<name>`` still resolves every re-exported name; only then is its stage imported."""
     assert not _loaded_after("import rsgeo_prune") & set(HEAVY)
