@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Mapping
 
 UTC = dt.timezone.utc
@@ -52,6 +53,8 @@ _SENTINEL2 = re.compile(r"(?:^|[^A-Za-z0-9])S2[A-D]_MSIL(?:1C|2A)_(\d{8}T\d{6})_
 _LANDSAT = re.compile(r"(?:^|[^A-Za-z0-9])L[COTEM]0\d_L[12][A-Z0-9]{2}_\d{6}_(\d{8})_\d{8}_0[12]_(?:T1|T2|RT)")
 # NAIP: the acquisition date is the last part of the name, just before the extension
 _NAIP = re.compile(r"_(\d{8})(?:\.[A-Za-z0-9]+)?$")
+#: any plausible YYYYMMDD (1900-2099) standing alone among the digits of a name
+_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,14 @@ def time_columns(times) -> dict:
     }
 
 
+def dates_in_name(name: str) -> list[str]:
+    """Every ``YYYYMMDD`` in a file name's stem, in order: the loose reading of tables made before the
+    acquisition-time columns existed (:func:`from_filename` is the convention-aware one)."""
+    return _DATE_IN_NAME.findall(PurePath(name).stem)
+
+
 __all__ = [
+    "dates_in_name",
     "AcquisitionTime",
     "TIME_TAGS",
     "UNKNOWN",

@@ -17,18 +17,16 @@ Image-collection tiles (points or no location) have no footprint and no place.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import PurePath
 
 import numpy as np
 import pandas as pd
 
+from .acquisition import dates_in_name
 from .errors import InvalidOption
 
 DEFAULT_IOU = 0.5
 EQUAL_AREA_CRS = "EPSG:6933"
-_DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01]))(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,7 @@ def acquisition_dates(rows: pd.DataFrame) -> np.ndarray:
 
 
 def _date_in_name(href: str):
-    found = _DATE_IN_NAME.findall(PurePath(href).stem)
+    found = dates_in_name(href)
     return found[-1] if found else None
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..acquisition import dates_in_name
 from ..errors import RSGeoPruneError
 from ..pixels import PixelReader, is_image_row
 
@@ -117,7 +117,6 @@ VAL_BY = ("scene", "year", "hash")
 
 #: A date in a file name, as NAIP (``m_4709963_se_14_1_20200831``) and most product ids write it:
 #: eight digits YYYYMMDD between non-digits.
-_NAME_DATE = re.compile(r"(?<!\d)((?:19|20)\d\d)(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
 def acquisition_year(row) -> int | None:
@@ -131,8 +130,8 @@ def acquisition_year(row) -> int | None:
                 return int(pd.Timestamp(value).year)
             except (ValueError, TypeError):
                 pass
-    m = _NAME_DATE.search(Path(str(row.get("href", ""))).stem)
-    return int(m.group(1)) if m else None
+    found = dates_in_name(str(row.get("href", "")))
+    return int(found[0][:4]) if found else None
 
 
 def validation_groups(table: pd.DataFrame, by: str) -> pd.Series:
