@@ -285,27 +285,8 @@ def test_tif_samples_name_their_bands_and_open_in_pillow(run, tmp_path):
     from PIL import Image
 
     out = tmp_path / "s"
-    assert (
-        main(
-            [
-                "sample",
-                str(run["out"] / "state.pt"),
-                "--vae",
-                str(run["vae"]),
-                "--n",
-                "2",
-                "--steps",
-                "3",
-                "--device",
-                "cpu",
-                "--format",
-                "tif",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    small = ["--vae", str(run["vae"]), "--n", "2", "--steps", "3", "--device", "cpu"]
+    assert main(["sample", str(run["out"] / "state.pt"), *small, "--format", "tif", "--out", str(out)]) == 0
     summary = json.loads((out / "samples.json").read_text())
     assert [b["name"] for b in summary["bands"]] == ["red", "green", "blue", "nir"]
     assert [b["source_band"] for b in summary["bands"]] == [1, 2, 3, 4] and summary["band_names_from"] == "convention"
@@ -324,25 +305,7 @@ def test_tif_samples_name_their_bands_and_open_in_pillow(run, tmp_path):
     picture = np.asarray(Image.open(path))
     assert picture.shape == (64, 64, 3) and np.array_equal(picture.transpose(2, 0, 1), levels[:3])
     npy = out / "n"
-    assert (
-        main(
-            [
-                "sample",
-                str(run["out"] / "state.pt"),
-                "--vae",
-                str(run["vae"]),
-                "--n",
-                "2",
-                "--steps",
-                "3",
-                "--device",
-                "cpu",
-                "--out",
-                str(npy),
-            ]
-        )
-        == 0
-    )
+    assert main(["sample", str(run["out"] / "state.pt"), *small, "--out", str(npy)]) == 0
     summary = json.loads((npy / "samples.json").read_text())
     assert (summary["dtype"], summary["value_range"]) == ("float32", [-1.0, 1.0])
     tile = np.load(npy / "tiles" / "sample-00000.npy")
